@@ -1,0 +1,1 @@
+"""Built-in backends (heavy imports stay inside functions)."""

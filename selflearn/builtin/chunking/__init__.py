@@ -1,0 +1,1 @@
+"""Built-in chunking (heavy imports stay inside functions)."""

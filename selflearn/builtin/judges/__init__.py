@@ -1,0 +1,1 @@
+"""Built-in judges (heavy imports stay inside functions)."""

@@ -1,0 +1,1 @@
+"""Built-in questions (heavy imports stay inside functions)."""

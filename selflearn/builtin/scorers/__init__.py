@@ -1,0 +1,1 @@
+"""Built-in scorers (heavy imports stay inside functions)."""

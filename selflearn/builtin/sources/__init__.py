@@ -1,0 +1,1 @@
+"""Built-in sources (heavy imports stay inside functions)."""

@@ -1,0 +1,1 @@
+"""Built-in trainers (heavy imports stay inside functions)."""

@@ -1,0 +1,147 @@
+"""The ``selflearn`` command line: ``run``, ``plugins``, ``components``.
+
+A user error (any :class:`SelflearnError`) exits with code 2 and one paragraph on stderr;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from .core.errors import SelflearnError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="selflearn",
+        description="Self-training of language models through knowledge detection.",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run (or resume) a pipeline")
+    run.add_argument("config", nargs="?", help="YAML config (default: the offline default run)")
+    run.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    run.add_argument("--run-dir", metavar="DIR", help="run directory (path or fsspec URL)")
+    run.add_argument("--dry-run", action="store_true", help="show the plan and estimated calls")
+    run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    plugins = sub.add_parser("plugins", help="list installed plugins")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    comps = sub.add_parser("components", help="list registered components")
+    comps.add_argument("--json", action="store_true", help="machine-readable output")
+    comps.add_argument("--kind", help="only this kind (e.g. inference_backend)")
+    comps.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def _host() -> Any:
+    from .core.plugins import PluginHost
+
+    return PluginHost()
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    host = _host()
+    rows = [
+        {
+            "name": i.name,
+            "distribution": i.distribution,
+            "version": i.version,
+            "hooks": list(i.hooks),
+            "status": i.status,
+            **({"error": i.error} if i.error else {}),
+        }
+        for i in host.infos
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['name']}  ({r['distribution']} {r['version']})  [{r['status']}]")
+        if r["hooks"]:
+            print(textwrap.indent(textwrap.fill(", ".join(r["hooks"]), 88), "    hooks: "))
+        if r.get("error"):
+            print(f"    error: {r['error']}")
+    return 0
+
+
+def cmd_components(args: argparse.Namespace) -> int:
+    host = _host()
+    rows = [
+        {"kind": s.kind, "name": s.name, "provider": s.provider, "description": s.description}
+        for s in host.components()
+        if not args.kind or s.kind == args.kind
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max((len(r["name"]) for r in rows), default=4)
+    kind = None
+    for r in rows:
+        if r["kind"] != kind:
+            kind = r["kind"]
+            print(f"{kind}:")
+        print(f"  {r['name']:<{width}}  {r['description']}  [{r['provider']}]")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .core.config import default_config, load_yaml
+    from .core.pipeline import Pipeline
+
+    config = load_yaml(args.config) if args.config else default_config()
+    if args.run_dir:
+        config["run_dir"] = args.run_dir
+    pipeline = Pipeline(config)
+    if args.dry_run:
+        plan = pipeline.plan(args.until)
+        print(f"run directory: {pipeline.run_dir}")
+        for row in plan:
+            est = ", ".join(f"{k}: {v}" for k, v in row["estimate"].items())
+            print(f"  {row['stage']:<12} {row['status']:<8} {est}")
+        return 0
+    outcomes = pipeline.run(args.until)
+    print(f"run directory: {pipeline.run_dir}")
+    for o in outcomes:
+        brief = ", ".join(
+            f"{k}={v}" for k, v in o.summary.items() if isinstance(v, (int, float, str))
+        )
+        print(f"  {o.name:<12} {o.status:<8} {o.seconds:7.1f}s  {brief}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handlers = {"run": cmd_run, "plugins": cmd_plugins, "components": cmd_components}
+    try:
+        return handlers[args.command](args)
+    except SelflearnError as exc:
+        if args.debug:
+            traceback.print_exc()
+        msg = textwrap.fill(f"error: {exc}", 100, break_long_words=False, break_on_hyphens=False)
+        print(msg, file=sys.stderr)
+        if not args.debug:
+            print("(run with --debug for the traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

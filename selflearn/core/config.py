@@ -1,0 +1,148 @@
+"""Run configuration: top-level keys, component slots and stage sections.
+
+A slot (``source``, ``backend``, ...) accepts a registered name, ``{use: NAME, options: {...}}``
+or, from Python, a ready object satisfying the slot's protocol. Stage sections (``questions``,
+``generations``, ...) are validated by each stage's own options class.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import attrs
+import yaml
+
+from .errors import ConfigError
+
+#: slot -> component kind
+SLOTS: dict[str, str] = {
+    "source": "knowledge_source",
+    "chunker": "chunker",
+    "question_generator": "question_generator",
+    "test_question_generator": "question_generator",
+    "backend": "inference_backend",
+    "scorer": "scorer",
+    "sft_trainer": "trainer",
+    "trainer": "trainer",
+    "judge": "judge",
+}
+
+#: the slots' defaults when a config leaves them out (the paper's components where possible)
+SLOT_DEFAULTS: dict[str, Any] = {
+    "source": "wikipedia",
+    "chunker": "sentences",
+    "question_generator": "openai",
+    "test_question_generator": None,  # None: same as question_generator
+    "backend": "hf",
+    "scorer": "selfcheck-nli",
+    "sft_trainer": None,  # None: no SFT step
+    "trainer": "trl-dpo",
+    "judge": None,  # None: no pairwise judging
+}
+
+GENERAL_KEYS = ("run_dir", "cache_dir", "seed", "model", "plugins", "name", "description")
+
+
+@attrs.frozen
+class SlotSpec:
+    """A slot's value: a component name with options, or a ready object."""
+
+    name: str | None = None
+    options: dict[str, Any] = attrs.field(factory=dict)
+    obj: Any = None
+
+    @property
+    def is_object(self) -> bool:
+        return self.obj is not None
+
+    def describe(self) -> Any:
+        """A JSON-able description for manifests and fingerprints."""
+        if self.obj is not None:
+            ident = getattr(self.obj, "identity", None)
+            described: dict[str, Any] = {"object": f"{type(self.obj).__module__}.{type(self.obj).__qualname__}"}
+            if callable(ident):
+                described["identity"] = ident()
+            return described
+        return {"use": self.name, "options": self.options}
+
+
+def parse_slot(value: Any, path: str) -> SlotSpec | None:
+    """Turn a slot's config value into a :class:`SlotSpec` (None: the slot is off)."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, SlotSpec):
+        return value
+    if isinstance(value, str):
+        if not value.strip():
+            raise ConfigError("expected a component name, got an empty string", path)
+        return SlotSpec(name=value)
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"use", "options"})
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join(map(str, unknown))}; a component is given as "
+                "NAME or {use: NAME, options: {...}}",
+                path,
+            )
+        if "use" not in value or not isinstance(value["use"], str):
+            raise ConfigError("missing 'use: NAME' (the registered component name)", path)
+        options = value.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"expected a mapping of options, got {options!r}", f"{path}.options")
+        return SlotSpec(name=value["use"], options=dict(options))
+    if isinstance(value, (int, float, list, tuple)):
+        raise ConfigError(
+            f"expected a component name or {{use: NAME, options: ...}}, got {value!r}", path
+        )
+    return SlotSpec(obj=value)
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML config file, with errors that name the file and the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, origin: str = "<config>") -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{origin}: malformed YAML{where}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    return dict(data)
+
+
+def default_config() -> dict[str, Any]:
+    """The embedded offline default run (what ``selflearn run`` does with no config)."""
+    text = resources.files("selflearn").joinpath("configs/default.yaml").read_text("utf-8")
+    return parse_yaml(text, "selflearn/configs/default.yaml")
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge two config mappings (``override`` wins; slots are replaced, not merged)."""
+    out = dict(base)
+    for key, value in override.items():
+        if (
+            key not in SLOTS
+            and isinstance(value, Mapping)
+            and isinstance(out.get(key), Mapping)
+        ):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out

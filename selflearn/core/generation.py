@@ -1,0 +1,80 @@
+"""A caching wrapper around any inference backend.
+
+Keys are (backend identity, prompt, parameters, sample index), so a re-run makes no calls and
+raising K from 5 to 10 asks the backend only for samples 5..9 of each prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .protocols import BackendCapabilities, GenerationParams, InferenceBackend, Prompt
+from .cache import JsonlCache
+from .records import Completion
+
+
+def _prompt_key(prompt: Prompt) -> Any:
+    return prompt if isinstance(prompt, str) else [dict(m) for m in prompt]
+
+
+class CachedBackend:
+    """An :class:`InferenceBackend` that answers from a :class:`JsonlCache` when it can."""
+
+    def __init__(self, backend: InferenceBackend, cache: JsonlCache) -> None:
+        self.backend = backend
+        self.cache = cache
+        self.capabilities: BackendCapabilities = backend.capabilities
+        self.calls = 0  # completions actually requested from the backend
+
+    def identity(self) -> dict[str, Any]:
+        return self.backend.identity()
+
+    def _key(self, prompt: Prompt, params: GenerationParams, index: int) -> str:
+        return self.cache.key(self.identity(), _prompt_key(prompt), params.to_dict(), index)
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: GenerationParams,
+        *,
+        n: int = 1,
+        sample_offset: int = 0,
+    ) -> list[list[Completion]]:
+        out: list[list[Completion | None]] = []
+        # Missing samples grouped by their index range, so one backend call serves many prompts.
+        missing: dict[tuple[int, int], list[int]] = {}
+        for pi, prompt in enumerate(prompts):
+            row: list[Completion | None] = []
+            first_missing = None
+            for j in range(n):
+                hit = self.cache.get(self._key(prompt, params, sample_offset + j))
+                if hit is None:
+                    first_missing = j if first_missing is None else first_missing
+                    row.append(None)
+                else:
+                    row.append(Completion.from_dict(hit))
+            if first_missing is not None:
+                missing.setdefault((first_missing, n - first_missing), []).append(pi)
+            out.append(row)
+        for (start, count), indices in missing.items():
+            batch = [prompts[i] for i in indices]
+            results = self.backend.generate(
+                batch, params, n=count, sample_offset=sample_offset + start
+            )
+            if len(results) != len(batch) or any(len(r) != count for r in results):
+                raise RuntimeError(
+                    f"backend {self.identity()} returned {len(results)} results for "
+                    f"{len(batch)} prompts (expected {count} completions each)"
+                )
+            self.calls += len(batch) * count
+            writes = []
+            for i, completions in zip(indices, results):
+                for j, comp in enumerate(completions):
+                    out[i][start + j] = comp
+                    writes.append((self._key(prompts[i], params, sample_offset + start + j), comp.to_dict()))
+            self.cache.put_many(writes)
+        return [[c for c in row if c is not None] for row in out]
+
+    def close(self) -> None:
+        self.backend.close()

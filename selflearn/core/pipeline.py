@@ -1,0 +1,266 @@
+"""The :class:`Pipeline`: configuration in, stages run in order, resumable at any point."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from .config import (
+    GENERAL_KEYS,
+    SLOT_DEFAULTS,
+    SLOTS,
+    SlotSpec,
+    load_yaml,
+    parse_slot,
+)
+from .context import RunContext
+from .errors import ConfigError, StageError
+from .hashing import content_hash
+from .options import build_options
+from .plugins import PluginHost
+from .registry import load_object
+from .stages.base import STAGE_NAMES, STAGE_ORDER, Stage
+from .store import ArtifactStore
+
+log = logging.getLogger("selflearn")
+
+MANIFEST = "manifest.json"
+
+
+@attrs.frozen
+class RunInfo:
+    """What lifecycle hooks receive about the run."""
+
+    run_dir: str
+    config: dict[str, Any]
+    stages: tuple[str, ...]
+
+
+@attrs.frozen
+class StageOutcome:
+    name: str
+    status: str  # "ran" or "skipped"
+    seconds: float
+    summary: dict[str, Any]
+
+
+class Pipeline:
+    """A self-training run.
+
+    Build it from keyword arguments, a mapping (:meth:`from_config`) or a YAML file
+    (:meth:`from_yaml`). Every component slot takes a registered name,
+    ``{"use": NAME, "options": {...}}`` or a ready object::
+
+        Pipeline(run_dir="runs/x", source=MySource(), backend={"use": "hf", "options": {...}})
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any] | None = None,
+        *,
+        plugins: Iterable[Any] = (),
+        load_entry_points: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        raw = dict(config or {})
+        raw.update(kwargs)
+        self.raw_config = raw
+        valid = set(GENERAL_KEYS) | set(SLOTS) | set(STAGE_NAMES)
+        unknown = sorted(set(raw) - valid)
+        if unknown:
+            raise ConfigError(
+                f"unknown top-level key(s) {', '.join(map(str, unknown))}; valid keys are: "
+                + ", ".join(sorted(valid))
+            )
+        plugin_cfg = raw.get("plugins") or {}
+        if not isinstance(plugin_cfg, Mapping) or set(plugin_cfg) - {"disable", "strict"}:
+            raise ConfigError("expected {disable: [NAMES], strict: true|false}", "plugins")
+        disable = plugin_cfg.get("disable") or []
+        if not isinstance(disable, list) or not all(isinstance(d, str) for d in disable):
+            raise ConfigError(f"expected a list of plugin names, got {disable!r}", "plugins.disable")
+        strict = plugin_cfg.get("strict")
+        if strict is not None and not isinstance(strict, bool):
+            raise ConfigError(f"expected true or false, got {strict!r}", "plugins.strict")
+        seed = raw.get("seed", 42)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"expected an integer, got {seed!r}", "seed")
+        model = raw.get("model")
+        if model is not None and not isinstance(model, str):
+            raise ConfigError(f"expected a model id, folder or GGUF path, got {model!r}", "model")
+        run_dir = raw.get("run_dir", "runs/selflearn")
+        if not isinstance(run_dir, str) or not run_dir:
+            raise ConfigError(f"expected a path or fsspec URL, got {run_dir!r}", "run_dir")
+
+        self.host = PluginHost(
+            disable=disable, strict=strict, extra_plugins=plugins, load_entry_points=load_entry_points
+        )
+        self.slots: dict[str, SlotSpec | None] = {}
+        for slot, default in SLOT_DEFAULTS.items():
+            value = raw.get(slot, default)
+            self.slots[slot] = parse_slot(value, slot)
+        if self.slots["test_question_generator"] is None:
+            self.slots["test_question_generator"] = self.slots["question_generator"]
+        self.config: dict[str, Any] = {
+            "run_dir": run_dir,
+            "cache_dir": raw.get("cache_dir"),
+            "seed": seed,
+            "model": model,
+        }
+        self.store = ArtifactStore(run_dir)
+        self.ctx = RunContext(self.config, self.slots, self.host, self.store)
+        self._stage_options: dict[str, Any] = {}
+        self._stage_classes: dict[str, type[Stage]] = {}
+        for name, ref in STAGE_ORDER:
+            cls = load_object(ref, f"stage {name!r}")
+            self._stage_classes[name] = cls
+            section = raw.get(name) or {}
+            if not isinstance(section, Mapping):
+                raise ConfigError(f"expected a mapping of stage options, got {section!r}", name)
+            self._stage_options[name] = build_options(cls.options_class, section, name)
+
+    # -- constructors --------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], **kwargs: Any) -> Pipeline:
+        """Build from a mapping; keyword arguments override top-level keys."""
+        return cls(config, **kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Pipeline:
+        """Build from a YAML file; keyword arguments override top-level keys."""
+        return cls(load_yaml(path), **kwargs)
+
+    # -- inspection ----------------------------------------------------------------------
+    @property
+    def run_dir(self) -> str:
+        return self.store.url
+
+    def stage(self, name: str) -> Stage:
+        if name not in self._stage_classes:
+            raise ConfigError(f"unknown stage {name!r}; stages are: {', '.join(STAGE_NAMES)}")
+        return self._stage_classes[name](self.ctx, self._stage_options[name])
+
+    def _selected(self, until: str | None) -> list[str]:
+        if until is None:
+            return list(STAGE_NAMES)
+        if until not in STAGE_NAMES:
+            raise ConfigError(
+                f"unknown stage {until!r}; stages are: {', '.join(STAGE_NAMES)}", "--until"
+            )
+        return list(STAGE_NAMES[: STAGE_NAMES.index(until) + 1])
+
+    def _manifest(self) -> dict[str, Any]:
+        if self.store.exists(MANIFEST):
+            try:
+                data = self.store.read_json(MANIFEST)
+                if isinstance(data, dict):
+                    data.setdefault("stages", {})
+                    return data
+            except ValueError:
+                log.warning("manifest.json is unreadable; every stage will be checked again")
+        return {"stages": {}}
+
+    def _fingerprint(self, stage: Stage) -> tuple[str, dict[str, str]]:
+        inputs: dict[str, str] = {}
+        for req in stage.requires:
+            for fname in self.stage(req).outputs():
+                inputs[fname] = self.store.hash(fname) if self.store.exists(fname) else "missing"
+        fp = content_hash({"config": stage.fingerprint_config(), "inputs": inputs})
+        return fp, inputs
+
+    def _is_done(self, stage: Stage, fp: str, manifest: dict[str, Any]) -> bool:
+        entry = manifest["stages"].get(stage.name)
+        if not entry or entry.get("fingerprint") != fp:
+            return False
+        outputs = entry.get("outputs", {})
+        for fname in stage.outputs():
+            if not self.store.exists(fname) or outputs.get(fname) != self.store.hash(fname):
+                return False
+        return True
+
+    def plan(self, until: str | None = None) -> list[dict[str, Any]]:
+        """What :meth:`run` would do: per stage, done or pending, and its estimated calls."""
+        manifest = self._manifest()
+        rows = []
+        for name in self._selected(until):
+            stage = self.stage(name)
+            stage.validate()
+            fp, _ = self._fingerprint(stage)
+            done = self._is_done(stage, fp, manifest)
+            rows.append(
+                {
+                    "stage": name,
+                    "status": "done" if done else "pending",
+                    "estimate": {} if done else stage.estimate(),
+                }
+            )
+        return rows
+
+    # -- running -------------------------------------------------------------------------
+    def run(self, until: str | None = None) -> list[StageOutcome]:
+        """Run the stages in order up to ``until`` (inclusive), skipping finished ones."""
+        names = self._selected(until)
+        stages = [self.stage(n) for n in names]
+        for stage in stages:
+            stage.validate()
+        self.store.ensure_writable()
+        manifest = self._manifest()
+        manifest.setdefault("created", _now())
+        info = RunInfo(self.store.url, self.describe(), tuple(names))
+        self.host.pm.hook.on_run_start(run=info)
+        outcomes: list[StageOutcome] = []
+        try:
+            for stage in stages:
+                fp, inputs = self._fingerprint(stage)
+                if self._is_done(stage, fp, manifest):
+                    summary = manifest["stages"][stage.name].get("summary", {})
+                    outcome = StageOutcome(stage.name, "skipped", 0.0, summary)
+                    log.info("stage %s: already done, skipped", stage.name)
+                else:
+                    log.info("stage %s: running", stage.name)
+                    t0 = time.perf_counter()
+                    summary = stage.run() or {}
+                    seconds = time.perf_counter() - t0
+                    missing = [f for f in stage.outputs() if not self.store.exists(f)]
+                    if missing:
+                        raise StageError(f"stage {stage.name} finished without writing {missing}")
+                    manifest["stages"][stage.name] = {
+                        "fingerprint": fp,
+                        "config": stage.fingerprint_config(),
+                        "inputs": inputs,
+                        "outputs": {f: self.store.hash(f) for f in stage.outputs()},
+                        "summary": summary,
+                        "seconds": round(seconds, 3),
+                        "finished": _now(),
+                    }
+                    self.store.write_json(MANIFEST, manifest)
+                    outcome = StageOutcome(stage.name, "ran", seconds, summary)
+                outcomes.append(outcome)
+                self.host.pm.hook.on_stage_end(run=info, stage=stage.name, summary=outcome.summary)
+        finally:
+            self.ctx.close()
+        self.host.pm.hook.on_run_end(
+            run=info, summary={o.name: o.summary for o in outcomes}
+        )
+        return outcomes
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration (slots described; secrets are never part of it)."""
+        out: dict[str, Any] = dict(self.config)
+        for slot, spec in self.slots.items():
+            out[slot] = spec.describe() if spec else None
+        for name, opts in self._stage_options.items():
+            out[name] = attrs.asdict(opts) if attrs.has(type(opts)) else {}
+        return out
+
+    def close(self) -> None:
+        self.ctx.close()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,127 @@
+"""The component registry: what each plugin registered, under which name and kind."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+
+from .errors import ConfigError, PluginError, UnknownComponentError
+
+Factory = Callable[..., Any]
+
+
+def load_object(ref: Any, what: str) -> Any:
+    """Resolve a ``"module:attr"`` string (or return a ready object unchanged)."""
+    if not isinstance(ref, str):
+        return ref
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise PluginError(f"{what}: {ref!r} is not a 'module:attribute' reference")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ImportError as exc:
+        raise PluginError(
+            f"{what}: cannot import {module_name!r} ({exc}). Is the package that provides it "
+            "installed in this environment?"
+        ) from exc
+    except AttributeError as exc:
+        raise PluginError(f"{what}: {module_name!r} has no attribute {attr!r}") from exc
+    return obj
+
+
+@attrs.frozen
+class ComponentSpec:
+    """One registered component."""
+
+    kind: str
+    name: str
+    factory: Any  # callable or "module:attr"
+    options: Any = None  # attrs options class, "module:attr", or None (no options)
+    description: str = ""
+    provider: str = "?"
+
+    def load_factory(self) -> Factory:
+        factory = load_object(self.factory, f"{self.kind} {self.name!r}")
+        if not callable(factory):
+            raise PluginError(f"{self.kind} {self.name!r}: factory {factory!r} is not callable")
+        return factory  # type: ignore[no-any-return]
+
+    def load_options_class(self) -> type | None:
+        if self.options is None:
+            return None
+        return load_object(self.options, f"{self.kind} {self.name!r} options")  # type: ignore[no-any-return]
+
+
+class Registry:
+    """Components by kind and name, filled by the registration hooks of one plugin manager."""
+
+    def __init__(self, failed_plugins: dict[str, str] | None = None) -> None:
+        self._specs: dict[str, dict[str, ComponentSpec]] = {}
+        #: plugin name -> why it could not be loaded (shown in "unknown component" errors)
+        self.failed_plugins: dict[str, str] = dict(failed_plugins or {})
+
+    def add(self, spec: ComponentSpec) -> None:
+        by_name = self._specs.setdefault(spec.kind, {})
+        if spec.name in by_name:
+            other = by_name[spec.name]
+            raise PluginError(
+                f"{spec.kind} {spec.name!r} is registered twice: by plugin {other.provider!r} "
+                f"and by plugin {spec.provider!r}. Disable one of them (plugins.disable in the "
+                "config, or SELFLEARN_DISABLE_PLUGINS) or rename the component."
+            )
+        by_name[spec.name] = spec
+
+    def register_function(self, kind: str, provider: str) -> Callable[..., None]:
+        """The ``register`` callable handed to a plugin's registration hook."""
+
+        def register(
+            name: str,
+            factory: Any,
+            *,
+            options: Any = None,
+            description: str = "",
+        ) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {provider!r} registered a {kind} with no name")
+            self.add(ComponentSpec(kind, name, factory, options, description, provider))
+
+        return register
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._specs.get(kind, {}))
+
+    def get(self, kind: str, name: str, path: str = "") -> ComponentSpec:
+        try:
+            return self._specs[kind][name]
+        except KeyError:
+            pass
+        valid = self.names(kind)
+        hint = difflib.get_close_matches(name, valid, n=1)
+        msg = f"unknown {kind.replace('_', ' ')} {name!r}"
+        if hint:
+            msg += f" (did you mean {hint[0]!r}?)"
+        msg += f"; valid names are: {', '.join(valid) or '(none registered)'}"
+        if self.failed_plugins:
+            failed = "; ".join(f"{p}: {why}" for p, why in sorted(self.failed_plugins.items()))
+            msg += f". Plugins that failed to load: {failed}"
+        raise UnknownComponentError(msg, path)
+
+    def __iter__(self) -> Iterator[ComponentSpec]:
+        for kind in sorted(self._specs):
+            for name in sorted(self._specs[kind]):
+                yield self._specs[kind][name]
+
+    def check_kind(self, kind: str) -> None:
+        if kind not in self._specs and kind not in _KNOWN_KINDS:
+            raise ConfigError(f"unknown component kind {kind!r}")
+
+
+from .hookspecs import REGISTRATION_HOOKS  # noqa: E402
+
+_KNOWN_KINDS = frozenset(REGISTRATION_HOOKS)

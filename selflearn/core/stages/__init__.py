@@ -1,0 +1,1 @@
+"""Pipeline stages, one module each (imported lazily by the pipeline)."""

@@ -1,0 +1,83 @@
+"""The stage contract and the stage order.
+
+A stage reads the files of earlier stages from the run directory, uses components from the
+:class:`RunContext`, writes its own files atomically and returns a small summary. The
+pipeline skips a stage whose fingerprint (its options, the components it uses, and the hashes
+of its input files) matches the manifest; within a stage, content-keyed caches make a resumed
+run skip every finished model call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+from ..context import RunContext
+from ..options import Options
+
+
+@attrs.frozen
+class NoOptions(Options):
+    """A stage without options."""
+
+
+class Stage:
+    """Base class of pipeline stages."""
+
+    name: ClassVar[str] = ""
+    #: stages whose output files this stage reads (their hashes enter the fingerprint)
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: component slots this stage uses (their configuration enters the fingerprint)
+    slots: ClassVar[tuple[str, ...]] = ()
+    options_class: ClassVar[type] = NoOptions
+
+    def __init__(self, run: RunContext, options: Any) -> None:
+        self.run_ctx = run
+        self.options = options
+
+    @property
+    def store(self) -> Any:
+        return self.run_ctx.store
+
+    def outputs(self) -> list[str]:
+        """Files (relative to the run directory) this stage writes; all must exist when done."""
+        return [f"{self.name}.jsonl"]
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        """Everything that changes this stage's output besides its input files."""
+        return {
+            "options": attrs.asdict(self.options) if attrs.has(type(self.options)) else None,
+            "slots": {
+                s: (self.run_ctx.slots[s].describe() if self.run_ctx.slots.get(s) else None)  # type: ignore[union-attr]
+                for s in self.slots
+            },
+            "seed": self.run_ctx.seed,
+            "model": self.run_ctx.model,
+        }
+
+    def validate(self) -> None:
+        """Check the slots this stage needs before any stage runs (fail early)."""
+        for slot in self.slots:
+            self.run_ctx.validate_slot(slot)
+
+    def estimate(self) -> dict[str, Any]:
+        """For ``--dry-run``: the model calls this stage would make, as far as known."""
+        return {}
+
+    def run(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+#: the stages in order, as "module:Class" so that importing selflearn imports none of them
+STAGE_ORDER: tuple[tuple[str, str], ...] = (
+    ("documents", "selflearn.core.stages.documents:DocumentsStage"),
+    ("passages", "selflearn.core.stages.passages:PassagesStage"),
+    ("questions", "selflearn.core.stages.questions:QuestionsStage"),
+    ("generations", "selflearn.core.stages.generations:GenerationsStage"),
+    ("scores", "selflearn.core.stages.scores:ScoresStage"),
+    ("datasets", "selflearn.core.stages.datasets:DatasetsStage"),
+    ("train", "selflearn.core.stages.train:TrainStage"),
+    ("evaluate", "selflearn.core.stages.evaluate:EvaluateStage"),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(name for name, _ in STAGE_ORDER)

@@ -1,0 +1,81 @@
+"""What a plugin author imports.
+
+A plugin is a module or object with ``@hookimpl`` functions::
+
+    from selflearn.plugins import hookimpl
+
+    @hookimpl
+    def register_knowledge_sources(register):
+        register("my-wiki", "my_pkg.source:create", options="my_pkg.source:Options",
+                 description="Pages of our company wiki")
+
+and is published through the entry-point group ``selflearn`` in its ``pyproject.toml``::
+
+    [project.entry-points.selflearn]
+    my-wiki = "my_pkg.plugin"
+"""
+
+from ..core.context import ComponentContext
+from ..core.hookspecs import hookimpl, hookspec
+from ..core.options import Options
+from ..core.records import (
+    Completion,
+    Document,
+    Generations,
+    Passage,
+    PreferencePair,
+    Question,
+    Scores,
+    SFTExample,
+    Verdict,
+)
+from ..core.protocols import (
+    BackendCapabilities,
+    Chunker,
+    GenerationParams,
+    InferenceBackend,
+    Judge,
+    JudgeItem,
+    KnowledgeSource,
+    Message,
+    Prompt,
+    QuestionGenerator,
+    Scorer,
+    ScoreItem,
+    ScoreResult,
+    Trainer,
+    TrainRequest,
+    TrainResult,
+)
+
+__all__ = [
+    "BackendCapabilities",
+    "Chunker",
+    "Completion",
+    "ComponentContext",
+    "Document",
+    "GenerationParams",
+    "Generations",
+    "InferenceBackend",
+    "Judge",
+    "JudgeItem",
+    "KnowledgeSource",
+    "Message",
+    "Options",
+    "Passage",
+    "PreferencePair",
+    "Prompt",
+    "Question",
+    "QuestionGenerator",
+    "SFTExample",
+    "ScoreItem",
+    "ScoreResult",
+    "Scorer",
+    "Scores",
+    "TrainRequest",
+    "TrainResult",
+    "Trainer",
+    "Verdict",
+    "hookimpl",
+    "hookspec",
+]
