@@ -31,16 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--until", metavar="STAGE", help="stop after this stage")
     run.add_argument("--run-dir", metavar="DIR", help="run directory (path or fsspec URL)")
     run.add_argument("--dry-run", action="store_true", help="show the plan and estimated calls")
-    run.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     plugins = sub.add_parser("plugins", help="list installed plugins")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
-    plugins.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    plugins.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     comps = sub.add_parser("components", help="list registered components")
     comps.add_argument("--json", action="store_true", help="machine-readable output")
     comps.add_argument("--kind", help="only this kind (e.g. inference_backend)")
-    comps.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    comps.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 

@@ -27,6 +27,7 @@ class JsonlCache:
         self.misses = 0
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if os.path.exists(path):
+            _truncate_torn_tail(path)
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     try:
@@ -72,3 +73,27 @@ class JsonlCache:
         with self._lock:
             if not self._file.closed:
                 self._file.close()
+
+
+def _truncate_torn_tail(path: str) -> None:
+    """Cut a last line that a killed writer left without its newline, so appends stay valid."""
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        block = 1 << 16
+        pos = size
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            idx = chunk.rfind(b"\n")
+            if idx >= 0:
+                f.truncate(start + idx + 1)
+                return
+            pos = start
+        f.truncate(0)

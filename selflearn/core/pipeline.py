@@ -58,13 +58,17 @@ class Pipeline:
     ``{"use": NAME, "options": {...}}`` or a ready object::
 
         Pipeline(run_dir="runs/x", source=MySource(), backend={"use": "hf", "options": {...}})
+
+    ``plugin_objects`` registers in-process plugins (objects or modules with ``@hookimpl``
+    functions) besides the built-ins and the installed entry points; ``load_entry_points=False``
+    ignores installed plugins.
     """
 
     def __init__(
         self,
         config: Mapping[str, Any] | None = None,
         *,
-        plugins: Iterable[Any] = (),
+        plugin_objects: Iterable[Any] = (),
         load_entry_points: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -98,7 +102,7 @@ class Pipeline:
             raise ConfigError(f"expected a path or fsspec URL, got {run_dir!r}", "run_dir")
 
         self.host = PluginHost(
-            disable=disable, strict=strict, extra_plugins=plugins, load_entry_points=load_entry_points
+            disable=disable, strict=strict, extra_plugins=plugin_objects, load_entry_points=load_entry_points
         )
         self.slots: dict[str, SlotSpec | None] = {}
         for slot, default in SLOT_DEFAULTS.items():

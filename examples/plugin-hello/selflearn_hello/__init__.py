@@ -1,0 +1,1 @@
+"""An example selflearn plugin package (see README.md)."""

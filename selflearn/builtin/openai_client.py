@@ -1,0 +1,369 @@
+"""A robust client for OpenAI-compatible servers, shared by the ``openai`` question generator,
+inference backend and judge.
+
+It wraps the official ``openai`` SDK (its own retries switched off) with what a long run
+needs: retries with exponential backoff that honour ``Retry-After`` on 429 and 5xx, timeouts
+and dropped connections; request and token rate limits; bounded concurrency; token accounting
+with a cost estimate and a spend cap that stops cleanly; and errors that name the URL and
+model but never the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+
+from ..core.errors import AuthenticationError, BackendError, BudgetExceededError, ConfigError
+
+if TYPE_CHECKING:
+    from ..core.context import ComponentContext
+
+log = logging.getLogger("selflearn.openai")
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@attrs.frozen
+class ClientOptions:
+    """Connection options of an OpenAI-compatible server (embedded in components' options)."""
+
+    #: server URL; None means the official OpenAI API (or $OPENAI_BASE_URL)
+    base_url: str | None = None
+    #: model name as the server knows it
+    model: str = "gpt-3.5-turbo-0125"
+    #: name of the environment variable (or secret) holding the API key; local servers that
+    #: need no key accept any value, and a missing key is only an error for api.openai.com
+    api_key_env: str = "OPENAI_API_KEY"
+    #: seconds before one request times out
+    timeout: float = 60.0
+    #: attempts per request on 429 / 5xx / timeouts / dropped connections
+    max_retries: int = 6
+    #: first backoff in seconds (doubles each attempt, with jitter; Retry-After wins)
+    backoff: float = 1.0
+    #: longest single wait in seconds
+    max_backoff: float = 60.0
+    #: requests in flight at once
+    concurrency: int = 8
+    #: requests per minute (None: unlimited)
+    requests_per_minute: int | None = None
+    #: tokens per minute, prompt + completion estimate (None: unlimited)
+    tokens_per_minute: int | None = None
+    #: USD per million prompt tokens (for the cost estimate and the spend cap)
+    price_input_per_mtok: float = 0.0
+    #: USD per million completion tokens
+    price_output_per_mtok: float = 0.0
+    #: stop cleanly once the estimated spend reaches this many USD (None: no cap)
+    max_cost_usd: float | None = None
+
+
+@attrs.frozen
+class Choice:
+    text: str
+    finish_reason: str
+    logprobs: list[float] | None = None
+    tokens: list[str] | None = None
+
+
+@attrs.frozen
+class ChatResult:
+    choices: list[Choice]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _RateLimiter:
+    """Sliding one-minute windows for requests and tokens."""
+
+    def __init__(self, rpm: int | None, tpm: int | None) -> None:
+        self.rpm, self.tpm = rpm, tpm
+        self._req: deque[float] = deque()
+        self._tok: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def acquire(self, tokens: int) -> None:
+        if not self.rpm and not self.tpm:
+            return
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                while self._req and now - self._req[0] >= 60:
+                    self._req.popleft()
+                while self._tok and now - self._tok[0][0] >= 60:
+                    self._tok.popleft()
+                used = sum(t for _, t in self._tok)
+                ok_r = not self.rpm or len(self._req) < self.rpm
+                ok_t = not self.tpm or used + tokens <= self.tpm or not self._tok
+                if ok_r and ok_t:
+                    self._req.append(now)
+                    self._tok.append((now, tokens))
+                    return
+                oldest = min([self._req[0]] if self._req else [now]) if not ok_r else now
+                if not ok_t and self._tok:
+                    oldest = min(oldest, self._tok[0][0])
+                wait_s = max(0.01, 60 - (now - oldest))
+            time.sleep(min(wait_s, 1.0))
+
+
+class ChatClient:
+    """Chat and text completions against one server and model, with retries and accounting."""
+
+    def __init__(self, options: ClientOptions, secret: Callable[[str], str | None]) -> None:
+        import openai
+
+        self.options = options
+        key = secret(options.api_key_env) if options.api_key_env else None
+        official = options.base_url is None or "api.openai.com" in (options.base_url or "")
+        if not key:
+            if official:
+                raise ConfigError(
+                    f"no API key: set the environment variable {options.api_key_env} (or point "
+                    "base_url at a local OpenAI-compatible server)",
+                    "api_key_env",
+                )
+            key = "not-needed"
+        self.url = options.base_url or "https://api.openai.com/v1"
+        self._client = openai.OpenAI(
+            api_key=key, base_url=options.base_url, timeout=options.timeout, max_retries=0
+        )
+        self._limiter = _RateLimiter(options.requests_per_minute, options.tokens_per_minute)
+        self._lock = threading.Lock()
+        self.usage: dict[str, float] = {
+            "requests": 0,
+            "retries": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cost_usd": 0.0,
+        }
+
+    # -- accounting ----------------------------------------------------------------------
+    def _account(self, prompt_tokens: int, completion_tokens: int) -> None:
+        o = self.options
+        with self._lock:
+            self.usage["requests"] += 1
+            self.usage["prompt_tokens"] += prompt_tokens
+            self.usage["completion_tokens"] += completion_tokens
+            self.usage["cost_usd"] += (
+                prompt_tokens * o.price_input_per_mtok + completion_tokens * o.price_output_per_mtok
+            ) / 1e6
+
+    def _check_budget(self) -> None:
+        cap = self.options.max_cost_usd
+        if cap is not None and self.usage["cost_usd"] >= cap:
+            raise BudgetExceededError(
+                f"spend cap reached: estimated ${self.usage['cost_usd']:.4f} >= max_cost_usd "
+                f"${cap:.4f} for model {self.options.model!r} at {self.url}. Finished calls are "
+                "cached; raise max_cost_usd and run the same command again to continue."
+            )
+
+    # -- calls ---------------------------------------------------------------------------
+    def _with_retries(self, call: Callable[[], Any], est_tokens: int) -> Any:
+        import openai
+
+        o = self.options
+        attempt = 0
+        while True:
+            self._check_budget()
+            self._limiter.acquire(est_tokens)
+            try:
+                return call()
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+                raise AuthenticationError(
+                    f"{self.url} refused the API key from {o.api_key_env} "
+                    f"(HTTP {exc.status_code}); check the key and its access to model {o.model!r}"
+                ) from None
+            except openai.NotFoundError:
+                raise BackendError(
+                    f"{self.url} answered 404 for model {o.model!r}: wrong model name or URL "
+                    "(the base_url usually ends in /v1)"
+                ) from None
+            except openai.BadRequestError as exc:
+                raise BackendError(
+                    f"{self.url} rejected the request for model {o.model!r} (HTTP 400): "
+                    f"{_brief(exc)}"
+                ) from None
+            except (
+                openai.RateLimitError,
+                openai.InternalServerError,
+                openai.APITimeoutError,
+                openai.APIConnectionError,
+                openai.APIStatusError,
+            ) as exc:
+                status = getattr(exc, "status_code", None)
+                if isinstance(exc, openai.APIStatusError) and status is not None and status < 500 and status != 429 and status != 408:
+                    raise BackendError(
+                        f"{self.url} answered HTTP {status} for model {o.model!r}: {_brief(exc)}"
+                    ) from None
+                attempt += 1
+                if attempt >= o.max_retries:
+                    what = f"HTTP {status}" if status else type(exc).__name__
+                    raise BackendError(
+                        f"{self.url} kept failing for model {o.model!r} ({what}) after "
+                        f"{attempt} attempts; finished calls are cached, run again to resume"
+                    ) from None
+                delay = _retry_after(exc)
+                if delay is None:
+                    delay = min(o.max_backoff, o.backoff * 2 ** (attempt - 1))
+                    delay *= 0.5 + random.random() / 2
+                with self._lock:
+                    self.usage["retries"] += 1
+                log.warning(
+                    "%s: %s, retrying in %.1fs (attempt %d/%d)",
+                    self.url, f"HTTP {status}" if status else type(exc).__name__,
+                    delay, attempt + 1, o.max_retries,
+                )
+                time.sleep(min(delay, o.max_backoff))
+
+    def chat(
+        self,
+        messages: Sequence[dict[str, str]] | Sequence[Any],
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        n: int = 1,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+        logprobs: bool = False,
+    ) -> ChatResult:
+        """One chat-completions request (``n`` choices)."""
+        kwargs: dict[str, Any] = {
+            "model": self.options.model,
+            "messages": [dict(m) for m in messages],
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "n": n,
+        }
+        if top_p is not None and top_p < 1.0:
+            kwargs["top_p"] = top_p
+        if seed is not None:
+            kwargs["seed"] = seed
+        if stop:
+            kwargs["stop"] = list(stop)
+        if logprobs:
+            kwargs["logprobs"] = True
+        est = sum(len(str(m.get("content", ""))) for m in kwargs["messages"]) // 4 + max_tokens * n
+        resp = self._with_retries(lambda: self._client.chat.completions.create(**kwargs), est)
+        choices = []
+        for c in resp.choices:
+            lp = toks = None
+            if logprobs and getattr(c, "logprobs", None) is not None and c.logprobs.content:
+                lp = [float(t.logprob) for t in c.logprobs.content]
+                toks = [str(t.token) for t in c.logprobs.content]
+            text = c.message.content or "" if c.message is not None else ""
+            choices.append(Choice(text, c.finish_reason or "stop", lp, toks))
+        pt, ct = _usage(resp)
+        self._account(pt, ct)
+        return ChatResult(choices, pt, ct)
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        temperature: float = 0.0,
+        max_tokens: int = 256,
+        n: int = 1,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+        logprobs: bool = False,
+    ) -> ChatResult:
+        """One legacy completions request (raw text prompt, ``n`` choices)."""
+        kwargs: dict[str, Any] = {
+            "model": self.options.model,
+            "prompt": prompt,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "n": n,
+        }
+        if top_p is not None and top_p < 1.0:
+            kwargs["top_p"] = top_p
+        if seed is not None:
+            kwargs["seed"] = seed
+        if stop:
+            kwargs["stop"] = list(stop)
+        if logprobs:
+            kwargs["logprobs"] = 1
+        est = len(prompt) // 4 + max_tokens * n
+        resp = self._with_retries(lambda: self._client.completions.create(**kwargs), est)
+        choices = []
+        for c in resp.choices:
+            lp = toks = None
+            if logprobs and getattr(c, "logprobs", None) is not None:
+                lp = [float(x) for x in (c.logprobs.token_logprobs or []) if x is not None]
+                toks = list(c.logprobs.tokens or [])
+            choices.append(Choice(c.text or "", c.finish_reason or "stop", lp, toks))
+        pt, ct = _usage(resp)
+        self._account(pt, ct)
+        return ChatResult(choices, pt, ct)
+
+    def map(self, fn: Callable[[T], U], items: Iterable[T]) -> list[U]:
+        """Apply ``fn`` to every item with at most ``concurrency`` calls in flight.
+
+        Results keep the items' order. The first error stops new work and is raised once the
+        calls in flight have finished (their results are kept by ``fn``'s own caching).
+        """
+        items = list(items)
+        if self.options.concurrency <= 1 or len(items) <= 1:
+            return [fn(x) for x in items]
+        results: list[Any] = [None] * len(items)
+        with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:
+            futures: dict[Future[U], int] = {pool.submit(fn, x): i for i, x in enumerate(items)}
+            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [f for f in done if f.exception() is not None]
+            if failed:
+                for f in pending:
+                    f.cancel()
+                wait(pending)
+                raise failed[0].exception()  # type: ignore[misc]
+            for f, i in futures.items():
+                results[i] = f.result()
+        return results
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _usage(resp: Any) -> tuple[int, int]:
+    usage = getattr(resp, "usage", None)
+    if usage is None:
+        return 0, 0
+    return int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
+
+
+def _brief(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and "message" in err:
+            return str(err["message"])[:300]
+    return str(getattr(exc, "message", exc))[:300]
+
+
+def _retry_after(exc: Any) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def make_client(options: ClientOptions, context: ComponentContext | None) -> ChatClient:
+    """A :class:`ChatClient` whose key comes from the context's secret resolver."""
+    import os
+
+    resolver = context.secret if context is not None else (lambda n: os.environ.get(n))
+    return ChatClient(options, resolver)

@@ -1,0 +1,132 @@
+"""Helpers shared by the model-based scorers: devices, dtypes, model identities, statistics.
+
+torch is imported inside the functions only, so importing a scorer module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from ...core.errors import ConfigError
+from ...core.models import package_file
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def resolve_model_path(ref: str, path: str) -> str:
+    """A local folder or hub id for ``ref`` (``pkg:`` references resolved, ``~`` expanded)."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ConfigError(f"expected a model folder or hub id, got {ref!r}", path)
+    if ref.startswith("pkg:"):
+        return package_file(ref)
+    expanded = os.path.expanduser(ref)
+    return expanded if os.path.exists(expanded) else ref
+
+
+def model_fingerprint(path: str) -> str:
+    """A cheap content fingerprint of a local model folder (config plus weight-file samples).
+
+    Part of every cache key, so two different checkpoints saved at the same path never share
+    cached scores. Hashing whole multi-GB weight files would cost more than scoring, so each
+    weight file contributes its size and the hash of its first and last MiB. Hub ids (no local
+    folder) are identified by their name.
+    """
+    if not os.path.isdir(path):
+        return "hub"
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            continue
+        if name == "config.json":
+            with open(full, "rb") as f:
+                h.update(b"config" + f.read())
+        elif name.endswith(_WEIGHT_SUFFIXES):
+            size = os.path.getsize(full)
+            h.update(f"{name}:{size}".encode())
+            with open(full, "rb") as f:
+                h.update(f.read(1 << 20))
+                if size > 2 << 20:
+                    f.seek(size - (1 << 20))
+                    h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` is CUDA when available, else CPU; anything else is passed to torch as is."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` is bfloat16 on CUDA (tensor cores) and float32 elsewhere (CPU bf16 is slow)."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise ConfigError(f"expected one of {sorted(table)}, got {name!r}", "dtype")
+    return table[name]
+
+
+def token_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Group indices, sorted longest first, into batches of at most ``max_tokens`` padded
+    tokens (rows x longest row) and ``max_rows`` rows.
+
+    Sorting by length keeps padding small; longest first makes an out-of-memory error show in
+    the first batch instead of after minutes of work.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        n = max(int(lengths[i]), 1)
+        width = max(longest, n)
+        if current and (len(current) >= max_rows or width * (len(current) + 1) > max_tokens):
+            batches.append(current)
+            current, width = [], n
+        current.append(i)
+        longest = width
+    if current:
+        batches.append(current)
+    return batches
+
+
+def describe(values: Sequence[float | None]) -> dict[str, Any]:
+    """Count, missing, mean, std, min, quartiles and max of a list of scores (None = missing)."""
+    present = sorted(v for v in values if v is not None)
+    out: dict[str, Any] = {"count": len(present), "missing": len(values) - len(present)}
+    if not present:
+        return out
+    n = len(present)
+    mean = sum(present) / n
+    var = sum((v - mean) ** 2 for v in present) / n
+
+    def quantile(q: float) -> float:
+        pos = q * (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        return present[lo] + (present[hi] - present[lo]) * (pos - lo)
+
+    out.update(
+        mean=round(mean, 6),
+        std=round(var**0.5, 6),
+        min=round(present[0], 6),
+        p25=round(quantile(0.25), 6),
+        median=round(quantile(0.5), 6),
+        p75=round(quantile(0.75), 6),
+        max=round(present[-1], 6),
+    )
+    return out
