@@ -71,6 +71,17 @@ class RunContext:
         self._components[slot] = comp
         return comp
 
+    def release(self, slot: str) -> None:
+        """Close and forget the component in ``slot`` (it is rebuilt if asked for again).
+
+        Stages that load models of their own (training, evaluation) call this first, so the
+        pipeline's backend does not hold a second model in memory.
+        """
+        comp = self._components.pop(slot, None)
+        close = getattr(comp, "close", None)
+        if callable(close):
+            close()
+
     def build(self, kind: str, value: Any, path: str) -> Any:
         """Build a component of ``kind`` from a slot value (name, mapping, SlotSpec or object)."""
         spec = value if isinstance(value, SlotSpec) else parse_slot(value, path)

@@ -57,10 +57,15 @@ class DocumentsStage(Stage):
         self.store.write_records("documents.jsonl", docs)
         splits = Counter(d.split for d in docs)
         categories = Counter(d.category or "(none)" for d in docs)
-        return {
+        summary = {
             "documents": len(docs),
             "by_split": dict(splits),
             "by_category": dict(categories),
             "skipped_short": skipped_short,
             "skipped_duplicate_id": duplicates,
         }
+        # what the source itself skipped and why (bad files, missing titles, ...), if it says
+        source_stats = getattr(source, "stats", None)
+        if isinstance(source_stats, dict) and source_stats:
+            summary["source"] = source_stats
+        return summary

@@ -46,8 +46,13 @@ class PassagesStage(Stage):
                 "too short for the chunker's settings"
             )
         self.store.write_records("passages.jsonl", passages)
-        return {
+        summary: dict[str, Any] = {
             "passages": len(passages),
             "by_split": dict(Counter(str(p.metadata.get("split")) for p in passages)),
             "documents_without_passage": no_passage,
         }
+        # what the chunker dropped or split, and why (tails under 3/4 L, long sentences, ...)
+        chunker_stats = getattr(chunker, "stats", None)
+        if isinstance(chunker_stats, dict) and chunker_stats:
+            summary["chunker"] = dict(chunker_stats)
+        return summary

@@ -1,23 +1,187 @@
-"""Stage ``questions`` (being built; see its issue)."""
+"""Stage ``questions``: write questions for the training passages, and a held-out test set.
+
+* training questions: ``per_passage`` questions for every passage of a training document,
+  by the ``question_generator`` component, written to ``questions.jsonl``;
+* test questions (the paper's Wiki-Test): ``test_per_passage`` questions for every passage of
+  a held-out document (the passages stage keeps 2 per test document, so 1 question each gives
+  the paper's 2 per document), by the ``test_question_generator`` component (default: the
+  same as ``question_generator``; the paper used a stronger model), written to
+  ``test_questions.jsonl``.
+
+All passages of one document are given to the generator in the same call, so a question
+repeated within a document is rejected and retried. Both generators are built before any
+call, so a missing API key fails before any work; a spend cap reached mid-way stops the stage
+(finished calls are cached, and the same command resumes). The summary records counts,
+passages left without a question, rejection reasons, and each generator's usage (calls,
+tokens, estimated cost), and goes into the manifest.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
 
+from ..errors import ConfigError, StageError
+from ..records import Passage, Question
 from .base import Stage
+
+TRAIN_FILE = "questions.jsonl"
+TEST_FILE = "test_questions.jsonl"
 
 
 @attrs.frozen
 class QuestionsOptions:
-    pass
+    #: questions per training passage (the paper: 1)
+    per_passage: int = 1
+    #: questions per held-out passage (the paper: 1, with 2 passages per test document)
+    test_per_passage: int = 1
+    #: write the held-out test questions (when there are test passages)
+    test_questions: bool = True
+    #: at most this many training passages (None: all), for small runs
+    limit: int | None = None
+    #: at most this many held-out passages (None: all)
+    test_limit: int | None = None
+    #: passages per generator call (whole documents are never split across calls)
+    batch_size: int = 64
+
+
+def _split(p: Passage) -> str:
+    return str(p.metadata.get("split", "train"))
+
+
+def document_batches(passages: Sequence[Passage], size: int) -> Iterator[list[Passage]]:
+    """Batches of about ``size`` passages that never split a document."""
+    by_doc: dict[str, list[Passage]] = {}
+    for p in passages:
+        by_doc.setdefault(p.document_id, []).append(p)
+    batch: list[Passage] = []
+    for group in by_doc.values():
+        if batch and len(batch) + len(group) > size:
+            yield batch
+            batch = []
+        batch.extend(group)
+    if batch:
+        yield batch
+
+
+def _describe(generator: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr in ("identity", "usage", "stats"):
+        value = getattr(generator, attr, None)
+        if callable(value):
+            try:
+                value = value()
+            except Exception:  # noqa: BLE001 - a description must not fail the stage
+                value = None
+        if value is not None:
+            out[attr] = dict(value) if isinstance(value, dict) else value
+    return out
 
 
 class QuestionsStage(Stage):
     name = "questions"
     requires = ("passages",)
+    slots = ("question_generator", "test_question_generator")
     options_class = QuestionsOptions
 
+    def outputs(self) -> list[str]:
+        return [TRAIN_FILE, TEST_FILE]
+
+    def validate(self) -> None:
+        super().validate()
+        o: QuestionsOptions = self.options
+        for name in ("per_passage", "test_per_passage", "batch_size"):
+            if getattr(o, name) < 1:
+                raise ConfigError(f"expected at least 1, got {getattr(o, name)}", f"questions.{name}")
+
+    def _passages(self) -> tuple[list[Passage], list[Passage]]:
+        o: QuestionsOptions = self.options
+        passages = self.store.read_records("passages.jsonl", Passage)
+        train = [p for p in passages if _split(p) != "test"]
+        test = [p for p in passages if _split(p) == "test"] if o.test_questions else []
+        if o.limit is not None:
+            train = train[: o.limit]
+        if o.test_limit is not None:
+            test = test[: o.test_limit]
+        return train, test
+
+    def _generate(
+        self, generator: Any, passages: list[Passage], per_passage: int, split: str
+    ) -> list[Question]:
+        batches = list(document_batches(passages, self.options.batch_size))
+        out: list[Question] = []
+        for batch in self.run_ctx.progress(batches, desc=f"{split} questions", unit="batch"):
+            questions = generator.generate(batch, per_passage=per_passage, split=split)
+            for q in questions:
+                if not isinstance(q, Question):
+                    raise StageError(
+                        f"the question generator returned {type(q).__name__}, expected "
+                        "selflearn.Question records"
+                    )
+            out.extend(questions)
+        return out
+
     def run(self) -> dict[str, Any]:
-        raise NotImplementedError("stage questions is not built yet")
+        o: QuestionsOptions = self.options
+        train, test = self._passages()
+        if not train:
+            raise StageError(
+                "passages.jsonl has no training passage (split 'train'); check the source's "
+                "train_per_category and the passages stage"
+            )
+        # build every generator first: a missing API key fails before any call
+        generator = self.run_ctx.component("question_generator")
+        test_generator = self.run_ctx.component("test_question_generator") if test else None
+
+        questions = self._generate(generator, train, o.per_passage, "train")
+        if not questions:
+            raise StageError(
+                f"no question was accepted for {len(train)} training passages; generator "
+                f"report: {_describe(generator).get('stats')}. Check the generator's model and "
+                "prompt options."
+            )
+        test_questions = (
+            self._generate(test_generator, test, o.test_per_passage, "test") if test else []
+        )
+        self.store.write_records(TRAIN_FILE, questions)
+        self.store.write_records(TEST_FILE, test_questions)
+
+        def without(qs: list[Question], ps: list[Passage]) -> int:
+            asked = {q.passage_id for q in qs}
+            return sum(1 for p in ps if p.id not in asked)
+
+        summary: dict[str, Any] = {
+            "questions": len(questions),
+            "test_questions": len(test_questions),
+            "passages": {"train": len(train), "test": len(test)},
+            "passages_without_question": {
+                "train": without(questions, train),
+                "test": without(test_questions, test),
+            },
+            "generator": _describe(generator),
+        }
+        if test_generator is not None:
+            summary["test_generator"] = _describe(test_generator)
+        return summary
+
+    def estimate(self) -> dict[str, Any]:
+        o: QuestionsOptions = self.options
+        if not self.store.exists("passages.jsonl"):
+            return {"question_calls": "known once the passages exist"}
+        train, test = self._passages()
+
+        def attempts(slot: str) -> int:
+            spec = self.run_ctx.slots.get(slot)
+            value = spec.options.get("attempts", 3) if spec is not None and not spec.is_object else 3
+            return int(value) if isinstance(value, int) else 3
+
+        calls = len(train) * o.per_passage * attempts("question_generator")
+        test_calls = len(test) * o.test_per_passage * attempts("test_question_generator")
+        return {
+            "train_passages": len(train),
+            "test_passages": len(test),
+            "question_calls_at_most": calls + test_calls,
+            "question_calls_at_least": len(train) * o.per_passage + len(test) * o.test_per_passage,
+        }
