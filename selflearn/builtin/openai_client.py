@@ -232,6 +232,7 @@ class ChatClient:
         seed: int | None = None,
         stop: Sequence[str] | None = None,
         logprobs: bool = False,
+        extra_body: dict[str, Any] | None = None,
     ) -> ChatResult:
         """One chat-completions request (``n`` choices)."""
         kwargs: dict[str, Any] = {
@@ -249,6 +250,8 @@ class ChatClient:
             kwargs["stop"] = list(stop)
         if logprobs:
             kwargs["logprobs"] = True
+        if extra_body:  # server-specific parameters (e.g. vLLM's repetition_penalty)
+            kwargs["extra_body"] = dict(extra_body)
         est = sum(len(str(m.get("content", ""))) for m in kwargs["messages"]) // 4 + max_tokens * n
         resp = self._with_retries(lambda: self._client.chat.completions.create(**kwargs), est)
         choices = []
@@ -274,6 +277,7 @@ class ChatClient:
         seed: int | None = None,
         stop: Sequence[str] | None = None,
         logprobs: bool = False,
+        extra_body: dict[str, Any] | None = None,
     ) -> ChatResult:
         """One legacy completions request (raw text prompt, ``n`` choices)."""
         kwargs: dict[str, Any] = {
@@ -291,6 +295,8 @@ class ChatClient:
             kwargs["stop"] = list(stop)
         if logprobs:
             kwargs["logprobs"] = 1
+        if extra_body:
+            kwargs["extra_body"] = dict(extra_body)
         est = len(prompt) // 4 + max_tokens * n
         resp = self._with_retries(lambda: self._client.completions.create(**kwargs), est)
         choices = []

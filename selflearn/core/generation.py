@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .protocols import BackendCapabilities, GenerationParams, InferenceBackend, Prompt
 from .cache import JsonlCache
+from .protocols import BackendCapabilities, GenerationParams, InferenceBackend, Prompt
 from .records import Completion
 
 
@@ -59,9 +59,16 @@ class CachedBackend:
             out.append(row)
         for (start, count), indices in missing.items():
             batch = [prompts[i] for i in indices]
-            results = self.backend.generate(
-                batch, params, n=count, sample_offset=sample_offset + start
-            )
+            try:
+                results = self.backend.generate(
+                    batch, params, n=count, sample_offset=sample_offset + start
+                )
+            except Exception as exc:
+                # A backend that failed part-way may attach what it finished (one list per
+                # prompt, None for unfinished samples): keep it, so a re-run resumes there.
+                self._keep_partial(getattr(exc, "partial_results", None), indices, prompts,
+                                   params, sample_offset + start, count)
+                raise
             if len(results) != len(batch) or any(len(r) != count for r in results):
                 raise RuntimeError(
                     f"backend {self.identity()} returned {len(results)} results for "
@@ -69,12 +76,31 @@ class CachedBackend:
                 )
             self.calls += len(batch) * count
             writes = []
-            for i, completions in zip(indices, results):
+            for i, completions in zip(indices, results, strict=True):
                 for j, comp in enumerate(completions):
                     out[i][start + j] = comp
                     writes.append((self._key(prompts[i], params, sample_offset + start + j), comp.to_dict()))
             self.cache.put_many(writes)
         return [[c for c in row if c is not None] for row in out]
+
+    def _keep_partial(
+        self,
+        partial: Any,
+        indices: list[int],
+        prompts: Sequence[Prompt],
+        params: GenerationParams,
+        first: int,
+        count: int,
+    ) -> None:
+        if not isinstance(partial, list) or len(partial) != len(indices):
+            return
+        writes = []
+        for i, row in zip(indices, partial, strict=True):
+            for j, comp in enumerate(list(row or [])[:count]):
+                if isinstance(comp, Completion):
+                    writes.append((self._key(prompts[i], params, first + j), comp.to_dict()))
+        self.calls += len(writes)
+        self.cache.put_many(writes)
 
     def close(self) -> None:
         self.backend.close()

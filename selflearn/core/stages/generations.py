@@ -1,23 +1,262 @@
-"""Stage ``generations`` (being built; see its issue)."""
+"""Stage ``generations``: the model's answers that knowledge detection compares.
+
+For every training question, through the configured (cached) inference backend:
+
+* ``reference`` y*: greedy, passage in context (``rc_messages``), repetition penalty 1.1;
+* ``with_passage`` Y_c: K samples with the passage (temperature 0.7 as in the research code;
+  the paper says 1.0), top-p 0.9, repetition penalty 1.1;
+* ``without_passage`` Y_r: K samples of the bare question (``closed_book_messages``),
+  temperature 1.0, top-p 0.9, repetition penalty 1.1;
+
+all with at most 384 new tokens and K = 10 (method.md, sections 7.1 and 12); every value is an
+option. Questions go to the backend in deterministic chunks; the backend's content-keyed cache
+(:class:`selflearn.core.generation.CachedBackend`) stores each finished chunk, so a killed run
+resumes at the chunk it lost, a re-run makes no backend call, and raising K asks only for the
+new samples.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
+from ..errors import ConfigError, StageError
+from ..generation import CachedBackend
+from ..options import Options
+from ..prompts import closed_book_messages, rc_messages
+from ..protocols import GenerationParams
+from ..records import Completion, Generations, Passage, Question
 from .base import Stage
 
 
 @attrs.frozen
-class GenerationsOptions:
-    pass
+class ReferenceOptions(Options):
+    """Decoding of y* (greedy with the passage)."""
+
+    #: 0 = greedy (the paper); a positive value samples the reference instead
+    temperature: float = 0.0
+    #: nucleus sampling mass (only used when sampling)
+    top_p: float = 1.0
+    #: transformers-style repetition penalty (1.0: none)
+    repetition_penalty: float = 1.1
+    #: most new tokens per answer
+    max_new_tokens: int = 384
+    #: stop strings: the answer is cut before the first one
+    stop: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class WithPassageOptions(Options):
+    """Decoding of Y_c (samples with the passage)."""
+
+    #: 0.7 in the research code (method.md 7.1); the paper reports 1.0
+    temperature: float = 0.7
+    #: nucleus sampling mass
+    top_p: float = 0.9
+    #: transformers-style repetition penalty (1.0: none)
+    repetition_penalty: float = 1.1
+    #: most new tokens per answer
+    max_new_tokens: int = 384
+    #: stop strings: answers are cut before the first one
+    stop: list[str] = attrs.field(factory=list)
+    #: samples per question (None: the stage's k); 0 skips Y_c
+    k: int | None = None
+
+
+@attrs.frozen
+class WithoutPassageOptions(Options):
+    """Decoding of Y_r (samples of the bare question)."""
+
+    #: sampling temperature (the paper and the research code: 1.0)
+    temperature: float = 1.0
+    #: nucleus sampling mass
+    top_p: float = 0.9
+    #: transformers-style repetition penalty (1.0: none)
+    repetition_penalty: float = 1.1
+    #: most new tokens per answer
+    max_new_tokens: int = 384
+    #: stop strings: answers are cut before the first one
+    stop: list[str] = attrs.field(factory=list)
+    #: samples per question (None: the stage's k); 0 skips Y_r
+    k: int | None = None
+
+
+@attrs.frozen
+class GenerationsOptions(Options):
+    #: K, samples per question with and without the passage (the paper: 10)
+    k: int = 10
+    #: decoding of the reference y* (greedy, passage in context)
+    reference: ReferenceOptions = ReferenceOptions()
+    #: decoding of Y_c (K samples with the passage)
+    with_passage: WithPassageOptions = WithPassageOptions()
+    #: decoding of Y_r (K samples without the passage)
+    without_passage: WithoutPassageOptions = WithoutPassageOptions()
+    #: ask for per-token log-probabilities (needed by the semantic-entropy scorer)
+    logprobs: bool = False
+    #: questions per backend call: the unit of progress and of work lost to a kill
+    chunk_size: int = 64
+    #: question splits to answer (questions.jsonl holds training questions)
+    splits: list[str] = attrs.field(factory=lambda: ["train"])
+    #: answer at most this many questions (None: all)
+    limit: int | None = None
+    #: sampling seed (None: the run's seed)
+    seed: int | None = None
 
 
 class GenerationsStage(Stage):
     name = "generations"
-    requires = ("questions",)
+    requires = ("passages", "questions")
+    slots = ("backend",)
     options_class = GenerationsOptions
 
+    # -- options ---------------------------------------------------------------------------
+    def _ks(self) -> tuple[int, int]:
+        o: GenerationsOptions = self.options
+        kc = o.k if o.with_passage.k is None else o.with_passage.k
+        kr = o.k if o.without_passage.k is None else o.without_passage.k
+        return kc, kr
+
+    def validate(self) -> None:
+        super().validate()
+        o: GenerationsOptions = self.options
+        kc, kr = self._ks()
+        for value, path in ((o.k, "k"), (kc, "with_passage.k"), (kr, "without_passage.k")):
+            if value < 0:
+                raise ConfigError(f"expected a number of samples >= 0, got {value}", f"generations.{path}")
+        if o.chunk_size < 1:
+            raise ConfigError(f"expected a positive integer, got {o.chunk_size}", "generations.chunk_size")
+
+    def params(self) -> dict[str, GenerationParams]:
+        """The decoding parameters of the three call types (also the records' provenance)."""
+        o: GenerationsOptions = self.options
+        seed = o.seed if o.seed is not None else self.run_ctx.seed
+        out = {}
+        for name, c in (("reference", o.reference), ("with_passage", o.with_passage),
+                        ("without_passage", o.without_passage)):
+            greedy = c.temperature <= 0
+            out[name] = GenerationParams(
+                max_new_tokens=c.max_new_tokens,
+                temperature=c.temperature,
+                top_p=c.top_p,
+                repetition_penalty=c.repetition_penalty,
+                stop=tuple(c.stop),
+                seed=None if greedy else seed,
+                logprobs=o.logprobs,
+            )
+        return out
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _questions(self) -> list[Question]:
+        o: GenerationsOptions = self.options
+        questions = [
+            q for q in self.store.read_records("questions.jsonl", Question) if q.split in o.splits
+        ]
+        return questions[: o.limit] if o.limit is not None else questions
+
+    def estimate(self) -> dict[str, Any]:
+        kc, kr = self._ks()
+        per = 1 + kc + kr
+        if not self.store.exists("questions.jsonl"):
+            return {"generations_per_question": per}
+        n = len(self._questions())
+        mt = self.params()
+        tokens = n * sum(mt[c].max_new_tokens * k for c, k in
+                         (("reference", 1), ("with_passage", kc), ("without_passage", kr)))
+        return {"questions": n, "generations": n * per, "max_new_tokens_total": tokens}
+
+    # -- run -----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        raise NotImplementedError("stage generations is not built yet")
+        o: GenerationsOptions = self.options
+        questions = self._questions()
+        if not questions:
+            raise StageError(
+                f"questions.jsonl has no question of split(s) {o.splits}; run the questions "
+                "stage first or change generations.splits"
+            )
+        passages = {p.id: p for p in self.store.read_records("passages.jsonl", Passage)}
+        missing = sorted({q.passage_id for q in questions if q.passage_id not in passages})
+        if missing:
+            raise StageError(
+                f"{len(missing)} question(s) refer to passages not in passages.jsonl (e.g. "
+                f"{missing[0]!r}); re-run the passages and questions stages together"
+            )
+        backend = self.run_ctx.component("backend")
+        calls_before = backend.calls if isinstance(backend, CachedBackend) else None
+        kc, kr = self._ks()
+        params = self.params()
+        provenance = {
+            "backend": backend.identity(),
+            "k": {"with_passage": kc, "without_passage": kr},
+            "params": {name: p.to_dict() for name, p in params.items()},
+        }
+        starts = list(range(0, len(questions), o.chunk_size))
+        records: list[Generations] = []
+        for start in self.run_ctx.progress(starts, total=len(starts), desc="generations", unit="chunk"):
+            chunk = questions[start:start + o.chunk_size]
+            records.extend(self._chunk(backend, chunk, passages, params, (kc, kr), provenance))
+        self.store.write_records("generations.jsonl", records)
+        return self._summary(records, backend, calls_before, (kc, kr))
+
+    def _chunk(
+        self,
+        backend: Any,
+        chunk: Sequence[Question],
+        passages: dict[str, Passage],
+        params: dict[str, GenerationParams],
+        ks: tuple[int, int],
+        provenance: dict[str, Any],
+    ) -> list[Generations]:
+        rc = [rc_messages(passages[q.passage_id].text, q.text) for q in chunk]
+        closed = [closed_book_messages(q.text) for q in chunk]
+        refs = _call(backend, rc, params["reference"], 1)
+        yc = _call(backend, rc, params["with_passage"], ks[0])
+        yr = _call(backend, closed, params["without_passage"], ks[1])
+        return [
+            Generations(
+                question_id=q.id,
+                reference=refs[i][0],
+                with_passage=yc[i],
+                without_passage=yr[i],
+                provenance={**provenance, "passage_id": q.passage_id, "document_id": q.document_id},
+            )
+            for i, q in enumerate(chunk)
+        ]
+
+    def _summary(
+        self, records: list[Generations], backend: Any, calls_before: int | None, ks: tuple[int, int]
+    ) -> dict[str, Any]:
+        comps = [c for r in records for c in (r.reference, *r.with_passage, *r.without_passage)]
+        total = len(comps)
+        summary: dict[str, Any] = {
+            "questions": len(records),
+            "k": {"with_passage": ks[0], "without_passage": ks[1]},
+            "generations": total,
+            "empty_references": sum(1 for r in records if not r.reference.text.strip()),
+            "finish_reasons": dict(Counter(c.finish_reason for c in comps)),
+            "prompt_tokens": sum(c.prompt_tokens for c in comps),
+            "completion_tokens": sum(c.completion_tokens for c in comps),
+        }
+        if calls_before is not None:
+            made = backend.calls - calls_before
+            summary["backend_generations"] = made
+            summary["cached_generations"] = max(0, total - made)
+        inner = getattr(backend, "backend", backend)
+        usage = getattr(inner, "usage", None)
+        if callable(usage):
+            summary["backend_usage"] = usage()
+        return summary
+
+
+def _call(backend: Any, prompts: list[Any], params: GenerationParams, n: int) -> list[list[Completion]]:
+    if n <= 0:
+        return [[] for _ in prompts]
+    out = backend.generate(prompts, params, n=n)
+    if len(out) != len(prompts) or any(len(r) != n for r in out):
+        raise StageError(
+            f"the backend returned {[len(r) for r in out][:5]}... completions for "
+            f"{len(prompts)} prompts; expected {n} per prompt"
+        )
+    return list(out)

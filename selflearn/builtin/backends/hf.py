@@ -1,0 +1,408 @@
+"""``hf``: local generation with transformers, K batch-invariant samples per prompt.
+
+What it does with a call ``generate(prompts, params, n=K, sample_offset=s)``:
+
+* renders each prompt once: chat-message prompts through the tokenizer's chat template
+  (``add_generation_prompt=True``), raw strings as they are (with the tokenizer's special
+  tokens, e.g. BOS); prompts longer than ``max_input_tokens`` keep their last tokens;
+* sorts the prompts by length (longest first, so an out-of-memory error shows up on the first
+  batch) and packs sample rows into batches of at most ``batch_size`` sequences; each batch
+  prefills its distinct prompts once and shares that prefill with their samples
+  (:mod:`.hf_decode`); the results are put back in the caller's order;
+* sample ``j`` of a prompt is a deterministic function of (seed, prompt, parameters, model,
+  ``s + j``) whatever else is in its batch (:mod:`.hf_sampling`), so a resumed run reproduces
+  the rows of the batch it lost and samples 5..9 asked alone equal those of a K=10 call;
+* greedy calls (temperature 0) decode once per prompt and repeat the answer ``n`` times;
+* on ``torch.cuda.OutOfMemoryError`` the batch is halved and retried (and later batches use
+  the smaller size) instead of failing the run.
+
+Log-probabilities (``params.logprobs``) are those of the chosen tokens, one per generated
+token including the final EOS token: under the model's raw next-token distribution
+(``logprobs: model``, the default: what likelihood-based scorers such as semantic entropy
+expect) or under the processed distribution the token was drawn from (``logprobs: sampling``:
+repetition penalty, temperature and top-p applied).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import attrs
+
+from ...core.errors import BackendError, ConfigError
+from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
+from ...core.records import Completion
+from .hf_decode import DecodeBatch, Decoder, RowOutput
+from .hf_sampling import SamplingConfig, row_key
+
+log = logging.getLogger("selflearn.hf")
+
+
+@attrs.frozen
+class Options:
+    #: model reference: hub id, local folder, .gguf file or pkg: reference (None: the run's model)
+    model: str | None = None
+    #: hub revision (branch, tag or commit) when ``model`` is a hub id
+    revision: str | None = None
+    #: "auto" (cuda when available, else cpu), "cpu", "cuda", "cuda:1", "mps", ...
+    device: str = "auto"
+    #: "auto": bfloat16 on a GPU, float32 on the CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: most sequences (sample rows) per forward pass; None: sized from free GPU memory (16 on CPU).
+    #: Halved automatically after an out-of-memory error.
+    batch_size: int | None = None
+    #: longest prompt in tokens (longer prompts keep their end); None: the model's context
+    #: length minus max_new_tokens
+    max_input_tokens: int | None = None
+    #: Jinja chat template for chat prompts when the tokenizer has none (or to override it)
+    chat_template: str | None = None
+    #: sampling seed (None: the run's seed); a call's params.seed wins when set
+    seed: int | None = None
+    #: "dynamic" KV cache (default) or "static" (fixed shapes; the compiled GPU path)
+    cache: Literal["dynamic", "static"] = "dynamic"
+    #: torch.compile the decode step (CUDA graphs); implies cache: static. GPU only in practice
+    compile: bool = False
+    #: the host checks for finished rows and stop strings every this many tokens
+    sync_every: int = 8
+    #: which distribution log-probabilities are taken from: "model" (raw) or "sampling"
+    logprobs: Literal["model", "sampling"] = "model"
+    #: transformers attention implementation ("sdpa", "eager", "flash_attention_2"; None: default)
+    attn_implementation: str | None = None
+
+
+def _file_digest(path: str, h: Any) -> None:
+    """Size plus the first and last 4 MiB: cheap, and any retraining changes both ends."""
+    size = os.path.getsize(path)
+    h.update(f"{os.path.basename(path)}:{size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(4 << 20))
+        if size > 8 << 20:
+            f.seek(-(4 << 20), os.SEEK_END)
+            h.update(f.read())
+
+
+def weights_fingerprint(ref: str) -> str | None:
+    """A short fingerprint of a local model (folder or file) so that retraining a model into
+    the same folder never serves stale cached generations; None for hub ids."""
+    from ...core.models import package_file
+
+    path = package_file(ref) if ref.startswith("pkg:") else os.path.expanduser(ref)
+    h = hashlib.sha256()
+    if os.path.isfile(path):
+        _file_digest(path, h)
+    elif os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            full = os.path.join(path, name)
+            if os.path.isfile(full) and not name.startswith("."):
+                _file_digest(full, h)
+    else:
+        return None
+    return h.hexdigest()[:16]
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index of the earliest occurrence of any stop string in ``text`` (None: none)."""
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+class HFBackend:
+    """See the module docstring."""
+
+    capabilities = BackendCapabilities(chat=True, raw=True, logprobs=True, seed=True, max_n=None)
+
+    def __init__(self, options: Options, model: str, seed: int) -> None:
+        if options.sync_every < 1:
+            raise ConfigError(f"expected a positive integer, got {options.sync_every}", "sync_every")
+        if options.batch_size is not None and options.batch_size < 1:
+            raise ConfigError(f"expected a positive integer, got {options.batch_size}", "batch_size")
+        self.options = options
+        self.model_ref = model
+        self.seed = seed
+        self._fingerprint = weights_fingerprint(model)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._decoder: Decoder | None = None
+        self._oom_cap: int | None = None  # batch size after an out-of-memory back-off
+        self._device: str | None = None
+
+    # -- identity and loading ------------------------------------------------------------
+    def _resolved_device(self) -> str:
+        if self._device is None:
+            import torch
+
+            dev = self.options.device
+            self._device = ("cuda" if torch.cuda.is_available() else "cpu") if dev == "auto" else dev
+        return self._device
+
+    def _dtype_name(self) -> str:
+        if self.options.dtype != "auto":
+            return self.options.dtype
+        return "float32" if self._resolved_device() == "cpu" else "bfloat16"
+
+    def identity(self) -> dict[str, Any]:
+        ident: dict[str, Any] = {
+            "backend": "hf",
+            "model": self.model_ref,
+            "dtype": self._dtype_name(),
+            "seed": self.seed,
+            "logprobs": self.options.logprobs,
+        }
+        if self._fingerprint:
+            ident["weights"] = self._fingerprint
+        if self.options.revision:
+            ident["revision"] = self.options.revision
+        if self.options.chat_template:
+            ident["chat_template"] = hashlib.sha256(self.options.chat_template.encode()).hexdigest()[:16]
+        return ident
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+
+        from ...core.models import load_causal_lm, load_tokenizer
+
+        kwargs: dict[str, Any] = {}
+        if self.options.revision:
+            kwargs["revision"] = self.options.revision
+        self._tokenizer = load_tokenizer(self.model_ref, **kwargs)
+        if self.options.attn_implementation:
+            kwargs["attn_implementation"] = self.options.attn_implementation
+        device = self._resolved_device()
+        dtype = getattr(torch, self._dtype_name())
+        log.info("hf: loading %s on %s (%s)", self.model_ref, device, self._dtype_name())
+        self._model = load_causal_lm(self.model_ref, dtype=dtype, device=device, **kwargs)
+        eos = self._model.generation_config.eos_token_id
+        if eos is None:
+            eos = self._tokenizer.eos_token_id
+        eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
+        pad = self._tokenizer.pad_token_id
+        pad = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
+        compiled = self.options.compile
+        self._decoder = Decoder(
+            self._model,
+            eos_ids=tuple(int(e) for e in eos_ids),
+            pad_id=int(pad),
+            cache="static" if compiled else self.options.cache,
+            compile=compiled,
+            sync_every=self.options.sync_every,
+        )
+
+    # -- prompts ---------------------------------------------------------------------------
+    def _encode(self, prompt: Prompt, max_input: int | None) -> list[int]:
+        tok = self._tokenizer
+        if isinstance(prompt, str):
+            ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
+        else:
+            template = self.options.chat_template or tok.chat_template
+            if not template:
+                raise BackendError(
+                    f"hf: the tokenizer of {self.model_ref!r} has no chat template, so chat "
+                    "prompts cannot be rendered. Set backend.options.chat_template to a Jinja "
+                    "template, or use a chat-tuned model"
+                )
+            text = tok.apply_chat_template(
+                [dict(m) for m in prompt], chat_template=template,
+                add_generation_prompt=True, tokenize=False,
+            )
+            ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        if not ids:
+            ids = [self._decoder.pad_id if self._decoder else 0]
+        if max_input is not None and len(ids) > max_input:
+            log.warning("hf: a prompt of %d tokens was cut to its last %d", len(ids), max_input)
+            ids = ids[-max_input:]
+        return ids
+
+    def _max_input(self, params: GenerationParams) -> int | None:
+        if self.options.max_input_tokens is not None:
+            return self.options.max_input_tokens
+        ctx = getattr(self._model.config, "max_position_embeddings", None)
+        return max(1, int(ctx) - params.max_new_tokens) if ctx else None
+
+    # -- batching ----------------------------------------------------------------------------
+    def _batch_size(self, longest: int, params: GenerationParams) -> int:
+        if self._oom_cap is not None:
+            return self._oom_cap
+        if self.options.batch_size is not None:
+            return self.options.batch_size
+        if not self._resolved_device().startswith("cuda"):
+            return 16
+        import torch
+
+        cfg: Any = self._model.config
+        layers = int(getattr(cfg, "num_hidden_layers", 24))
+        heads: Any = getattr(cfg, "num_key_value_heads", None) or getattr(cfg, "num_attention_heads", 16)
+        heads = int(heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        elt = 2 if self._dtype_name() != "float32" else 4
+        per_row = 2 * layers * heads * head_dim * elt * (longest + params.max_new_tokens)
+        per_row += int(cfg.vocab_size) * 48  # float32 logits, int64 noise hashes, masks
+        free, _ = torch.cuda.mem_get_info(torch.device(self._resolved_device()))
+        return max(1, min(1024, int(0.6 * free / per_row)))
+
+    def _run_rows(
+        self,
+        rows: list[tuple[int, int]],
+        encoded: list[list[int]],
+        keys: dict[tuple[int, int], int],
+        cfg: SamplingConfig,
+        params: GenerationParams,
+    ) -> dict[tuple[int, int], RowOutput]:
+        """Decode ``rows`` ((prompt, sample) pairs), halving the batch on out-of-memory."""
+        import torch
+
+        assert self._decoder is not None
+        prompt_ids = list(dict.fromkeys(p for p, _ in rows))
+        local = {p: i for i, p in enumerate(prompt_ids)}
+        batch = DecodeBatch(
+            prompts=[encoded[p] for p in prompt_ids],
+            rows=[local[p] for p, _ in rows],
+            keys=[keys[r] for r in rows],
+        )
+        stop_check = None
+        if params.stop:
+            tok, stops = self._tokenizer, [s for s in params.stop if s]
+            stop_check = lambda ids: any(  # noqa: E731
+                s in tok.decode(ids, skip_special_tokens=True) for s in stops
+            )
+        try:
+            outs = self._decoder.run(batch, cfg, params.max_new_tokens, stop_check)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(rows) <= 1:
+                raise BackendError(
+                    f"hf: out of GPU memory generating one sequence with {self.model_ref!r} "
+                    f"({len(encoded[rows[0][0]])} prompt tokens + {params.max_new_tokens} new). "
+                    "Use a smaller max_new_tokens or max_input_tokens, dtype bfloat16, or a "
+                    "larger GPU"
+                ) from None
+            self._oom_cap = max(1, min(self._oom_cap or len(rows), len(rows)) // 2)
+            log.warning("hf: out of memory at %d sequences; retrying with batches of %d",
+                        len(rows), self._oom_cap)
+            done: dict[tuple[int, int], RowOutput] = {}
+            rest = rows
+            while rest:  # the cap may shrink again inside
+                part, rest = rest[: self._oom_cap], rest[self._oom_cap:]
+                done.update(self._run_rows(part, encoded, keys, cfg, params))
+            return done
+        return dict(zip(rows, outs, strict=True))
+
+    # -- the protocol ------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: GenerationParams,
+        *,
+        n: int = 1,
+        sample_offset: int = 0,
+    ) -> list[list[Completion]]:
+        _check_params(params)
+        if not prompts or n <= 0:
+            return [[] for _ in prompts]
+        self._load()
+        max_input = self._max_input(params)
+        encoded = [self._encode(p, max_input) for p in prompts]
+        per_prompt = 1 if params.greedy else n
+        seed = params.seed if params.seed is not None else self.seed
+        keys = {
+            (p, j): row_key(seed, _prompt_key(prompts[p]), sample_offset + j)
+            for p in range(len(prompts))
+            for j in range(per_prompt)
+        }
+        order = sorted(range(len(prompts)), key=lambda p: (-len(encoded[p]), p))
+        cfg = SamplingConfig(
+            greedy=params.greedy,
+            temperature=params.temperature if not params.greedy else 1.0,
+            top_p=params.top_p,
+            repetition_penalty=params.repetition_penalty,
+            logprobs=self.options.logprobs if params.logprobs else None,
+        )
+        results: dict[tuple[int, int], RowOutput] = {}
+        pending = [(p, j) for p in order for j in range(per_prompt)]
+        while pending:
+            size = self._batch_size(len(encoded[pending[0][0]]), params)
+            chunk, pending = pending[:size], pending[size:]
+            results.update(self._run_rows(chunk, encoded, keys, cfg, params))
+        out = []
+        for p in range(len(prompts)):
+            comps = [self._completion(len(encoded[p]), results[(p, j)], params) for j in range(per_prompt)]
+            out.append(comps * n if params.greedy else comps)
+        return out
+
+    def _completion(self, prompt_len: int, row: RowOutput, params: GenerationParams) -> Completion:
+        tok = self._tokenizer
+        ids, lps = row.tokens, row.logprobs
+        body = ids[:-1] if row.eos else ids
+        text = tok.decode(body, skip_special_tokens=True)
+        finish = "stop" if row.eos else "length"
+        cut = first_stop(text, params.stop)
+        if cut is not None:
+            text, finish = text[:cut], "stop"
+            ids = ids[: self._stop_prefix(body, params.stop)]
+            lps = lps[: len(ids)] if lps is not None else None
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt_len,
+            completion_tokens=len(ids),
+            logprobs=[float(x) for x in lps] if params.logprobs and lps is not None else None,
+            tokens=list(tok.convert_ids_to_tokens(ids)) if params.logprobs else None,
+        )
+
+    def _stop_prefix(self, ids: list[int], stops: Sequence[str]) -> int:
+        """The fewest leading tokens whose text contains a stop string (binary search)."""
+        tok = self._tokenizer
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if first_stop(tok.decode(ids[:mid], skip_special_tokens=True), stops) is not None:
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
+
+    def close(self) -> None:
+        if self._model is not None:
+            self._model = self._decoder = None
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except ImportError:  # pragma: no cover
+                pass
+
+
+def _prompt_key(prompt: Prompt) -> Any:
+    return prompt if isinstance(prompt, str) else [dict(m) for m in prompt]
+
+
+def _check_params(params: GenerationParams) -> None:
+    problems = []
+    if params.temperature < 0:
+        problems.append(f"temperature must be >= 0 (0 = greedy), got {params.temperature}")
+    if not 0 < params.top_p <= 1:
+        problems.append(f"top_p must be in (0, 1], got {params.top_p}")
+    if params.repetition_penalty <= 0:
+        problems.append(f"repetition_penalty must be > 0, got {params.repetition_penalty}")
+    if params.max_new_tokens < 0:
+        problems.append(f"max_new_tokens must be >= 0, got {params.max_new_tokens}")
+    if problems:
+        raise BackendError("hf: invalid generation parameters: " + "; ".join(problems))
+
+
+def create(options: Options, context: Any) -> HFBackend:
+    model = options.model or getattr(context, "model", None)
+    if not model:
+        raise ConfigError(
+            "no model: set backend.options.model or the top-level model (a hub id, local "
+            "folder, .gguf file or pkg: reference)",
+            "backend.options.model",
+        )
+    seed = options.seed if options.seed is not None else int(getattr(context, "seed", 42))
+    return HFBackend(options, model, seed)

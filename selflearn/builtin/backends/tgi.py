@@ -1,0 +1,422 @@
+"""``tgi``: a client for a text-generation-inference server (``POST /generate``).
+
+K samples per prompt, two ways (option ``samples``):
+
+* ``seeded`` (default): one request per sample, ``do_sample`` with ``seed = hash(seed, prompt,
+  sample index)``, up to ``concurrency`` requests in flight. Sample ``j`` depends only on (seed,
+  prompt, parameters, ``j``), so the cache can ask for samples 5..9 alone when K grows from 5
+  to 10 and get what a K=10 run would have produced, and a re-run is reproducible.
+* ``best_of``: the research code's way, one request with ``best_of=K`` and ``details`` (the
+  main sequence plus ``details.best_of_sequences``). TGI refuses a seed with ``best_of > 1``,
+  so these samples are not reproducible (the cache still keeps them); requests are split when
+  K exceeds the server's ``max_best_of``.
+
+Chat prompts are rendered client-side with a tokenizer's chat template (``chat: template``,
+as the research code did) or sent to TGI's Messages API ``/v1/chat/completions``
+(``chat: messages``; that API has no repetition penalty, so it is not applied there).
+``GET /info`` is read once: it tells an unreachable server from a slow one and gives the
+model id. Retries with exponential backoff honour ``Retry-After`` on 429 and retry 5xx,
+timeouts and dropped connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any, Literal
+
+import attrs
+
+from ...core.errors import AuthenticationError, BackendError, ConfigError
+from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
+from ...core.records import Completion
+from ._remote import ChatRenderer, attach_partial, cut_at_stop, sample_seed
+
+log = logging.getLogger("selflearn.tgi")
+
+
+@attrs.frozen
+class Options:
+    #: the server's URL (text-generation-launcher's --port; no trailing path)
+    url: str = "http://127.0.0.1:8080"
+    #: the model id the server must be serving (checked against GET /info); None: any
+    model: str | None = None
+    #: "template": render chat prompts with a tokenizer's chat template and call /generate;
+    #: "messages": send them to TGI's Messages API /v1/chat/completions
+    chat: Literal["template", "messages"] = "template"
+    #: tokenizer for chat templates (None: the run's model, else the server's model id)
+    tokenizer: str | None = None
+    #: Jinja chat template overriding the tokenizer's
+    chat_template: str | None = None
+    #: "seeded" (one seeded request per sample) or "best_of" (one request with best_of=K)
+    samples: Literal["seeded", "best_of"] = "seeded"
+    #: sampling seed (None: the run's seed); a call's params.seed wins when set
+    seed: int | None = None
+    #: requests in flight at once (the research code used 10 threads)
+    concurrency: int = 10
+    #: seconds before a request times out
+    timeout: float = 300.0
+    #: attempts per request on 429 / 5xx / timeouts / dropped connections
+    max_retries: int = 6
+    #: first backoff in seconds (doubles each attempt, with jitter; Retry-After wins)
+    backoff: float = 1.0
+    #: longest single wait in seconds
+    max_backoff: float = 60.0
+    #: seconds to wait for a server that is still starting (GET /info) before giving up
+    wait_for_server: float = 0.0
+    #: TGI's ``truncate``: keep only the last N prompt tokens (None: the server's limits apply)
+    truncate: int | None = None
+    #: ask for the prompt's tokens (decoder_input_details) to count prompt tokens exactly
+    decoder_input_details: bool = False
+    #: environment variable / secret with a bearer token (servers behind authentication)
+    api_key_env: str | None = None
+
+
+_FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop", "stop": "stop"}
+
+
+class TGIBackend:
+    """See the module docstring."""
+
+    def __init__(self, options: Options, tokenizer: str | None, seed: int, token: str | None) -> None:
+        import httpx
+
+        if options.concurrency < 1 or options.max_retries < 1:
+            raise ConfigError("concurrency and max_retries must be at least 1", "backend.options")
+        self.options = options
+        self.url = options.url.rstrip("/")
+        self.seed = seed
+        self.capabilities = BackendCapabilities(
+            chat=True, raw=True, logprobs=True, seed=options.samples == "seeded", max_n=None
+        )
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        limits = httpx.Limits(max_connections=options.concurrency + 2)
+        self._http = httpx.Client(timeout=options.timeout, headers=headers, limits=limits)
+        self._info: dict[str, Any] | None = None
+        self._tokenizer_ref = tokenizer
+        self._renderer: ChatRenderer | None = None
+        self._lock = threading.Lock()
+        self.usage_counts: dict[str, int] = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+    # -- server info and identity ---------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """GET /info once; a clear error when the server is unreachable or serves another model."""
+        if self._info is not None:
+            return self._info
+        import httpx
+
+        deadline = time.monotonic() + self.options.wait_for_server
+        while True:
+            try:
+                resp = self._http.get(f"{self.url}/info", timeout=min(self.options.timeout, 30.0))
+                break
+            except httpx.HTTPError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                raise BackendError(
+                    f"cannot reach the TGI server at {self.url} (GET {self.url}/info: "
+                    f"{type(exc).__name__}: {exc}). Start it (see docs/backends.md: "
+                    "text-generation-launcher --model-id MODEL --port PORT ...), or fix "
+                    "backend.options.url"
+                ) from None
+        if resp.status_code in (401, 403):
+            raise AuthenticationError(
+                f"the TGI server at {self.url} refused the request (HTTP {resp.status_code}); "
+                f"set backend.options.api_key_env to the variable holding its token"
+            )
+        try:
+            info = resp.json()
+        except ValueError:
+            info = None
+        if resp.status_code != 200 or not isinstance(info, dict):
+            raise BackendError(
+                f"{self.url}/info answered HTTP {resp.status_code} without TGI's JSON info: is "
+                "this a text-generation-inference server? (for OpenAI-compatible servers use "
+                "the `openai` backend)"
+            )
+        served = info.get("model_id")
+        want = self.options.model
+        if want and served != want:
+            raise BackendError(
+                f"the TGI server at {self.url} serves model {served!r}, but backend.options.model "
+                f"is {want!r}: start the server with --model-id {want} or set model: {served}"
+            )
+        self._info = info
+        return info
+
+    def _model_id(self) -> str:
+        return self.options.model or str(self.info().get("model_id"))
+
+    def identity(self) -> dict[str, Any]:
+        ident: dict[str, Any] = {
+            "backend": "tgi",
+            "model": self._model_id(),
+            "samples": self.options.samples,
+            "seed": self.seed,
+            "chat": self.options.chat,
+        }
+        if self.options.chat == "template":
+            ident.update(self._chat().identity())
+        if self.options.truncate is not None:
+            ident["truncate"] = self.options.truncate
+        return ident
+
+    def _chat(self) -> ChatRenderer:
+        if self._renderer is None:
+            ref = self._tokenizer_ref or self._model_id()
+            self._renderer = ChatRenderer(ref, self.options.chat_template, f"tgi at {self.url}")
+        return self._renderer
+
+    def usage(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.usage_counts)
+
+    # -- HTTP with retries ----------------------------------------------------------------
+    def _post(self, path: str, payload: dict[str, Any]) -> Any:
+        import httpx
+
+        o = self.options
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            try:
+                resp = self._http.post(f"{self.url}{path}", json=payload)
+            except httpx.HTTPError as exc:  # timeouts, refused or dropped connections
+                what = type(exc).__name__
+            else:
+                status = resp.status_code
+                if status == 200:
+                    with self._lock:
+                        self.usage_counts["requests"] += 1
+                    return resp.json()
+                if status in (401, 403):
+                    raise AuthenticationError(
+                        f"the TGI server at {self.url} refused the request (HTTP {status}); "
+                        "check backend.options.api_key_env"
+                    )
+                if status != 429 and status < 500 and status != 408:
+                    raise BackendError(
+                        f"the TGI server at {self.url} rejected POST {path} (HTTP {status}): "
+                        f"{_error_text(resp)}"
+                    )
+                what = f"HTTP {status}"
+                retry_after = _retry_after(resp.headers.get("retry-after"))
+            if attempt >= o.max_retries:
+                raise BackendError(
+                    f"the TGI server at {self.url} kept failing on POST {path} ({what}) after "
+                    f"{attempt} attempts; finished samples are cached, run again to resume"
+                )
+            delay = retry_after
+            if delay is None:
+                delay = min(o.max_backoff, o.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+            with self._lock:
+                self.usage_counts["retries"] += 1
+            log.warning("%s%s: %s, retrying in %.1fs (attempt %d/%d)",
+                        self.url, path, what, delay, attempt + 1, o.max_retries)
+            time.sleep(min(delay, o.max_backoff))
+
+    # -- one request ------------------------------------------------------------------------
+    def _generate_request(
+        self, text: str, params: GenerationParams, *, seed: int | None, best_of: int = 1
+    ) -> list[Completion]:
+        p: dict[str, Any] = {
+            "do_sample": not params.greedy,
+            "max_new_tokens": params.max_new_tokens,
+            "details": True,
+            "decoder_input_details": self.options.decoder_input_details,
+        }
+        if not params.greedy:
+            p["temperature"] = params.temperature
+            if params.top_p < 1.0:  # TGI requires 0 < top_p < 1
+                p["top_p"] = params.top_p
+            if seed is not None:
+                p["seed"] = seed
+        if params.repetition_penalty != 1.0:
+            p["repetition_penalty"] = params.repetition_penalty
+        if params.stop:
+            p["stop"] = list(params.stop)
+        if best_of > 1:
+            p["best_of"] = best_of
+        if self.options.truncate is not None:
+            p["truncate"] = self.options.truncate
+        data = self._post("/generate", {"inputs": text, "parameters": p})
+        if isinstance(data, list):  # some versions answer a one-element list
+            data = data[0] if data else {}
+        details = data.get("details") or {}
+        prefill = len(details.get("prefill") or []) or self._chat_count(text)
+        seqs = [(data.get("generated_text", ""), details)]
+        seqs += [(s.get("generated_text", ""), s) for s in details.get("best_of_sequences") or []]
+        return [self._completion(t, d, params, prefill) for t, d in seqs]
+
+    def _chat_count(self, text: str) -> int:
+        return self._renderer.count(text) if self._renderer is not None else 0
+
+    def _completion(self, text: str, d: dict[str, Any], params: GenerationParams, prompt_tokens: int) -> Completion:
+        toks = d.get("tokens") or []
+        pieces = [str(t.get("text", "")) for t in toks]
+        lps = [float(t.get("logprob") or 0.0) for t in toks]
+        finish = _FINISH.get(str(d.get("finish_reason")), "stop")
+        text, stopped, keep = cut_at_stop(text, params.stop, pieces if toks else None)
+        if stopped:
+            finish = "stop"
+            if keep is not None:
+                pieces, lps = pieces[:keep], lps[:keep]
+        n_tok = len(pieces) if toks else int(d.get("generated_tokens") or 0)
+        with self._lock:
+            self.usage_counts["prompt_tokens"] += prompt_tokens
+            self.usage_counts["completion_tokens"] += n_tok
+        return Completion(
+            text=text, finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=n_tok,
+            logprobs=lps if params.logprobs and toks else None,
+            tokens=pieces if params.logprobs and toks else None,
+        )
+
+    def _messages_request(self, messages: Sequence[Any], params: GenerationParams, seed: int | None) -> Completion:
+        body: dict[str, Any] = {
+            "model": "tgi",
+            "messages": [dict(m) for m in messages],
+            "max_tokens": params.max_new_tokens,
+            "temperature": 0.0 if params.greedy else params.temperature,
+        }
+        if not params.greedy:
+            if params.top_p < 1.0:
+                body["top_p"] = params.top_p
+            if seed is not None:
+                body["seed"] = seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if params.logprobs:
+            body["logprobs"] = True
+        data = self._post("/v1/chat/completions", body)
+        choice = (data.get("choices") or [{}])[0]
+        text = str((choice.get("message") or {}).get("content") or "")
+        content = (choice.get("logprobs") or {}).get("content") or []
+        d = {
+            "finish_reason": choice.get("finish_reason"),
+            "tokens": [{"text": c.get("token", ""), "logprob": c.get("logprob")} for c in content],
+            "generated_tokens": (data.get("usage") or {}).get("completion_tokens", 0),
+        }
+        pt = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+        return self._completion(text, d, params, pt)
+
+    # -- the protocol ------------------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        params: GenerationParams,
+        *,
+        n: int = 1,
+        sample_offset: int = 0,
+    ) -> list[list[Completion]]:
+        if not prompts or n <= 0:
+            return [[] for _ in prompts]
+        info = self.info()
+        if params.repetition_penalty != 1.0 and self.options.chat == "messages" and any(
+            not isinstance(p, str) for p in prompts
+        ):
+            log.warning("tgi: the Messages API has no repetition_penalty; it is not applied")
+        seed = params.seed if params.seed is not None else self.seed
+        per_prompt = 1 if params.greedy else n
+        # work items: (prompt index, first sample, how many samples the request returns)
+        jobs: list[tuple[int, int, int]] = []
+        for pi in range(len(prompts)):
+            if params.greedy or self.options.samples == "seeded":
+                jobs += [(pi, j, 1) for j in range(per_prompt)]
+            else:
+                cap = max(1, int(info.get("max_best_of") or n))
+                jobs += [(pi, j, min(cap, n - j)) for j in range(0, n, cap)]
+        texts: dict[int, str] = {}
+        for pi, p in enumerate(prompts):
+            if isinstance(p, str):
+                texts[pi] = p
+            elif self.options.chat == "template":
+                texts[pi] = self._chat().render(p)
+        results: list[list[Completion | None]] = [[None] * per_prompt for _ in prompts]
+
+        def run(job: tuple[int, int, int]) -> None:
+            pi, j, count = job
+            s = None if (self.options.samples == "best_of" and not params.greedy) else sample_seed(
+                seed, prompts[pi], sample_offset + j
+            )
+            if pi in texts:
+                comps = self._generate_request(texts[pi], params, seed=s, best_of=count)
+            else:
+                comps = [self._messages_request(prompts[pi], params, s)]
+            if len(comps) < count:
+                raise BackendError(
+                    f"the TGI server at {self.url} returned {len(comps)} sequences for "
+                    f"best_of={count}; is --max-best-of at least {count}?"
+                )
+            for k in range(count):
+                results[pi][j + k] = comps[k]
+
+        try:
+            _bounded(run, jobs, self.options.concurrency)
+        except Exception as exc:
+            attach_partial(exc, [row * n if params.greedy else row for row in results])
+            raise
+        out = [[c for c in row if c is not None] for row in results]
+        return [row * n for row in out] if params.greedy else out
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _bounded(fn: Callable[[Any], None], items: list[Any], concurrency: int) -> None:
+    """Run ``fn`` over ``items`` with at most ``concurrency`` in flight; the first error stops
+    new work and is raised once the calls in flight have finished."""
+    if concurrency <= 1 or len(items) <= 1:
+        for x in items:
+            fn(x)
+        return
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+        if failed:
+            for f in pending:
+                f.cancel()
+            wait(pending)
+            raise failed[0].exception()  # type: ignore[misc]
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _error_text(resp: Any) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return str(resp.text)[:300]
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        return str(err)[:300]
+    return str(body)[:300]
+
+
+def create(options: Options, context: Any) -> TGIBackend:
+    seed = options.seed if options.seed is not None else int(getattr(context, "seed", 42))
+    token = None
+    if options.api_key_env:
+        token = context.secret(options.api_key_env) if context is not None else None
+        if not token:
+            raise ConfigError(
+                f"no token: set the environment variable {options.api_key_env}",
+                "backend.options.api_key_env",
+            )
+    tokenizer = options.tokenizer or getattr(context, "model", None)
+    return TGIBackend(options, tokenizer, seed, token)

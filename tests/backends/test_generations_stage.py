@@ -1,0 +1,178 @@
+"""The ``generations`` stage: y*, Y_c and Y_r per question through the cached backend; re-runs,
+growing K and resuming after a kill."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from selflearn import Pipeline
+from selflearn.builtin.backends.echo import EchoBackend
+from selflearn.builtin.backends.echo import Options as EchoOptions
+from selflearn.core.errors import StageError
+from selflearn.core.records import Generations, Passage, Question
+from tests.backends.helpers import CountingBackend
+
+PASSAGES = [
+    Passage(id=f"p{i}", document_id=f"d{i}", index=0, title=f"Doc {i}",
+            text=f"Topic {i} is a subject of study number {i}. It has many facets and a long history.")
+    for i in range(5)
+]
+QUESTIONS = [
+    Question(id=f"q{i}", passage_id=f"p{i % 5}", document_id=f"d{i % 5}", text=f"What is topic {i % 5} about, variant {i}?")
+    for i in range(7)
+] + [Question(id="t0", passage_id="p0", document_id="d0", text="A test question?", split="test")]
+
+
+def pipeline(run_dir: str, backend: Any, **generations: Any) -> Pipeline:
+    cfg: dict[str, Any] = {"run_dir": run_dir, "backend": backend, "seed": 42}
+    if generations:
+        cfg["generations"] = generations
+    pipe = Pipeline(cfg, load_entry_points=False)
+    if not pipe.store.exists("questions.jsonl"):
+        pipe.store.write_records("passages.jsonl", PASSAGES)
+        pipe.store.write_records("questions.jsonl", QUESTIONS)
+    return pipe
+
+
+def run_stage(run_dir: str, backend: Any, **generations: Any) -> tuple[list[Generations], dict[str, Any]]:
+    pipe = pipeline(run_dir, backend, **generations)
+    try:
+        summary = pipe.stage("generations").run()
+    finally:
+        pipe.close()
+    return pipe.store.read_records("generations.jsonl", Generations), summary
+
+
+def rows(records: list[Generations]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.to_dict().items() if k != "provenance"} for r in records]
+
+
+class RecordingEcho(EchoBackend):
+    def __init__(self) -> None:
+        super().__init__(EchoOptions())
+        self.seen: list[tuple[Any, dict[str, Any], int]] = []
+
+    def generate(self, prompts: Any, params: Any, *, n: int = 1, sample_offset: int = 0) -> Any:
+        self.seen += [(p, params.to_dict(), n) for p in prompts]
+        return super().generate(prompts, params, n=n, sample_offset=sample_offset)
+
+
+def test_reference_and_k_samples_with_and_without_the_passage(run_dir: str) -> None:
+    echo = RecordingEcho()
+    records, summary = run_stage(run_dir, echo, k=3)
+    assert [r.question_id for r in records] == [f"q{i}" for i in range(7)]  # training split only
+    for r, q in zip(records, QUESTIONS[:7], strict=True):
+        assert r.reference.text and r.reference.finish_reason == "stop"
+        assert len(r.with_passage) == 3 and len(r.without_passage) == 3
+        assert len({c.text for c in r.with_passage}) > 1
+        assert r.provenance["passage_id"] == q.passage_id
+        assert r.provenance["backend"] == {"backend": "echo", "model": "echo"}
+    by_params = {}
+    for prompt, params, n in echo.seen:
+        by_params.setdefault((params["temperature"], params["top_p"], n), []).append(prompt)
+    # the paper's parameters: greedy y*, Y_c at T=0.7 with the passage, Y_r at T=1.0 without
+    ref, yc, yr = by_params[(0.0, 1.0, 1)], by_params[(0.7, 0.9, 3)], by_params[(1.0, 0.9, 3)]
+    assert len(ref) == len(yc) == len(yr) == 7
+    for i, q in enumerate(QUESTIONS[:7]):
+        passage = PASSAGES[int(q.passage_id[1:])].text
+        assert ref[i] == yc[i] and passage in ref[i][0]["content"] and q.text in ref[i][0]["content"]
+        assert yr[i] == [{"role": "user", "content": q.text}]
+    params = records[0].provenance["params"]
+    assert params["reference"]["repetition_penalty"] == 1.1 and params["reference"]["max_new_tokens"] == 384
+    assert params["with_passage"]["seed"] == 42 and params["reference"]["seed"] is None
+    assert summary["questions"] == 7 and summary["generations"] == 7 * 7
+    assert summary["backend_generations"] == 49 and summary["cached_generations"] == 0
+
+
+def test_second_run_makes_no_backend_call_and_k_grows_incrementally(run_dir: str) -> None:
+    first = CountingBackend(EchoBackend(EchoOptions()))
+    records, _ = run_stage(run_dir, first, k=2)
+    assert first.completions == 7 * (1 + 2 + 2)
+    again = CountingBackend(EchoBackend(EchoOptions()))
+    records2, summary = run_stage(run_dir, again, k=2)
+    assert again.completions == 0 and again.calls == []
+    assert summary["backend_generations"] == 0 and summary["cached_generations"] == 35
+    assert rows(records2) == rows(records)
+    more = CountingBackend(EchoBackend(EchoOptions()))
+    grown, _ = run_stage(run_dir, more, k=4)
+    assert more.completions == 7 * (2 + 2)  # only samples 2 and 3, with and without the passage
+    assert {offset for _, _, offset in more.calls} == {2}
+    for old, new in zip(records, grown, strict=True):
+        assert new.with_passage[:2] == old.with_passage and new.without_passage[:2] == old.without_passage
+        assert len(new.with_passage) == 4 and new.reference == old.reference
+
+
+def test_per_call_options_and_estimate(run_dir: str) -> None:
+    pipe = pipeline(run_dir, "echo", k=5, with_passage={"temperature": 1.0, "k": 0},
+                    without_passage={"max_new_tokens": 7, "stop": ["."]}, logprobs=True)
+    stage = pipe.stage("generations")
+    est = stage.estimate()
+    assert est["questions"] == 7 and est["generations"] == 7 * (1 + 0 + 5)
+    params = stage.params()
+    assert params["with_passage"].temperature == 1.0 and params["with_passage"].top_p == 0.9
+    assert params["without_passage"].stop == (".",) and params["without_passage"].max_new_tokens == 7
+    summary = stage.run()
+    pipe.close()
+    records = pipe.store.read_records("generations.jsonl", Generations)
+    assert records[0].with_passage == [] and len(records[0].without_passage) == 5
+    assert records[0].without_passage[0].logprobs is not None
+    assert summary["k"] == {"with_passage": 0, "without_passage": 5}
+
+
+def test_bad_inputs_are_clear_errors(run_dir: str) -> None:
+    pipe = pipeline(run_dir, "echo")
+    pipe.store.write_records("questions.jsonl", [Question(id="x", passage_id="nope", document_id="d", text="?")])
+    with pytest.raises(StageError, match="nope"):
+        pipe.stage("generations").run()
+    pipe.store.write_records("questions.jsonl", [])
+    with pytest.raises(StageError, match="no question"):
+        pipe.stage("generations").run()
+    pipe.close()
+
+
+@pytest.mark.parametrize("use_hf", [False, True], ids=["echo", "hf"])
+def test_a_killed_run_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path: Any, tiny_llama: str, use_hf: bool) -> None:
+    def make_backend() -> Any:
+        if use_hf:
+            from selflearn.builtin.backends.hf import HFBackend
+            from selflearn.builtin.backends.hf import Options as HFOptions
+
+            return HFBackend(HFOptions(batch_size=8), tiny_llama, seed=42)
+        return EchoBackend(EchoOptions())
+
+    opts = {"k": 3, "chunk_size": 3}
+    if use_hf:
+        small = {"max_new_tokens": 6}
+        opts.update(reference=small, with_passage=small, without_passage=small)
+    clean, _ = run_stage(str(tmp_path / "clean"), make_backend(), **opts)
+    killed_dir = str(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(killed_dir, CountingBackend(make_backend(), fail_after_calls=4), **opts)
+    assert not os.path.exists(os.path.join(killed_dir, "generations.jsonl"))
+    resumed_backend = CountingBackend(make_backend())
+    resumed, _ = run_stage(killed_dir, resumed_backend, **opts)
+    assert rows(resumed) == rows(clean)
+    # the first chunk (3 calls) and the reference call of the second were kept
+    total = 7 * (1 + 3 + 3)
+    assert resumed_backend.completions == total - 3 * 7 - 3
+
+
+def test_hf_backend_through_the_registry(run_dir: str, tiny_llama: str) -> None:
+    small = {"max_new_tokens": 5}
+    backend = {"use": "hf", "options": {"model": tiny_llama, "batch_size": 8}}
+    records, summary = run_stage(run_dir, backend, k=2, reference=small, with_passage=small,
+                                 without_passage=small, logprobs=True)
+    assert len(records) == 7
+    for r in records:
+        assert len(r.with_passage) == 2 and len(r.without_passage) == 2
+        for c in (r.reference, *r.with_passage, *r.without_passage):
+            assert c.completion_tokens <= 5 and c.logprobs is not None and len(c.logprobs) == c.completion_tokens
+        assert r.with_passage[0].prompt_tokens > r.without_passage[0].prompt_tokens  # passage in context
+    assert records[0].provenance["backend"]["backend"] == "hf"
+    assert summary["completion_tokens"] > 0
+    _, again = run_stage(run_dir, backend, k=2, reference=small, with_passage=small,
+                         without_passage=small, logprobs=True)
+    assert again["backend_generations"] == 0
