@@ -17,7 +17,7 @@ from typing import Any, Literal
 import attrs
 
 from ...core.errors import ConfigError, StageError
-from ...core.models import load_causal_lm, load_tokenizer, resolve
+from ...core.models import load_causal_lm, load_tokenizer
 
 log = logging.getLogger("selflearn.trainers")
 
@@ -57,15 +57,27 @@ def _steps(instance: Any, attribute: Any, value: float) -> None:
 class CommonOptions:
     """Options shared by ``trl-sft`` and ``trl-dpo`` (documented in docs/training.md)."""
 
-    #: None: by model size (see :func:`learning_rate_for`), times ``lora_lr_multiplier`` with LoRA
+    #: epochs, used when max_steps <= 0
+    num_train_epochs: float = attrs.field(default=2.0, validator=_positive)
+    #: > 0: train this many optimizer steps (overrides num_train_epochs)
+    max_steps: int = -1
+    #: null: by model size (SFT 2e-5 below 3B parameters, 1e-5 above; DPO 1e-6 / 5e-7), times lora_lr_multiplier with LoRA
     learning_rate: float | None = attrs.field(default=None, validator=_positive)
+    #: rows per device per step (the paper: 8 on each of 4 GPUs = 32)
     per_device_train_batch_size: int = attrs.field(default=8, validator=_positive)
+    #: rows per device per evaluation step
     per_device_eval_batch_size: int = attrs.field(default=8, validator=_positive)
+    #: effective batch = batch size x accumulation x processes
     gradient_accumulation_steps: int = attrs.field(default=1, validator=_positive)
+    #: a transformers scheduler name
     lr_scheduler_type: str = "cosine"
+    #: warm-up as a share of the training steps
     warmup_ratio: float = attrs.field(default=0.03, validator=_fraction)
+    #: AdamW weight decay
     weight_decay: float = 0.0
+    #: gradient clipping norm
     max_grad_norm: float = 1.0
+    #: a transformers optimizer name (e.g. paged_adamw_32bit for QLoRA)
     optim: str = "adamw_torch"
     #: prompt + answer tokens; longer rows are truncated at the end
     max_length: int = attrs.field(default=1024, validator=_positive)
@@ -73,28 +85,35 @@ class CommonOptions:
     eval_fraction: float = attrs.field(default=0.05, validator=_fraction)
     #: no evaluation split when it would hold fewer rows than this
     min_eval_rows: int = attrs.field(default=2, validator=_positive)
-    #: < 1: a fraction of the training steps; >= 1: a number of steps
+    #: evaluation interval: < 1 a fraction of the training steps, >= 1 a number of steps
     eval_steps: float = attrs.field(default=0.2, validator=_steps)
     #: checkpoint interval, as eval_steps; 0: no intermediate checkpoints (no resume after a kill)
     save_steps: float = attrs.field(default=0.2, validator=_steps)
+    #: checkpoints kept (the best one is always kept)
     save_total_limit: int = attrs.field(default=2, validator=_positive)
+    #: logging interval, as eval_steps (the first step is always logged)
     logging_steps: float = attrs.field(default=10, validator=_steps)
+    #: train a LoRA adapter on the frozen model instead of all weights
     use_lora: bool = False
+    #: LoRA rank (the research code: 256)
     lora_r: int = attrs.field(default=64, validator=_positive)
+    #: LoRA scale numerator (alpha / r = 1, as in the research code)
     lora_alpha: int = attrs.field(default=64, validator=_positive)
+    #: dropout on the LoRA input
     lora_dropout: float = attrs.field(default=0.05, validator=_fraction)
+    #: "all-linear" or a list of module names
     lora_target_modules: str | list[str] = "all-linear"
-    #: the research code's LR x10 when LoRA is on (only when learning_rate is None)
+    #: with LoRA and learning_rate null: the by-size rate times this (the research code: x10)
     lora_lr_multiplier: float = attrs.field(default=10.0, validator=_positive)
     #: QLoRA: the frozen base in 4-bit NF4 (needs use_lora, bitsandbytes and a CUDA GPU)
     load_in_4bit: bool = False
     #: with LoRA: also save the adapter merged into the base weights (a plain checkpoint)
     merge_adapters: bool = True
+    #: recompute activations in the backward pass (less memory, slower)
     gradient_checkpointing: bool = True
     #: auto: bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    #: auto: the model's own template, Zephyr-style when it has none; zephyr: always Zephyr-style;
-    #: anything else: a Jinja chat template
+    #: auto: the model's own template, Zephyr-style when it has none; zephyr: always Zephyr-style; anything else: a Jinja chat template
     chat_template: str = "auto"
     #: added when the tokenizer has no pad token or pads with EOS (new rows = mean embedding)
     pad_token: str = "[PAD]"
@@ -155,10 +174,8 @@ def learning_rate_for(kind: str, n_params: int, use_lora: bool, lora_multiplier:
     3B parameters. With LoRA the research code multiplied the rate by 10.
     """
     large = n_params >= LARGE_MODEL_PARAMS
-    if kind == "sft":
-        lr = 1e-5 if large else 2e-5
-    else:
-        lr = 5e-7 if large else 1e-6
+    table = {"sft": (2e-5, 1e-5), "dpo": (1e-6, 5e-7)}
+    lr = table[kind][1 if large else 0]
     return lr * lora_multiplier if use_lora else lr
 
 
@@ -167,7 +184,13 @@ def count_parameters(path: str) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the config of the model {path!r}: {exc}. Give a hub id (with network "
+            "access), a local folder, a .gguf file or a pkg: reference"
+        ) from exc
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return int(model.num_parameters())
@@ -259,6 +282,7 @@ def load_model(
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype).merge_and_unload()
+        model.requires_grad_(True)  # PEFT froze the base when it loaded the adapter
     else:
         model = load_causal_lm(path, dtype=dtype, **kwargs)
     grow_embeddings(model, tokenizer)
@@ -313,11 +337,6 @@ def lora_config(options: CommonOptions) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-
-
-def resolve_model(ref: str) -> str:
-    """A loadable path or hub id for ``ref`` (GGUF and ``pkg:`` references converted)."""
-    return resolve(ref)
 
 
 # -- rows --------------------------------------------------------------------------------------

@@ -128,7 +128,9 @@ def model_card(lineage: dict[str, Any]) -> str:
         front.append(f"base_model: {base}")
     front.append("---")
     upstream = lineage.get("lineage") or {}
-    selection = {k: upstream[k] for k in ("thresholds", "scorer", "filters") if k in upstream}
+    selection = {
+        k: upstream[k] for k in ("thresholds", "scorer", "filters", "would_fail") if k in upstream
+    }
     parts = [
         "\n".join(front),
         f"# {lineage.get('method', 'model').upper()} model trained by selflearn",

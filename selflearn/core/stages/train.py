@@ -1,23 +1,312 @@
-"""Stage ``train`` (being built; see its issue)."""
+"""Stage ``train``: SFT (when an ``sft_trainer`` is configured), then DPO from its model.
+
+Reads what the ``datasets`` stage wrote: ``sft.jsonl`` (:class:`SFTExample`),
+``dpo_pairs.jsonl`` (:class:`PreferencePair`) and ``datasets_summary.json`` (thresholds,
+scorer, rows removed by each filter). The models are saved under the run directory,
+``models/sft`` and ``models/dpo``, and recorded in ``train.json`` so that the evaluation stage
+and a second self-training round can use them; ``train_loss.png`` plots the losses.
+
+Resuming after a kill: the trainers resume from their last checkpoint, and a finished model
+folder whose lineage carries this stage's fingerprint for it (same rows, trainer, input model
+and seed) is reused without training.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
+import os
 from typing import Any
 
 import attrs
 
+from ..errors import ArtifactError, ConfigError, StageError
+from ..hashing import content_hash
+from ..prompts import closed_book_messages
+from ..protocols import TrainRequest, TrainResult
+from ..records import PreferencePair, SFTExample
 from .base import Stage
+
+log = logging.getLogger("selflearn")
+
+SFT_FILE = "sft.jsonl"
+DPO_FILE = "dpo_pairs.jsonl"
+SUMMARY_FILE = "datasets_summary.json"
+LINEAGE_FILE = "selflearn-lineage.json"
 
 
 @attrs.frozen
 class TrainOptions:
-    pass
+    #: folder of the run directory where the models are saved (``<models_dir>/sft``, ``/dpo``)
+    models_dir: str = "models"
+
+
+def sft_rows(examples: list[SFTExample]) -> list[dict[str, Any]]:
+    """Conversational prompt/completion rows: the example's prompt text as the user turn."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": ex.prompt}],
+            "completion": [{"role": "assistant", "content": ex.completion}],
+        }
+        for ex in examples
+    ]
+
+
+def dpo_rows(pairs: list[PreferencePair]) -> list[dict[str, Any]]:
+    """Conversational preference rows; the prompt is the bare question (no passage)."""
+    return [
+        {
+            "prompt": [dict(m) for m in closed_book_messages(p.prompt)],
+            "chosen": [{"role": "assistant", "content": p.chosen}],
+            "rejected": [{"role": "assistant", "content": p.rejected}],
+        }
+        for p in pairs
+    ]
+
+
+def selection(summary: dict[str, Any]) -> dict[str, Any]:
+    """The thresholds, scorer and per-filter removals of the datasets stage, where given."""
+    out: dict[str, Any] = {}
+    thresholds = summary.get("thresholds")
+    if thresholds is None:
+        thresholds = {k: summary[k] for k in ("tau_l", "tau_k") if k in summary} or None
+    if thresholds is not None:
+        out["thresholds"] = thresholds
+    if "scorer" in summary:
+        out["scorer"] = summary["scorer"]
+    for key in ("removed", "removed_by_filter", "filters"):
+        if key in summary:
+            out["filters"] = summary[key]
+            break
+    if "would_fail" in summary:  # rows each filter alone would remove
+        out["would_fail"] = summary["would_fail"]
+    return out
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 class TrainStage(Stage):
     name = "train"
     requires = ("datasets",)
+    slots = ("sft_trainer", "trainer")
     options_class = TrainOptions
 
+    def outputs(self) -> list[str]:
+        return ["train.json", "train_loss.png"]
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.run_ctx.model:
+            raise ConfigError(
+                "the train stage needs the model under training: set `model:` to a hub id, a "
+                "local folder, a .gguf file or a pkg: reference",
+                "model",
+            )
+
+    def estimate(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model_calls": 0}
+        for key, fname in (("sft_rows", SFT_FILE), ("dpo_pairs", DPO_FILE)):
+            if self.store.exists(fname):
+                out[key] = sum(1 for _ in self.store.iter_jsonl(fname))
+        out["trainings"] = (["sft"] if self.run_ctx.has("sft_trainer") else []) + ["dpo"]
+        return out
+
+    # -- running -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        raise NotImplementedError("stage train is not built yet")
+        opts: TrainOptions = self.options
+        if not self.store.is_local:
+            raise ArtifactError(
+                f"the train stage saves models under the run directory, which must be on the "
+                f"local filesystem; got {self.store.url!r}. Use a local run_dir (copy the "
+                "models elsewhere afterwards if needed)"
+            )
+        base = str(self.run_ctx.model or "")
+        if not base:
+            raise ConfigError("the train stage needs `model:` (the model under training)", "model")
+        summary = self.store.read_json(SUMMARY_FILE) if self.store.exists(SUMMARY_FILE) else {}
+        if not isinstance(summary, dict):
+            summary = {}
+        picked = selection(summary)
+        pairs = self._read(DPO_FILE, PreferencePair)
+        if not pairs:
+            raise StageError(self._empty_message(summary, picked))
+        models_root = self.store.local_path(opts.models_dir)
+        results: dict[str, TrainResult | None] = {"sft": None, "dpo": None}
+        counts: dict[str, int | None] = {"sft": None, "dpo": len(pairs)}
+        start = base
+        start_identity: Any = {"model": base}
+        if self.run_ctx.has("sft_trainer"):
+            examples = self._read(SFT_FILE, SFTExample)
+            if not examples:
+                raise StageError(
+                    f"{SFT_FILE} has no rows, but an sft_trainer is configured. Check the "
+                    "datasets stage's SFT settings, or remove sft_trainer to start DPO from "
+                    f"{base!r}"
+                )
+            counts["sft"] = len(examples)
+            origins: dict[str, int] = {}
+            for ex in examples:
+                origins[ex.origin] = origins.get(ex.origin, 0) + 1
+            res, fp = self._train(
+                "sft_trainer", "sft", sft_rows(examples), start, start_identity,
+                os.path.join(models_root, "sft"), SFT_FILE, picked, {"rows_by_origin": origins},
+            )
+            results["sft"] = res
+            start, start_identity = res.model_path, {"sft": fp}
+        res, _ = self._train(
+            "trainer", "preference", dpo_rows(pairs), start, start_identity,
+            os.path.join(models_root, "dpo"), DPO_FILE, picked,
+            {"start_model": start, "base_model": base},
+        )
+        results["dpo"] = res
+        record = self._record(base, results, counts)
+        self.store.write_json("train.json", record)
+        self.store.write_bytes("train_loss.png", _plot(record["loss"], record["eval_loss"]))
+        return {
+            "base_model": base,
+            "models": record["models"],
+            "rows": record["rows"],
+            "final_loss": {k: (v[-1]["loss"] if v else None) for k, v in record["loss"].items()},
+        }
+
+    def _read(self, fname: str, cls: Any) -> list[Any]:
+        if not self.store.exists(fname):
+            return []
+        return list(self.store.read_records(fname, cls))
+
+    def _empty_message(self, summary: dict[str, Any], picked: dict[str, Any]) -> str:
+        parts = [f"no DPO pairs to train on: {DPO_FILE} is missing or empty, so the filters kept nothing."]
+        if "thresholds" in picked:
+            parts.append(f"Thresholds: {_compact(picked['thresholds'])}.")
+        if "scorer" in picked:
+            parts.append(f"Scorer: {_compact(picked['scorer'])}.")
+        if "filters" in picked:
+            parts.append(f"Rows removed by each filter: {_compact(picked['filters'])}.")
+        if "would_fail" in picked:
+            parts.append(f"Rows each filter alone would remove: {_compact(picked['would_fail'])}.")
+        if not picked:
+            parts.append(
+                f"({SUMMARY_FILE} is missing or holds no thresholds/filter counts"
+                + (f": {_compact(summary)}" if summary else "")
+                + ".)"
+            )
+        parts.append(
+            "To keep more questions, raise tau_L or lower tau_K (or switch a filter off) in the "
+            "datasets stage, generate more questions, or check that the scorer works."
+        )
+        return " ".join(parts)
+
+    def _train(
+        self,
+        slot: str,
+        kind: str,
+        rows: list[dict[str, Any]],
+        model: str,
+        model_identity: Any,
+        output_dir: str,
+        source: str,
+        picked: dict[str, Any],
+        extra: dict[str, Any],
+    ) -> tuple[TrainResult, str]:
+        trainer = self.run_ctx.component(slot)
+        if getattr(trainer, "data_kind", None) != kind:
+            raise ConfigError(
+                f"{slot} must take {kind!r} rows, but this trainer's data_kind is "
+                f"{getattr(trainer, 'data_kind', None)!r}. Use trl-sft for sft_trainer and "
+                "trl-dpo (or another preference trainer) for trainer",
+                slot,
+            )
+        spec = self.run_ctx.slots[slot]
+        fingerprint = content_hash(
+            {
+                "rows": content_hash(rows),
+                "trainer": spec.describe() if spec else None,
+                "model": model_identity,
+                "seed": self.run_ctx.seed,
+            }
+        )
+        done = _read_lineage(output_dir)
+        if done and (done.get("lineage") or {}).get("stage_fingerprint") == fingerprint:
+            log.info("train: %s already holds this %s model; reusing it", output_dir, kind)
+            return TrainResult(output_dir, done.get("metrics", {}), done.get("log_history", [])), fingerprint
+        lineage = {
+            "stage": "train",
+            "run_dir": self.store.url,
+            "source_file": source,
+            "source_file_hash": self.store.hash(source),
+            "rows": len(rows),
+            **picked,
+            **extra,
+            "trainer_config": spec.describe() if spec else None,
+            "stage_fingerprint": fingerprint,
+        }
+        request = TrainRequest(
+            rows=rows, model=model, output_dir=output_dir, lineage=lineage, seed=self.run_ctx.seed
+        )
+        return trainer.train(request), fingerprint
+
+    def _record(
+        self, base: str, results: dict[str, TrainResult | None], rows: dict[str, int | None]
+    ) -> dict[str, Any]:
+        models: dict[str, str | None] = {}
+        metrics: dict[str, Any] = {}
+        loss: dict[str, list[dict[str, float]]] = {}
+        eval_loss: dict[str, list[dict[str, float]]] = {}
+        for key, res in results.items():
+            models[key] = os.path.abspath(res.model_path) if res else None
+            metrics[key] = res.metrics if res else None
+            history = res.log_history if res else []
+            loss[key] = [
+                {"step": e["step"], "loss": e["loss"]} for e in history if "loss" in e and "step" in e
+            ]
+            eval_loss[key] = [
+                {"step": e["step"], "loss": e["eval_loss"]}
+                for e in history
+                if "eval_loss" in e and "step" in e
+            ]
+        return {
+            "base_model": base,
+            "models": models,
+            "metrics": metrics,
+            "loss": loss,
+            "eval_loss": eval_loss,
+            "rows": rows,
+        }
+
+
+def _read_lineage(folder: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(folder, LINEAGE_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _plot(loss: dict[str, list[dict[str, float]]], eval_loss: dict[str, list[dict[str, float]]]) -> bytes:
+    """Training (and evaluation) loss per step, one panel per trained model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = [k for k in ("sft", "dpo") if loss.get(k) or eval_loss.get(k)] or ["dpo"]
+    fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.5), squeeze=False)
+    for ax, phase in zip(axes[0], phases, strict=True):
+        for series, label, style in ((loss, "train", "-"), (eval_loss, "eval", "o--")):
+            points = series.get(phase) or []
+            if points:
+                ax.plot([p["step"] for p in points], [p["loss"] for p in points], style, label=label)
+        ax.set_title(f"{phase.upper()} loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
