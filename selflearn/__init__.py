@@ -26,7 +26,23 @@ _LAZY = {
     "PluginError": "selflearn.core.errors",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = [
+    "Completion",
+    "ConfigError",
+    "Document",
+    "Generations",
+    "Passage",
+    "Pipeline",
+    "PluginError",
+    "PreferencePair",
+    "Question",
+    "SFTExample",
+    "Scores",
+    "SelflearnError",
+    "Verdict",
+    "__version__",
+    "hookimpl",
+]
 
 if TYPE_CHECKING:
     from .core.errors import ConfigError, PluginError, SelflearnError

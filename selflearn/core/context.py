@@ -10,12 +10,12 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .protocols import PROTOCOLS
 from .cache import JsonlCache
 from .config import SLOTS, SlotSpec, parse_slot
 from .errors import ConfigError
 from .generation import CachedBackend
 from .options import build_options
+from .protocols import PROTOCOLS
 from .store import ArtifactStore
 
 if TYPE_CHECKING:

@@ -134,5 +134,5 @@ def load_causal_lm(ref: str, *, dtype: Any = None, device: str | None = None, **
             "local folder, a .gguf file or a pkg: reference"
         ) from exc
     if device:
-        model = model.to(device)
+        model = model.to(device)  # type: ignore[arg-type,unused-ignore]
     return model.eval()

@@ -142,6 +142,6 @@ def build_options(cls: type[T], data: Mapping[str, Any] | None, path: str = "opt
                 f"required option missing ({_describe(hints.get(name, Any))})", f"{path}.{name}"
             )
     try:
-        return cls(**kwargs)
+        return cls(**kwargs)  # type: ignore[return-value]
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc), path) from exc

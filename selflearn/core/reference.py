@@ -60,13 +60,14 @@ def _type_name(tp: Any) -> str:
     return re.sub(r"<class '([\w.]+)'>", lambda m: m.group(1).rsplit(".", 1)[-1], text)
 
 
-def _default(field: attrs.Attribute) -> str:  # type: ignore[type-arg]
-    default = field.default
+def _default(field: attrs.Attribute) -> str:
+    default: Any = field.default
     if default is attrs.NOTHING:
         return "**required**"
-    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type,unused-ignore]
+        factory: Any = default.factory
         try:
-            default = default.factory()  # type: ignore[call-arg]
+            default = factory()
         except TypeError:
             return "(computed)"
     if attrs.has(type(default)):

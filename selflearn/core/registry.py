@@ -50,12 +50,13 @@ class ComponentSpec:
         factory = load_object(self.factory, f"{self.kind} {self.name!r}")
         if not callable(factory):
             raise PluginError(f"{self.kind} {self.name!r}: factory {factory!r} is not callable")
-        return factory  # type: ignore[no-any-return]
+        return factory  # type: ignore[no-any-return,unused-ignore]
 
     def load_options_class(self) -> type | None:
         if self.options is None:
             return None
-        return load_object(self.options, f"{self.kind} {self.name!r} options")  # type: ignore[no-any-return]
+        cls: type | None = load_object(self.options, f"{self.kind} {self.name!r} options")
+        return cls
 
 
 class Registry:

@@ -88,7 +88,8 @@ class ArtifactStore:
     def read_bytes(self, name: str) -> bytes:
         try:
             with self.fs.open(self.path(name), "rb") as f:
-                return f.read()  # type: ignore[no-any-return]
+                data: bytes = f.read()
+                return data
         except FileNotFoundError as exc:
             raise ArtifactError(f"{self.path(name)!r} does not exist") from exc
 

@@ -26,11 +26,14 @@ __all__ = ["split_sentences", "ABBREVIATIONS"]
 #: capitalised word or a number. Words that often end a sentence ("etc", "Inc", "Jr") are left
 #: out on purpose: mid-sentence they are followed by a lower-case word, which never splits.
 ABBREVIATIONS: frozenset[str] = frozenset(
-    """
-    mr mrs ms mx dr prof st mt ft vs cf al fig figs no nos vol vols pp ca approx gen col lt sgt
-    capt cmdr adm gov sen rep rev hon pres supt det insp messrs mme mlle jan feb mar apr jun jul
-    aug sep sept oct nov dec e.g i.e viz op ed eds eq eqs ch sec art dept univ est ps
-    """.split()
+    (
+        "mr", "mrs", "ms", "mx", "dr", "prof", "st", "mt", "ft", "vs", "cf", "al", "fig", "figs",
+        "no", "nos", "vol", "vols", "pp", "ca", "approx", "gen", "col", "lt", "sgt", "capt",
+        "cmdr", "adm", "gov", "sen", "rep", "rev", "hon", "pres", "supt", "det", "insp", "messrs",
+        "mme", "mlle", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct",
+        "nov", "dec", "e.g", "i.e", "viz", "op", "ed", "eds", "eq", "eqs", "ch", "sec", "art",
+        "dept", "univ", "est", "ps",
+    )
 )
 
 # a terminator run, optional closing quotes/brackets, then the whitespace after it

@@ -7,7 +7,12 @@ import time
 import pytest
 
 from selflearn.builtin.openai_client import ChatClient, ClientOptions
-from selflearn.core.errors import AuthenticationError, BackendError, BudgetExceededError, ConfigError
+from selflearn.core.errors import (
+    AuthenticationError,
+    BackendError,
+    BudgetExceededError,
+    ConfigError,
+)
 from tests.servers import FakeServer, openai_handler
 
 

@@ -63,7 +63,7 @@ def test_entry_point_plugin_is_discovered_and_used(plugin_path, run_dir):
     info = next(i for i in host.infos if i.name == "fakesrc")
     assert (info.distribution, info.version, info.status) == ("fake-src", "1.2.3", "loaded")
     Pipeline(run_dir=run_dir, source="fake").run(until="documents")
-    rows = [json.loads(line) for line in open(f"{run_dir}/documents.jsonl")]
+    rows = [json.loads(line) for line in Path(run_dir, "documents.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["d0", "d1"]
 
 
@@ -128,7 +128,7 @@ def test_in_process_plugin_object(run_dir):
             register("inproc", lambda options, ctx: _ListSource(), description="in process")
 
     Pipeline(run_dir=run_dir, source="inproc", plugin_objects=[MyPlugin()], load_entry_points=False).run(until="documents")
-    assert "Hello world" in open(f"{run_dir}/documents.jsonl").read()
+    assert "Hello world" in Path(run_dir, "documents.jsonl").read_text()
 
 
 class _ListSource:
@@ -175,7 +175,7 @@ def test_example_plugin_package_pip_installed(tmp_path, run_dir):
         capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in open(f"{run_dir}/documents.jsonl")]
+    rows = [json.loads(line) for line in Path(run_dir, "documents.jsonl").read_text().splitlines()]
     assert [(r["id"], r["title"], r["metadata"]["split"]) for r in rows] == [
         ("faq:billing", "Billing", "test"),
         ("faq:shipping", "Shipping", "train"),
