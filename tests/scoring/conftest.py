@@ -145,7 +145,11 @@ def build_tiny_encoder(path: Path, seed: int = 0) -> Path:
         initializer_range=0.5,
         pad_token_id=tok.pad_token_id,
     )
-    BertModel(config).eval().save_pretrained(str(path))
+    model = BertModel(config).eval()
+    with torch.no_grad():  # no shared offset from positions/types: cosines vary with the words
+        model.embeddings.token_type_embeddings.weight.zero_()
+        model.embeddings.position_embeddings.weight.mul_(0.05)
+    model.save_pretrained(str(path))
     tok.save_pretrained(str(path))
     (path / "modules.json").write_text(
         json.dumps(

@@ -1,4 +1,4 @@
-"""Helpers shared by the model-based scorers: devices, dtypes, model identities, statistics.
+"""Helpers shared by the model-based scorers: devices, dtypes, model identities, batching.
 
 torch is imported inside the functions only, so importing a scorer module stays cheap.
 """
@@ -103,30 +103,3 @@ def token_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> lis
         batches.append(current)
     return batches
 
-
-def describe(values: Sequence[float | None]) -> dict[str, Any]:
-    """Count, missing, mean, std, min, quartiles and max of a list of scores (None = missing)."""
-    present = sorted(v for v in values if v is not None)
-    out: dict[str, Any] = {"count": len(present), "missing": len(values) - len(present)}
-    if not present:
-        return out
-    n = len(present)
-    mean = sum(present) / n
-    var = sum((v - mean) ** 2 for v in present) / n
-
-    def quantile(q: float) -> float:
-        pos = q * (n - 1)
-        lo = int(pos)
-        hi = min(lo + 1, n - 1)
-        return present[lo] + (present[hi] - present[lo]) * (pos - lo)
-
-    out.update(
-        mean=round(mean, 6),
-        std=round(var**0.5, 6),
-        min=round(present[0], 6),
-        p25=round(quantile(0.25), 6),
-        median=round(quantile(0.5), 6),
-        p75=round(quantile(0.75), 6),
-        max=round(present[-1], 6),
-    )
-    return out

@@ -216,8 +216,10 @@ class DatasetsStage(Stage):
         skipped: Counter[str] = Counter()
         for q in rc_part:
             g = gens.get(q.id)
-            if g is None or q.passage_id not in passages:
+            if g is None:
                 skipped["no_generations"] += 1
+            elif q.passage_id not in passages:
+                skipped["missing_passage"] += 1
             elif not g.reference.text.strip():
                 skipped["reference_empty"] += 1
             elif g.reference.finish_reason == "length":
