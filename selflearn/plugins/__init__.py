@@ -18,17 +18,6 @@ and is published through the entry-point group ``selflearn`` in its ``pyproject.
 from ..core.context import ComponentContext
 from ..core.hookspecs import hookimpl, hookspec
 from ..core.options import Options
-from ..core.records import (
-    Completion,
-    Document,
-    Generations,
-    Passage,
-    PreferencePair,
-    Question,
-    Scores,
-    SFTExample,
-    Verdict,
-)
 from ..core.protocols import (
     BackendCapabilities,
     Chunker,
@@ -40,12 +29,23 @@ from ..core.protocols import (
     Message,
     Prompt,
     QuestionGenerator,
-    Scorer,
     ScoreItem,
+    Scorer,
     ScoreResult,
     Trainer,
     TrainRequest,
     TrainResult,
+)
+from ..core.records import (
+    Completion,
+    Document,
+    Generations,
+    Passage,
+    PreferencePair,
+    Question,
+    Scores,
+    SFTExample,
+    Verdict,
 )
 
 __all__ = [

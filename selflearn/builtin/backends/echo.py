@@ -18,8 +18,8 @@ from typing import Any
 import attrs
 
 from ...core.hashing import seed_from
-from ...core.records import Completion
 from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
+from ...core.records import Completion
 
 
 @attrs.frozen
