@@ -117,6 +117,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{k}={v}" for k, v in o.summary.items() if isinstance(v, (int, float, str))
         )
         print(f"  {o.name:<12} {o.status:<8} {o.seconds:7.1f}s  {brief}")
+    if outcomes and outcomes[-1].name == "evaluate" and pipeline.store.exists("report.md"):
+        print()
+        print(pipeline.store.read_text("report.md"))
+        print(f"(report: {pipeline.store.path('report.md')})")
     return 0
 
 

@@ -11,7 +11,8 @@ from .protocols import Message
 
 RC_INSTRUCTION = (
     "Read the following text and answer the question after it factually, using the "
-    "information in the text. Answer directly, without mentioning the text."
+    "information in the text. Answer directly and briefly (one or two sentences), without "
+    "mentioning the text."
 )
 
 
