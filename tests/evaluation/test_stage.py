@@ -106,7 +106,7 @@ def test_scripted_models_with_local_judge(run_dir: str, scripted_plugin: Any) ->
                                 "known_lose_rate": report["judge"]["known"]["overall"]["lose_rate"]}
     assert (ev / "outcomes.png").read_bytes()[:4] == b"\x89PNG"
     md = (root / "report.md").read_text()
-    for part in ("| questions | test_questions | 4 |", "datasets_summary.json | removed.knowledge | 2",
+    for part in ("| questions | test_questions | 4 |", "| datasets | removed.knowledge | 2 |",
                  "![S_L / S_K histogram](scores_hist.png)", "evaluation/outcomes.png",
                  "Losing rate on known items", "| test: all | 4 | 4 | 0 |"):
         assert part in md, part

@@ -129,33 +129,46 @@ def fmt_ci(ci: Mapping[str, Any] | None, pct: bool = False) -> str:
     return fmt(ci["mean"], pct)
 
 
-def _flat(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested summaries as (dotted key, value) rows; long lists are shown by their length."""
-    if isinstance(obj, Mapping):
-        rows: list[tuple[str, Any]] = []
-        for k, v in obj.items():
-            rows.extend(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return rows
-    if isinstance(obj, list) and len(obj) > 8:
-        return [(prefix, f"[{len(obj)} items]")]
-    return [(prefix, obj)]
+#: nested summary entries that are counts worth showing (others, such as component identities,
+#: usage details and score statistics, stay in manifest.json and datasets_summary.json)
+_COUNT_GROUPS = ("by_split", "removed", "rows", "final_loss", "passages_without_question")
+
+
+def _count_rows(summary: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The counts of one stage summary: top-level numbers and the known count groups."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in summary.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            rows.append((str(key), value))
+        elif key in _COUNT_GROUPS and isinstance(value, Mapping):
+            for sub, v in value.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    rows.append((f"{key}.{sub}", v))
+    return rows
 
 
 def stage_counts_markdown(manifest: Mapping[str, Any] | None, datasets: Any) -> list[str]:
-    """The counts after every stage and filter, from the manifest and datasets_summary.json."""
+    """The counts after every stage and filter (and each stage's wall time), from the manifest.
+
+    The filters' counts come from datasets_summary.json when the manifest has no datasets
+    entry (a datasets stage run by another tool).
+    """
     lines = ["## Counts after every stage and filter", ""]
-    stages = (manifest or {}).get("stages", {})
-    if not stages and not datasets:
+    stages = dict((manifest or {}).get("stages", {}))
+    if datasets and "datasets" not in stages:
+        stages["datasets"] = {"summary": datasets}
+    if not stages:
         return [*lines, "(no manifest: the earlier stages' summaries are not available)", ""]
     lines += ["| stage | count | value |", "|---|---|---|"]
     for name, entry in stages.items():
         if name == "evaluate":
             continue
-        for key, value in _flat(entry.get("summary", {})):
+        for key, value in _count_rows(entry.get("summary", {})):
             lines.append(f"| {name} | {key} | {fmt(value)} |")
-    if datasets:
-        for key, value in _flat(datasets):
-            lines.append(f"| datasets_summary.json | {key} | {fmt(value)} |")
+        if entry.get("seconds") is not None:
+            lines.append(f"| {name} | wall time (s) | {fmt(float(entry['seconds']))} |")
     return [*lines, ""]
 
 
