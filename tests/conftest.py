@@ -17,7 +17,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("SELFLEARN_NO_PROGRESS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-CORPUS = [
+#: encyclopedic sentences the tiny tokenizers are trained on (also tests/scoring/conftest.py)
+FACTS = [
     "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.",
     "Mont Blanc is the highest mountain in the Alps, rising 4,805 metres above sea level.",
     "The Last Supper is a mural painting by Leonardo da Vinci, finished around 1498.",
@@ -25,6 +26,10 @@ CORPUS = [
     "Keynesian economics holds that aggregate demand drives output in the short run.",
     "RNA editing changes the nucleotide sequence of an RNA molecule after transcription.",
     "Nirvana was an American rock band formed in Aberdeen, Washington, in 1987.",
+]
+
+CORPUS = [
+    *FACTS,
     "Who wrote the novel? What is the capital of France? When was the tower built?",
     "Answer the question after reading the text. Question: Text: Answer:",
 ] * 4

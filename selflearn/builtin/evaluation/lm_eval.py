@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 
 from ...core.errors import ConfigError, StageError
+from ...core.models import folder_files
 
 PIP_HINT = "pip install lm-eval==0.4.13"
 
@@ -112,13 +113,7 @@ def model_fingerprint(ref: str) -> Any:
     path = os.path.expanduser(ref)
     if not os.path.isdir(path):
         return ref
-    entries = []
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if os.path.isfile(full):
-            st = os.stat(full)
-            entries.append([name, st.st_size, int(st.st_mtime)])
-    return [ref, entries]
+    return [ref, folder_files(path)]
 
 
 def _task_result(raw: dict[str, Any], task: str, metric: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Helpers shared by the model-based scorers: devices, dtypes, model identities, batching.
+"""Helpers shared by the model-based scorers: devices, dtypes, model identities, batching,
+cache look-ups.
 
 torch is imported inside the functions only, so importing a scorer module stays cheap.
 """
@@ -7,11 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...core.errors import ConfigError
 from ...core.models import package_file
+
+if TYPE_CHECKING:
+    from ...core.cache import JsonlCache
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -103,3 +110,31 @@ def token_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> lis
         batches.append(current)
     return batches
 
+
+
+def cached_lookup(
+    items: Sequence[K],
+    cache: JsonlCache | None,
+    key: Callable[[K], str],
+    decode: Callable[[Any], V],
+    compute: Callable[[list[K], list[str]], list[V]],
+) -> list[V]:
+    """The value of every item, aligned with ``items``: each distinct item is looked up in
+    ``cache`` (its hit passed through ``decode``) and the misses go to ``compute(missing,
+    their keys)`` in one call, which stores what it computes. Without a cache no key is
+    computed (the keys passed are empty strings)."""
+    unique: dict[K, Any] = dict.fromkeys(items)
+    missing: list[K] = []
+    keys: list[str] = []
+    for item in unique:
+        k = key(item) if cache is not None else ""
+        hit = cache.get(k) if cache is not None else None
+        if hit is None:
+            missing.append(item)
+            keys.append(k)
+        else:
+            unique[item] = decode(hit)
+    if missing:
+        for item, value in zip(missing, compute(missing, keys), strict=True):
+            unique[item] = value
+    return [unique[i] for i in items]

@@ -20,6 +20,7 @@ from typing import Any
 from ...core.cache import JsonlCache
 from ...core.errors import ConfigError
 from ._common import (
+    cached_lookup,
     model_fingerprint,
     resolve_device,
     resolve_dtype,
@@ -130,22 +131,15 @@ class Encoder:
         """A float64 array with one unit-length row per text (identical texts computed once)."""
         import numpy as np
 
-        unique: dict[str, Any] = dict.fromkeys(texts)
-        missing = []
-        for text in unique:
-            hit = self.cache.get(self._key(text)) if self.cache is not None else None
-            if hit is None:
-                missing.append(text)
-            else:
-                unique[text] = np.frombuffer(base64.b64decode(hit), dtype="<f4")
-        if missing:
-            for text, vec in zip(missing, self._compute(missing), strict=True):
-                unique[text] = vec
         if not texts:
             return np.zeros((0, 0))
-        return np.stack([unique[t] for t in texts]).astype("float64")
+        vectors = cached_lookup(
+            texts, self.cache, self._key,
+            lambda hit: np.frombuffer(base64.b64decode(hit), dtype="<f4"), self._compute,
+        )
+        return np.stack(vectors).astype("float64")
 
-    def _compute(self, texts: list[str]) -> list[Any]:
+    def _compute(self, texts: list[str], keys: list[str]) -> list[Any]:
         import torch
 
         self._load()
@@ -172,7 +166,7 @@ class Encoder:
                     out[i] = vectors[row]
                 if self.cache is not None:
                     self.cache.put_many(
-                        (self._key(texts[i]), base64.b64encode(vectors[row].tobytes()).decode())
+                        (keys[i], base64.b64encode(vectors[row].tobytes()).decode())
                         for row, i in enumerate(batch)
                     )
         self.computed += len(texts)

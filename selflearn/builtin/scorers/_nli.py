@@ -32,6 +32,7 @@ from ...core.cache import JsonlCache
 from ...core.errors import ConfigError
 from ...core.hashing import canonical_json
 from ._common import (
+    cached_lookup,
     model_fingerprint,
     resolve_device,
     resolve_dtype,
@@ -207,21 +208,7 @@ class NLIEngine:
 
     def probabilities(self, pairs: Sequence[tuple[str, str]]) -> list[list[float]]:
         """The softmax probability vector of each (premise, hypothesis) pair, aligned."""
-        unique: dict[tuple[str, str], list[float] | None] = dict.fromkeys(pairs)
-        missing: list[tuple[str, str]] = []
-        keys: list[str] = []
-        for pair in unique:
-            key = self._key(*pair) if self.cache is not None else ""
-            hit = self.cache.get(key) if self.cache is not None else None
-            if hit is None:
-                missing.append(pair)
-                keys.append(key)
-            else:
-                unique[pair] = hit
-        if missing:
-            for pair, probs in zip(missing, self._compute(missing, keys), strict=True):
-                unique[pair] = probs
-        return [unique[p] for p in pairs]  # type: ignore[misc]
+        return cached_lookup(pairs, self.cache, lambda p: self._key(*p), lambda hit: hit, self._compute)
 
     def _encode(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]] | None]:
         t0 = time.perf_counter()

@@ -16,8 +16,8 @@ from importlib import metadata
 from typing import Any
 
 from ...core.hashing import canonical_json, content_hash
+from ...core.models import LINEAGE_FILE, folder_files, read_lineage
 
-LINEAGE_FILE = "selflearn-lineage.json"
 CHECKPOINTS = "checkpoints"
 FINGERPRINT_FILE = "selflearn-fingerprint.json"
 
@@ -37,23 +37,8 @@ def model_identity(ref: str) -> Any:
     if lineage is not None:
         return {"selflearn_model": lineage.get("fingerprint")}
     if os.path.isdir(path):
-        files = []
-        for name in sorted(os.listdir(path)):
-            full = os.path.join(path, name)
-            if os.path.isfile(full):
-                st = os.stat(full)
-                files.append([name, st.st_size, int(st.st_mtime)])
-        return {"folder": os.path.abspath(path), "files": files}
+        return {"folder": os.path.abspath(path), "files": folder_files(path)}
     return {"ref": ref}
-
-
-def read_lineage(folder: str) -> dict[str, Any] | None:
-    try:
-        with open(os.path.join(folder, LINEAGE_FILE), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def versions() -> dict[str, str]:

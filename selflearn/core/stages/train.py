@@ -23,6 +23,7 @@ import attrs
 
 from ..errors import ArtifactError, ConfigError, StageError
 from ..hashing import content_hash
+from ..models import read_lineage
 from ..prompts import closed_book_messages
 from ..protocols import TrainRequest, TrainResult
 from ..records import PreferencePair, SFTExample
@@ -33,7 +34,6 @@ log = logging.getLogger("selflearn")
 SFT_FILE = "sft.jsonl"
 DPO_FILE = "dpo_pairs.jsonl"
 SUMMARY_FILE = "datasets_summary.json"
-LINEAGE_FILE = "selflearn-lineage.json"
 
 
 @attrs.frozen
@@ -228,7 +228,7 @@ class TrainStage(Stage):
                 "seed": self.run_ctx.seed,
             }
         )
-        done = _read_lineage(output_dir)
+        done = read_lineage(output_dir)
         if done and (done.get("lineage") or {}).get("stage_fingerprint") == fingerprint:
             log.info("train: %s already holds this %s model; reusing it", output_dir, kind)
             return TrainResult(output_dir, done.get("metrics", {}), done.get("log_history", [])), fingerprint
@@ -275,15 +275,6 @@ class TrainStage(Stage):
             "eval_loss": eval_loss,
             "rows": rows,
         }
-
-
-def _read_lineage(folder: str) -> dict[str, Any] | None:
-    try:
-        with open(os.path.join(folder, LINEAGE_FILE), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _plot(loss: dict[str, list[dict[str, float]]], eval_loss: dict[str, list[dict[str, float]]]) -> bytes:
