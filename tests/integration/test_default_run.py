@@ -4,7 +4,9 @@
 random Llama, template questions and a handful of documents, so the whole path (real
 Wikipedia leads, hf backend, MiniLM scorer, TRL DPO with LoRA, evaluation and report) runs in
 CI in under a minute. ``test_default_run_real_model`` is the same run, reduced, on the real
-SmolLM2-135M-Instruct (slow).
+SmolLM2-135M-Instruct: several minutes on a 2-core CPU, so it is marked ``mainjob`` and left
+out of the README's test command (run it with ``pytest -m mainjob``); the main job itself is
+the full run.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def test_default_run_tiny(tiny_llama, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.mainjob
 def test_default_run_real_model(tmp_path):
     run_dir = tmp_path / "run"
     config = _reduced(str(run_dir), datasets={"consistency_filter": False})
