@@ -2,6 +2,9 @@
 
 What it does with a call ``generate(prompts, params, n=K, sample_offset=s)``:
 
+* decodes with the ``shared`` decoder on CUDA (:mod:`.hf_shared`: one prompt KV cache for its
+  K samples, the whole step in CUDA graphs, top-k candidate sampling) and the ``loop`` decoder
+  (:mod:`.hf_decode`) on the CPU or when asked for (option ``decoder``);
 * renders each prompt once: chat-message prompts through the tokenizer's chat template
   (``add_generation_prompt=True``), raw strings as they are (with the tokenizer's special
   tokens, e.g. BOS); prompts longer than ``max_input_tokens`` keep their last tokens;
@@ -38,6 +41,7 @@ from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ...core.records import Completion
 from .hf_decode import DecodeBatch, Decoder, RowOutput
 from .hf_sampling import SamplingConfig, row_key
+from .hf_shared import SharedPrefixDecoder, unsupported_reason
 
 log = logging.getLogger("selflearn.hf")
 
@@ -72,6 +76,18 @@ class Options:
     logprobs: Literal["model", "sampling"] = "model"
     #: transformers attention implementation ("sdpa", "eager", "flash_attention_2"; None: default)
     attn_implementation: str | None = None
+    #: "shared": one prompt KV cache for its K samples, fixed shapes, CUDA graphs (hf_shared.py);
+    #: "loop": the general decoder (cache/compile apply); "auto": shared on CUDA for supported
+    #: architectures unless cache/compile are set, loop otherwise
+    decoder: Literal["auto", "loop", "shared"] = "auto"
+    #: shared decoder: top-p sampling over each row's top-k candidates (exact whenever the
+    #: nucleus fits in them, see hf_candidates.py); 0: the whole vocabulary
+    candidates: int = 1024
+    #: shared decoder: share of a batch's rows per step that may take the exact full-vocabulary
+    #: path when their nucleus is larger than the candidates (the rest are truncated, and counted)
+    overflow_share: float = 0.125
+    #: shared decoder on CUDA: capture the decode step in CUDA graphs
+    cuda_graphs: bool = True
 
 
 def _file_digest(path: str, h: Any) -> None:
@@ -120,13 +136,17 @@ class HFBackend:
             raise ConfigError(f"expected a positive integer, got {options.sync_every}", "sync_every")
         if options.batch_size is not None and options.batch_size < 1:
             raise ConfigError(f"expected a positive integer, got {options.batch_size}", "batch_size")
+        if options.candidates < 0:
+            raise ConfigError(f"expected 0 (off) or a positive integer, got {options.candidates}", "candidates")
+        if not 0.0 <= options.overflow_share <= 1.0:
+            raise ConfigError(f"expected a share in [0, 1], got {options.overflow_share}", "overflow_share")
         self.options = options
         self.model_ref = model
         self.seed = seed
         self._fingerprint = weights_fingerprint(model)
         self._model: Any = None
         self._tokenizer: Any = None
-        self._decoder: Decoder | None = None
+        self._decoder: Decoder | SharedPrefixDecoder | None = None
         self._oom_cap: int | None = None  # batch size after an out-of-memory back-off
         self._device: str | None = None
 
@@ -183,14 +203,32 @@ class HFBackend:
         eos_ids = tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ())
         pad = self._tokenizer.pad_token_id
         pad = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
-        compiled = self.options.compile
-        self._decoder = Decoder(
+        self._decoder = self._make_decoder(tuple(int(e) for e in eos_ids), int(pad))
+
+    def _make_decoder(self, eos_ids: tuple[int, ...], pad: int) -> Decoder | SharedPrefixDecoder:
+        opts = self.options
+        shared = opts.decoder == "shared" or (
+            opts.decoder == "auto"
+            and self._resolved_device().startswith("cuda")
+            and opts.cache == "dynamic"
+            and not opts.compile
+        )
+        if shared:
+            reason = unsupported_reason(self._model)
+            if reason is None:
+                return SharedPrefixDecoder(
+                    self._model, eos_ids=eos_ids, pad_id=pad, sync_every=opts.sync_every,
+                    candidates=opts.candidates, overflow_share=opts.overflow_share,
+                    graphs=opts.cuda_graphs,
+                )
+            log.warning("hf: the shared decoder does not support this model (%s); using the loop decoder", reason)
+        return Decoder(
             self._model,
-            eos_ids=tuple(int(e) for e in eos_ids),
-            pad_id=int(pad),
-            cache="static" if compiled else self.options.cache,
-            compile=compiled,
-            sync_every=self.options.sync_every,
+            eos_ids=eos_ids,
+            pad_id=pad,
+            cache="static" if opts.compile else opts.cache,
+            compile=opts.compile,
+            sync_every=opts.sync_every,
         )
 
     # -- prompts ---------------------------------------------------------------------------
@@ -240,9 +278,15 @@ class HFBackend:
         heads = int(heads)
         head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         elt = 2 if self._dtype_name() != "float32" else 4
+        free, _ = torch.cuda.mem_get_info(torch.device(self._resolved_device()))
+        if isinstance(self._decoder, SharedPrefixDecoder):
+            # per row: its generated tokens' KV buffer and float32 logits work space; the
+            # prompt's KV is shared by its samples (counted once per row here, to be safe)
+            per_row = 2 * layers * heads * head_dim * elt * (longest + params.max_new_tokens + 128)
+            per_row += int(cfg.vocab_size) * 16
+            return max(1, min(4096, int(0.5 * free / per_row)))
         per_row = 2 * layers * heads * head_dim * elt * (longest + params.max_new_tokens)
         per_row += int(cfg.vocab_size) * 48  # float32 logits, int64 noise hashes, masks
-        free, _ = torch.cuda.mem_get_info(torch.device(self._resolved_device()))
         return max(1, min(1024, int(0.6 * free / per_row)))
 
     def _run_rows(
@@ -326,19 +370,27 @@ class HFBackend:
         pending = [(p, j) for p in order for j in range(per_prompt)]
         while pending:
             size = self._batch_size(len(encoded[pending[0][0]]), params)
+            if isinstance(self._decoder, SharedPrefixDecoder) and size >= per_prompt:
+                size -= size % per_prompt  # whole prompts: their samples share one prefix
             chunk, pending = pending[:size], pending[size:]
             results.update(self._run_rows(chunk, encoded, keys, cfg, params))
+        # one batched (Rust-parallel) detokenisation of every row instead of one call per row
+        keys_order = [(p, j) for p in range(len(prompts)) for j in range(per_prompt)]
+        bodies = [results[r].tokens[:-1] if results[r].eos else results[r].tokens for r in keys_order]
+        texts = dict(zip(keys_order, self._tokenizer.batch_decode(bodies, skip_special_tokens=True), strict=True))
         out = []
         for p in range(len(prompts)):
-            comps = [self._completion(len(encoded[p]), results[(p, j)], params) for j in range(per_prompt)]
+            comps = [
+                self._completion(len(encoded[p]), results[(p, j)], params, texts[(p, j)])
+                for j in range(per_prompt)
+            ]
             out.append(comps * n if params.greedy else comps)
         return out
 
-    def _completion(self, prompt_len: int, row: RowOutput, params: GenerationParams) -> Completion:
+    def _completion(self, prompt_len: int, row: RowOutput, params: GenerationParams, text: str) -> Completion:
         tok = self._tokenizer
         ids, lps = row.tokens, row.logprobs
         body = ids[:-1] if row.eos else ids
-        text = tok.decode(body, skip_special_tokens=True)
         finish = "stop" if row.eos else "length"
         cut = first_stop(text, params.stop)
         if cut is not None:

@@ -19,8 +19,9 @@ Two cache implementations share steps 1-3:
 * ``static``: the prefilled keys/values are copied into a ``StaticCache`` sized for the whole
   generation, so every decode step has the same shapes and can be compiled and captured in
   CUDA graphs (``compile=True``: ``torch.compile(mode="reduce-overhead")``). Row counts and
-  cache lengths are rounded up to buckets so a run compiles only a few times. This is the fast
-  GPU path of issue 9; the CPU path runs it eagerly (useful to test it).
+  cache lengths are rounded up to buckets so a run compiles only a few times; the CPU path runs
+  it eagerly (useful to test it). The faster GPU path is the ``shared`` decoder
+  (:mod:`.hf_shared`), which the backend uses on CUDA by default.
 
 A row's tokens depend only on its prompt, its key and the model, never on the batch (up to the
 floating-point differences batched kernels may show between batch shapes).

@@ -94,6 +94,15 @@ def uniform_noise(
     The 23 high bits of the hash give ``(m + 0.5) / 2**23``, exact in float32 and never 0 or 1,
     so the Gumbel transform below is always finite.
     """
+
+    if vocab is None:
+        vocab = vocab_keys(vocab_size, keys.device)
+    return uniform_at(keys, step, vocab[None, :])
+
+
+def uniform_at(keys: torch.Tensor, step: torch.Tensor | int, offsets: torch.Tensor) -> torch.Tensor:
+    """:func:`uniform_noise` at chosen vocabulary entries: ``offsets`` is :func:`vocab_keys`
+    indexed by token id, (rows, n) or (1, n). Same values as the full table at those ids."""
     import torch
 
     if isinstance(step, int):  # a Python product would overflow int64: wrap it here
@@ -101,9 +110,7 @@ def uniform_noise(
     else:
         offset = (step + 1) * _GOLDEN
     step_key = mix64(keys + offset)  # (rows,)
-    if vocab is None:
-        vocab = vocab_keys(vocab_size, keys.device)
-    h = mix64(step_key[:, None] + vocab[None, :])
+    h = mix64(step_key[:, None] + offsets)
     return (((h >> 41) & 0x7FFFFF).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 

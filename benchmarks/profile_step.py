@@ -1,0 +1,220 @@
+"""Where a decode step of the ``shared`` decoder spends its time (GPU only).
+
+    python benchmarks/profile_step.py [--out DIR]
+
+Times, on random-weight SmolLM2-135M- and TinyLlama-1.1B-shaped models in bfloat16, K = 10:
+
+* whole decode runs (128 new tokens, DecodeBatch straight to the decoder: no tokenisation)
+  at 640 and 2560 rows, with the fused attention kernels and with plain matrix products;
+* one replayed step graph (the forward pass plus token selection) at those sizes;
+* token selection alone, captured in a CUDA graph: top-k candidates with and without the exact
+  overflow slots, k = 64, and the full-vocabulary path;
+* the relative difference between the fused and the matrix-product attention.
+
+Writes ``profile.json`` to --out and prints one line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from functools import partial
+from typing import Any
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(__file__))
+
+from run_gpu import SMOLLM2_135M, TINYLLAMA_1B, build_lm  # noqa: E402
+
+OUT: dict[str, Any] = {}
+
+
+def graph_time(fn: Any, reps: int = 20) -> float:
+    """Median milliseconds of one replay of ``fn`` captured in a CUDA graph."""
+    import torch
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def report(key: str, value: Any) -> None:
+    OUT[key] = value
+    print(key, value, flush=True)
+
+
+def select_times(vocab: int) -> None:
+    import torch
+
+    from selflearn.builtin.backends.hf_candidates import select_candidates
+    from selflearn.builtin.backends.hf_sampling import SamplingConfig, vocab_keys
+
+    cfg = SamplingConfig(greedy=False, temperature=1.0, top_p=0.9, repetition_penalty=1.1)
+    greedy = SamplingConfig(greedy=True, repetition_penalty=1.1)
+    for rows in (640, 2560):
+        base = torch.randn(rows, vocab, device="cuda") * 0.5
+        state = {
+            "logits": base.clone(), "seen": torch.randint(0, vocab, (rows, 320), device="cuda"),
+            "keys": torch.randint(0, 2**62, (rows,), device="cuda"),
+            "stats": torch.zeros(2, dtype=torch.int64, device="cuda"), "vocab": vocab_keys(vocab, "cuda"),
+            "step": torch.zeros((), dtype=torch.int64, device="cuda"),
+        }
+        variants = (("k1024 + exact slots 1/16", cfg, 1024, rows // 16), ("k1024 + exact slots 1/8", cfg, 1024, rows // 8),
+                    ("k1024", cfg, 1024, 0), ("k256", cfg, 256, 0), ("full vocabulary", cfg, vocab, 0),
+                    ("greedy", greedy, 1 << 30, 0))
+        for name, c, k, slots in variants:
+            fn = partial(_select_once, select_candidates, base, state, c, k, slots)
+            report(f"select V={vocab} rows={rows} {name} ms", round(graph_time(fn), 3))
+
+
+def _select_once(select: Any, base: Any, st: dict[str, Any], cfg: Any, k: int, slots: int) -> None:
+    st["logits"].copy_(base)
+    select(st["logits"], st["seen"], st["keys"], st["step"], cfg, k, slots, st["stats"], st["vocab"])
+
+
+def attention_check() -> None:
+    import torch
+
+    from selflearn.builtin.backends.hf_attention import shared_prefix_attention
+
+    class St:
+        pass
+
+    class Mod:
+        layer_idx = 0
+
+    g, m, hkv, gq, d, w, t = 16, 10, 3, 3, 64, 192, 128
+    st: Any = St()
+    st.prefix_k = [torch.randn(g, hkv, w, d, device="cuda", dtype=torch.bfloat16)]
+    st.prefix_v = [torch.randn(g, hkv, w, d, device="cuda", dtype=torch.bfloat16)]
+    bias = torch.zeros(g, w, device="cuda")
+    bias[:, :37] = float("-inf")
+    gen = torch.zeros(t, device="cuda")
+    gen[50:] = float("-inf")
+    st.prefix_bias, st.gen_bias = bias, gen
+    st.prefix_bias_h, st.gen_bias_h = bias.bfloat16(), gen.bfloat16()
+    q = torch.randn(g * m, hkv * gq, 1, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(g * m, hkv, t, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(g * m, hkv, t, d, device="cuda", dtype=torch.bfloat16)
+    st.fused = False
+    ref = shared_prefix_attention(Mod(), q.float(), k.float(), v.float(), None, d**-0.5, selflearn_shared=_f32(st))[0]
+    plain = shared_prefix_attention(Mod(), q, k, v, None, d**-0.5, selflearn_shared=st)[0].float()
+    st.fused = True
+    fused = shared_prefix_attention(Mod(), q, k, v, None, d**-0.5, selflearn_shared=st)[0].float()
+    report("attention rel. error vs float32: matmul", float((plain - ref).norm() / ref.norm()))
+    report("attention rel. error vs float32: fused", float((fused - ref).norm() / ref.norm()))
+
+
+def _f32(st: Any) -> Any:
+    class S:
+        pass
+
+    out: Any = S()
+    out.prefix_k = [x.float() for x in st.prefix_k]
+    out.prefix_v = [x.float() for x in st.prefix_v]
+    out.prefix_bias, out.gen_bias, out.fused = st.prefix_bias, st.gen_bias, False
+    return out
+
+
+def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from selflearn.builtin.backends.hf_decode import DecodeBatch
+    from selflearn.builtin.backends.hf_sampling import SamplingConfig
+    from selflearn.builtin.backends.hf_shared import SharedPrefixDecoder
+
+    folder = build_lm(shape, os.path.join(ROOT, ".assets", "perf", tok), os.path.join(work, name), "cuda")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).cuda().eval()
+    cfg = SamplingConfig(greedy=False, temperature=1.0, top_p=0.9, repetition_penalty=1.1)
+    rng = random.Random(0)
+    for rows in (640, 2560):
+        groups = rows // 10
+        prompts = [[rng.randrange(10, 30000) for _ in range(rng.randrange(160, 200))] for _ in range(groups)]
+        batch = DecodeBatch(prompts=prompts, rows=[g for g in range(groups) for _ in range(10)],
+                            keys=[rng.randrange(2**62) for _ in range(rows)])
+        for fused in (True, False):
+            dec = SharedPrefixDecoder(model, eos_ids=(2,), pad_id=2)
+            dec.fused = fused
+            t0 = time.perf_counter()
+            dec.run(batch, cfg, 128)
+            first = time.perf_counter() - t0
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = dec.run(batch, cfg, 128)
+            torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            n = sum(len(o.tokens) for o in out)
+            report(f"{name} rows={rows} fused={fused} tokens/s", round(n / dt, 1))
+            report(f"{name} rows={rows} fused={fused} first call s", round(first, 2))
+            st = next(iter(dec._states.values()))
+            graph = st.graphs[128]
+
+            def replay(st: Any = st, graph: Any = graph) -> None:
+                with torch.inference_mode():
+                    st.t.fill_(70)
+                graph.replay()
+
+            times = []
+            for _ in range(10):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                replay()
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b))
+            report(f"{name} rows={rows} fused={fused} step ms (bucket 128)", round(sorted(times)[5], 3))
+            del dec, st, graph
+            torch.cuda.empty_cache()
+    del model
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "profile-out"))
+    ap.add_argument("--parts", default="attention,select,decode")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    work = tempfile.mkdtemp()
+    parts = args.parts.split(",")
+    for part, fn in (
+        ("attention", attention_check),
+        ("select", lambda: (select_times(49152), select_times(32000))),
+        ("decode", lambda: (decode_runs("smollm2-135m", SMOLLM2_135M, "smollm2_tok", work),
+                            decode_runs("tinyllama-1.1b", TINYLLAMA_1B, "tok32k", work))),
+    ):
+        if part in parts:
+            try:
+                fn()
+            except Exception as exc:
+                import traceback
+
+                report(f"{part} error", traceback.format_exc()[-2500:])
+                print(exc, flush=True)
+        with open(os.path.join(args.out, "profile.json"), "w") as f:
+            json.dump(OUT, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

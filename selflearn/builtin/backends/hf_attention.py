@@ -1,0 +1,129 @@
+"""The attention of the ``shared`` decoder (:mod:`.hf_shared`): one decode step's queries
+against (the prompt prefix, shared by the prompt's samples) + (the row's own generated tokens),
+with one softmax over both parts.
+
+Registered in transformers' ``AttentionInterface`` under :data:`ATTN_NAME`; the decoder sets the
+model's attention implementation to it only while it runs a step, and passes the prefix cache
+and masks as the ``selflearn_shared`` keyword (a :class:`Shared`), which transformers' decoder
+layers forward to the attention function untouched.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+ATTN_NAME = "selflearn_shared_prefix"
+_OUT_DTYPE_OK: dict[str, bool] = {}
+
+
+class Shared:
+    """What the attention function reads besides q/k/v: per layer the prompt prefix's keys and
+    values (G, kv heads, W, head dim), the prefix mask (G, W) and the generated-token mask (T,)
+    as additive biases (float32, and in the model's dtype for the fused kernels)."""
+
+    __slots__ = ("fused", "gen_bias", "gen_bias_h", "prefix_bias", "prefix_bias_h", "prefix_k", "prefix_v")
+
+    def __init__(
+        self, prefix_k: list[Any], prefix_v: list[Any], prefix_bias: Any, prefix_bias_h: Any,
+        gen_bias: Any, gen_bias_h: Any, fused: bool,
+    ) -> None:
+        self.prefix_k, self.prefix_v = prefix_k, prefix_v
+        self.prefix_bias, self.prefix_bias_h = prefix_bias, prefix_bias_h
+        self.gen_bias, self.gen_bias_h = gen_bias, gen_bias_h
+        self.fused = fused
+
+
+def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """float32 ``a @ b`` of 4-D tensors; on CUDA half inputs, cuBLAS accumulates and writes
+    float32 directly (``out_dtype``), so scores are not rounded to bfloat16 first."""
+    import torch
+
+    if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and _OUT_DTYPE_OK.get("bmm", True):
+        lead = a.shape[:-2]
+        try:
+            out = torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]), out_dtype=torch.float32)
+            return out.view(*lead, a.shape[-2], b.shape[-1])
+        except (RuntimeError, TypeError):
+            _OUT_DTYPE_OK["bmm"] = False
+    return torch.matmul(a, b).float()
+
+
+def shared_prefix_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    selflearn_shared: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Decode-step attention over (shared prompt prefix, the row's generated tokens).
+
+    ``query`` (R, Hq, 1, d); ``key``/``value``: the rows' generated-token buffers
+    (R, Hkv, T, d) as returned by :class:`_RowCache`; the prefix and the masks come from the
+    ``selflearn_shared`` state. Returns (R, 1, Hq, d) as transformers' attention functions do.
+    """
+    import torch
+
+    st = selflearn_shared
+    pk, pv = st.prefix_k[module.layer_idx], st.prefix_v[module.layer_idx]
+    rows, hq, _, d = query.shape
+    groups, hkv, width, _ = pk.shape
+    m, gq = rows // groups, hq // hkv
+    scale = scaling if scaling is not None else d**-0.5
+    if st.fused:
+        return _fused_attention(query, key, value, pk, pv, st, scale), None
+    q = query.reshape(groups, m, hkv, gq, d).transpose(1, 2).reshape(groups, hkv, m * gq, d)
+    s1 = _scores(q, pk.transpose(-1, -2)) * scale + st.prefix_bias[:, None, None, :]
+    s1 = s1.view(groups, hkv, m, gq, width).transpose(1, 2).reshape(rows, hkv, gq, width)
+    s2 = _scores(query.reshape(rows, hkv, gq, d), key.transpose(-1, -2)) * scale + st.gen_bias
+    p = torch.cat([s1, s2], dim=-1).softmax(dim=-1).to(query.dtype)
+    p1 = p[..., :width].reshape(groups, m, hkv, gq, width).transpose(1, 2).reshape(groups, hkv, m * gq, width)
+    o1 = torch.matmul(p1, pv).view(groups, hkv, m, gq, d).transpose(1, 2).reshape(rows, hkv, gq, d)
+    o2 = torch.matmul(p[..., width:], value)
+    return (o1 + o2).reshape(rows, 1, hq, d), None
+
+
+def _part(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One attention part with PyTorch's memory-efficient kernel: (output, log-sum-exp)."""
+    import torch
+
+    b, h, lq, _ = q.shape
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, bias.expand(b, h, lq, k.shape[2]), True, scale=scale
+    )[:2]
+    return out, lse[..., :lq]
+
+
+def _fused_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
+    st: Any, scale: float,
+) -> torch.Tensor:
+    """The same attention as :func:`shared_prefix_attention` with fused CUDA kernels: each
+    part is one memory-efficient attention call that also returns its log-sum-exp, and the two
+    parts are merged exactly (``o = sum_i o_i * exp(lse_i - lse)``)."""
+    import torch
+
+    rows, hq, _, d = query.shape
+    groups, hkv, width, _ = pk.shape
+    m, gq = rows // groups, hq // hkv
+    q = query.reshape(groups, m, hkv, gq, d).transpose(1, 2).reshape(groups, hkv, m * gq, d)
+    o1, l1 = _part(q, pk, pv, st.prefix_bias_h[:, None, None, :], scale)
+    o1 = o1.reshape(groups, hkv, m, gq, d).transpose(1, 2).reshape(rows, hkv, gq, d)
+    l1 = l1.reshape(groups, hkv, m, gq).transpose(1, 2).reshape(rows, hkv, gq)
+    o2, l2 = _part(query.reshape(rows, hkv, gq, d), key, value, st.gen_bias_h[None, None, None, :], scale)
+    # o1 * e^(l1 - lse) + o2 * e^(l2 - lse) with lse = logaddexp(l1, l2), in fewer kernels
+    w1 = torch.sigmoid(l1 - l2)[..., None]
+    out = torch.lerp(o2.float(), o1.float(), w1)
+    return out.to(query.dtype).reshape(rows, 1, hq, d)
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_NAME, shared_prefix_attention)

@@ -1,0 +1,148 @@
+"""Token selection on a top-k candidate set: the same samples as :func:`.hf_sampling.select`,
+without the vocabulary-wide sort and noise.
+
+Why: :func:`.hf_sampling.select` sorts every row's whole vocabulary for top-p and hashes one
+noise value per vocabulary entry: at 640 rows x 49,152 entries that is 31 M sort keys and 31 M
+64-bit hashes per generated token, more work than a small model's forward pass. Here each row
+keeps only its ``k`` best-scoring tokens (``torch.topk``, sorted), and everything after that
+works on (rows, k):
+
+* the nucleus is computed from the candidates' probabilities under the **full** softmax (its
+  normaliser is one vocabulary-wide log-sum-exp): a candidate is kept iff the probability mass
+  of the candidates ranked above it is below ``top_p`` (transformers' ``TopPLogitsWarper`` rule,
+  written from the top instead of the bottom);
+* noise is hashed for the ``k`` candidate ids only, with the same counter-based hash of
+  (row key, step, token id) as the full path, and Gumbel-max picks among the kept candidates.
+
+**Exactness.** When a row's nucleus fits in its ``k`` candidates (the candidates hold at least
+``top_p`` of the mass), the kept set is the nucleus and every kept token gets the same score
+and the same noise as on the full path, so the chosen token is *the same token* the full path
+chooses (not merely one from the same distribution), up to float rounding at the nucleus
+boundary (the cumulative sums are added in another order; a token whose cumulative mass is
+within about 1e-7 of ``top_p`` can fall on the other side).
+
+**Rows whose nucleus is larger than k** (flat distributions) are *overflow rows*. Up to
+``overflow_slots`` of them per step take the exact full-vocabulary path
+(:func:`.hf_sampling.select` on just those rows), so they too get exactly the full path's token.
+Overflow rows beyond that are **truncated**: sampled from their ``k`` candidates (the top of
+their nucleus, renormalised) - a different, slightly narrower distribution, and no longer
+batch-invariant. Their number is added to a counter (``stats[1]``) that the decoder reports
+(and logs) after each batch, so a run knows whether any sample was truncated; raise ``k`` or
+the overflow share when it is not zero. ``stats[0]`` counts all overflow rows.
+
+Greedy selection is ``argmax`` of the penalised logits, as on the full path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .hf_sampling import SamplingConfig, top_p_filter, uniform_at, uniform_noise
+
+if TYPE_CHECKING:
+    import torch
+
+
+def penalize_ids(logits: torch.Tensor, seen_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """transformers' repetition penalty from a list of seen token ids per row (in place).
+
+    ``seen_ids`` (rows, S) may repeat ids (padding repeats a real one): every copy writes the
+    same penalised value, computed from the unpenalised logit, so repeats are harmless. This
+    costs rows x S work instead of a vocabulary-wide mask.
+    """
+    import torch
+
+    if penalty == 1.0:
+        return logits
+    vals = logits.gather(1, seen_ids)
+    vals = torch.where(vals < 0, vals * penalty, vals / penalty)
+    return logits.scatter_(1, seen_ids, vals)
+
+
+def _full_rows(
+    scores: torch.Tensor, keys: torch.Tensor, step: torch.Tensor | int, top_p: float,
+    vocab: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The full path of :func:`.hf_sampling.select` on some rows: tokens and the sampling
+    log-probability of each under the nucleus."""
+    import torch
+
+    masked = top_p_filter(scores, top_p)
+    u = uniform_noise(keys, step, scores.shape[-1], vocab)
+    tokens = (masked - torch.log(-torch.log(u))).argmax(dim=-1)
+    lp = masked.log_softmax(dim=-1).gather(1, tokens[:, None])[:, 0]
+    return tokens, lp
+
+
+def select_candidates(
+    logits: torch.Tensor,
+    seen_ids: torch.Tensor,
+    keys: torch.Tensor,
+    step: torch.Tensor | int,
+    cfg: SamplingConfig,
+    k: int,
+    overflow_slots: int,
+    stats: torch.Tensor,
+    vocab: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Choose one token per row (see the module docstring); fixed shapes, no host sync.
+
+    ``logits``: float32 (rows, V) raw logits, **modified in place** (repetition penalty);
+    ``seen_ids``: int64 (rows, S) prompt and generated ids; ``keys``: int64 (rows,);
+    ``stats``: int64 (2,) counters (overflow rows, truncated rows), incremented in place;
+    ``vocab``: :func:`.hf_sampling.vocab_keys` of width V.
+    """
+    import torch
+
+    raw_lse = logits.logsumexp(dim=-1) if cfg.logprobs == "model" else None
+    raw_at = None
+    if cfg.greedy:
+        if raw_lse is not None:
+            tokens = penalize_ids(logits.clone(), seen_ids, cfg.repetition_penalty).argmax(dim=-1)
+            return tokens, logits.gather(1, tokens[:, None])[:, 0] - raw_lse
+        scores = penalize_ids(logits, seen_ids, cfg.repetition_penalty)
+        tokens = scores.argmax(dim=-1)
+        if cfg.logprobs is None:
+            return tokens, None
+        return tokens, scores.log_softmax(dim=-1).gather(1, tokens[:, None])[:, 0]
+    if raw_lse is not None:
+        # the raw logit of every candidate is needed later; keep the unpenalised row values
+        raw_at = logits.clone()
+    scores = penalize_ids(logits, seen_ids, cfg.repetition_penalty)
+    if cfg.temperature != 1.0:
+        scores = scores.div_(cfg.temperature)
+    kk = min(k, scores.shape[-1])
+    top_v, top_i = scores.topk(kk, dim=-1)  # sorted, best first
+    lse = scores.logsumexp(dim=-1, keepdim=True)
+    probs = (top_v - lse).exp()
+    cum = probs.cumsum(dim=-1)
+    keep = (cum - probs) < cfg.top_p  # mass ranked above each candidate
+    keep[:, 0] = True
+    covered = cum[:, -1] >= cfg.top_p if kk < scores.shape[-1] else torch.ones_like(keep[:, 0])
+    u = uniform_at(keys, step, vocab.index_select(0, top_i.reshape(-1)).view_as(top_i))
+    masked = top_v.masked_fill(~keep, float("-inf"))
+    pick = (masked - torch.log(-torch.log(u))).argmax(dim=-1, keepdim=True)
+    tokens = top_i.gather(1, pick)[:, 0]
+    lp = None
+    if cfg.logprobs == "sampling":
+        lp = (masked.gather(1, pick) - masked.logsumexp(dim=-1, keepdim=True))[:, 0]
+    over = ~covered
+    over_n = over.sum()
+    slots = min(overflow_slots, scores.shape[0])
+    if slots > 0:
+        # overflow rows first (stable: by row order); the rest of the slots do harmless work
+        idx = torch.argsort(over.to(torch.int8), descending=True, stable=True)[:slots]
+        use = over.index_select(0, idx)
+        sub_tok, sub_lp = _full_rows(
+            scores.index_select(0, idx), keys.index_select(0, idx), step, cfg.top_p, vocab
+        )
+        tokens = tokens.scatter(0, idx, torch.where(use, sub_tok, tokens.index_select(0, idx)))
+        if lp is not None:
+            lp = lp.scatter(0, idx, torch.where(use, sub_lp, lp.index_select(0, idx)))
+        stats[1] += over_n - use.sum()
+    else:
+        stats[1] += over_n
+    stats[0] += over_n
+    if raw_lse is not None and raw_at is not None:
+        lp = raw_at.gather(1, tokens[:, None])[:, 0] - raw_lse
+    return tokens, lp

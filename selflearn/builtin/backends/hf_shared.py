@@ -1,0 +1,388 @@
+"""The ``shared`` decoder of the ``hf`` backend: one prompt KV cache for its K samples, fixed
+shapes, and the whole decode step (forward pass + token selection) replayed as a CUDA graph.
+
+Why: the K-sample workload is launch-bound and memory-bound, not compute-bound. The ``loop``
+decoder (:mod:`.hf_decode`) copies each prompt's KV cache K times and, per step, launches a
+few thousand small kernels from Python. Here:
+
+* **Shared prompt prefix (cascade attention).** The batch is laid out as G prompts x M sample
+  slots (M = the most samples of one prompt in the batch). The prompt's keys/values stay once
+  per prompt, (G, kv_heads, W, head_dim); each row has its own buffer for the tokens it
+  generates, (G*M, kv_heads, T, head_dim). Attention of a decode step scores the M*q_heads
+  queries of a prompt against its prefix in one matrix product, scores each row against its
+  own generated tokens, and takes one softmax over both parts. Per step the prefix is read once
+  per prompt instead of once per sample, and nothing is copied K times.
+* **No model-level Python per step.** The step calls the model's own modules (embedding,
+  rotary embedding, decoder layers, final norm, ``lm_head``), with a small cache object whose
+  ``update`` writes the new key/value into the row's buffer and an attention function
+  registered in transformers' ``AttentionInterface`` (active only inside the step).
+* **CUDA graphs.** On CUDA the step is captured once per shape and replayed: one launch per
+  token instead of thousands. Attention reads the generated-token buffer up to a bucket of 64
+  positions past the current step (one graph per bucket), so early steps read little. Shapes are
+  bucketed (prompt groups to a multiple of 8, prompt width to a multiple of 64, generation
+  length to a multiple of 64) so a run captures a handful of graphs, each in well under a
+  second; they are kept for the next batches of the same shape.
+* **Token selection** on top-k candidates (:mod:`.hf_candidates`), with the repetition penalty
+  applied from a list of seen ids rather than a vocabulary-wide mask.
+
+Rows are independent of each other (the prefix of another prompt is masked out; padding slots
+start finished), and sampling noise is the same counter-based hash as the ``loop`` decoder, so
+a row's sample is the same whatever else is in its batch (exactly in float32; in bfloat16 up to
+the rounding of batched kernels, as with any decoder). Architectures: decoder-only models whose
+layers use full attention through ``AttentionInterface`` and ``past_key_values.update`` (Llama,
+Mistral without a sliding window, Qwen2, Qwen3); others fall back to the ``loop`` decoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from .hf_attention import ATTN_NAME, Shared, register
+from .hf_candidates import select_candidates
+from .hf_decode import DecodeBatch, RowOutput, StopCheck, _round_up
+from .hf_sampling import SamplingConfig, vocab_keys
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("selflearn.hf")
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why the shared decoder cannot run ``model`` (None: it can)."""
+    cfg = model.config
+    if cfg.model_type not in SUPPORTED:
+        return f"model type {cfg.model_type!r} (supported: {', '.join(SUPPORTED)})"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        return "sliding-window attention"
+    inner = getattr(model, "model", None)
+    for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
+        if not hasattr(inner, name):
+            return f"no model.{name}"
+    if not hasattr(model, "lm_head"):
+        return "no lm_head"
+    return None
+
+
+class _RowCache:
+    """What the decoder layers see as ``past_key_values``: writes the step's key/value at slot
+    ``t`` of each row's buffer and returns the buffers up to the current bucket."""
+
+    def __init__(self, state: _State, t_eff: int) -> None:
+        self.state, self.t_eff = state, t_eff
+
+    def update(self, key: Any, value: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        st = self.state
+        gk, gv = st.gen_k[layer_idx], st.gen_v[layer_idx]
+        gk.index_copy_(2, st.t_index, key)
+        gv.index_copy_(2, st.t_index, value)
+        return gk[:, :, : self.t_eff], gv[:, :, : self.t_eff]
+
+
+class _State:
+    """Static buffers of one batch shape (their addresses are baked into the CUDA graphs)."""
+
+    def __init__(self, model: Any, groups: int, m: int, width: int, gen_len: int, pad_id: int) -> None:
+        import torch
+
+        cfg = model.config
+        dev, dtype = model.device, model.dtype
+        rows = groups * m
+        hkv = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        hd = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        n_layers = int(cfg.num_hidden_layers)
+        vocab = int(model.lm_head.out_features)
+        self.groups, self.m, self.rows, self.width, self.gen_len = groups, m, rows, width, gen_len
+        self.prefix_k = [torch.zeros(groups, hkv, width, hd, dtype=dtype, device=dev) for _ in range(n_layers)]
+        self.prefix_v = [torch.zeros_like(x) for x in self.prefix_k]
+        self.gen_k = [torch.zeros(rows, hkv, gen_len, hd, dtype=dtype, device=dev) for _ in range(n_layers)]
+        self.gen_v = [torch.zeros_like(x) for x in self.gen_k]
+        self.prefix_bias = torch.zeros(groups, width, dtype=torch.float32, device=dev)
+        self.gen_bias = torch.zeros(gen_len, dtype=torch.float32, device=dev)
+        # the same masks in the model's dtype (the fused kernels take a bias of the query's dtype)
+        self.prefix_bias_h = torch.zeros(groups, width, dtype=dtype, device=dev)
+        self.gen_bias_h = torch.zeros(gen_len, dtype=dtype, device=dev)
+        self.positions = torch.arange(gen_len, device=dev)
+        self.t = torch.zeros((), dtype=torch.int64, device=dev)
+        self.t_index = torch.zeros(1, dtype=torch.int64, device=dev)
+        self.logits = torch.zeros(rows, vocab, dtype=torch.float32, device=dev)
+        self.seen = torch.zeros(rows, width + gen_len, dtype=torch.int64, device=dev)
+        self.keys = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self.plen = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
+        self.length = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self.out_tok = torch.full((rows, gen_len), pad_id, dtype=torch.int64, device=dev)
+        self.out_lp = torch.zeros(rows, gen_len, dtype=torch.float32, device=dev)
+        self.stats = torch.zeros(2, dtype=torch.int64, device=dev)
+        self.vocab = vocab_keys(vocab, dev)
+        self.graphs: dict[int, Any] = {}
+
+
+class SharedPrefixDecoder:
+    """Runs :class:`.hf_decode.DecodeBatch` es with the shared-prefix step (see the module doc)."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        eos_ids: tuple[int, ...],
+        pad_id: int,
+        sync_every: int = 8,
+        candidates: int = 1024,
+        overflow_share: float = 0.125,
+        graphs: bool = True,
+        bucket: int = 64,
+        group_bucket: int = 8,
+    ) -> None:
+        register()
+        self.model = model
+        self.eos_ids = eos_ids
+        self.pad_id = pad_id
+        self.sync_every = max(1, sync_every)
+        self.candidates = candidates
+        self.overflow_share = overflow_share
+        self.graphs = graphs and str(model.device).startswith("cuda")
+        #: attention with PyTorch's fused memory-efficient kernels (CUDA, half precision);
+        #: False: plain matrix products (CPU, float32, and the reference)
+        self.fused = str(model.device).startswith("cuda") and str(model.dtype) in ("torch.bfloat16", "torch.float16")
+        self.bucket = bucket
+        self.group_bucket = group_bucket if self.graphs else 1
+        self._states: dict[tuple[Any, ...], _State] = {}
+        self._pool: Any = None
+        #: counters of the last batch: overflow rows, truncated rows, graphs captured
+        self.last_stats: dict[str, int] = {}
+        self.captured = 0
+
+    # -- the step -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _attention(self) -> Iterator[None]:
+        cfg = self.model.config
+        before = cfg._attn_implementation
+        cfg._attn_implementation = ATTN_NAME
+        try:
+            yield
+        finally:
+            cfg._attn_implementation = before
+
+    def _step(self, st: _State, t_eff: int, cfg: SamplingConfig, eos: torch.Tensor) -> None:
+        """Select the token of step ``t`` from ``st.logits``, record it, run the forward pass
+        on it and leave the next logits in ``st.logits``; all on the device, fixed shapes."""
+        import torch
+
+        inner, t = self.model.model, st.t
+        if self.candidates > 0 and not cfg.greedy:
+            slots = int(round(self.overflow_share * st.rows))
+            tok, lp = select_candidates(
+                st.logits, st.seen, st.keys, t, cfg, self.candidates, slots, st.stats, st.vocab
+            )
+        else:
+            tok, lp = select_candidates(st.logits, st.seen, st.keys, t, cfg, 1 << 30, 0, st.stats, st.vocab)
+        live = ~st.done
+        tok = torch.where(live, tok, self.pad_id)
+        st.t_index.copy_(t.view(1))
+        st.out_tok.index_copy_(1, st.t_index, tok[:, None])
+        if lp is not None:
+            st.out_lp.index_copy_(1, st.t_index, lp[:, None])
+        st.length.add_(live.long())
+        st.seen.index_copy_(1, st.t_index + st.width, tok[:, None])
+        st.done.logical_or_(torch.isin(tok, eos))
+        # the forward pass of the chosen tokens
+        st.gen_bias.copy_(torch.where(st.positions <= t, 0.0, float("-inf")))
+        if self.fused:
+            st.gen_bias_h.copy_(st.gen_bias)
+        pos = (st.plen + t)[:, None]
+        hidden = inner.embed_tokens(tok[:, None])
+        rotary = inner.rotary_emb(hidden, pos)
+        cache = _RowCache(st, t_eff)
+        shared = Shared(st.prefix_k, st.prefix_v, st.prefix_bias, st.prefix_bias_h,
+                        st.gen_bias[:t_eff], st.gen_bias_h[:t_eff], self.fused)
+        for layer in inner.layers[: self.model.config.num_hidden_layers]:
+            hidden = layer(
+                hidden, attention_mask=None, position_ids=pos, past_key_values=cache,
+                use_cache=True, position_embeddings=rotary, selflearn_shared=shared,
+            )
+            if isinstance(hidden, tuple):  # older layers return (hidden, ...)
+                hidden = hidden[0]
+        hidden = inner.norm(hidden)
+        st.logits.copy_(self.model.lm_head(hidden[:, -1, :]))
+        st.t.add_(1)
+
+    # -- shapes, prefill, graphs ----------------------------------------------------------------
+    def _state(self, groups: int, m: int, width: int, gen_len: int, cfg: SamplingConfig) -> tuple[_State, bool]:
+        key = (groups, m, width, gen_len, cfg)
+        st = self._states.get(key)
+        if st is not None:
+            return st, False
+        if len(self._states) >= 2:  # keep memory bounded: the last two shapes
+            self._states.pop(next(iter(self._states)))
+            if self.graphs:
+                import torch
+
+                torch.cuda.empty_cache()
+        st = _State(self.model, groups, m, width, gen_len, self.pad_id)
+        self._states[key] = st
+        return st, True
+
+    def _prefill(self, st: _State, prompts: list[list[int]], width: int) -> None:
+        """Prefill the distinct prompts (left-padded to ``width``) in chunks, into the prefix
+        buffers; the logits of their last position go to every sample row of the prompt."""
+        import torch
+        from transformers import DynamicCache
+
+        dev = self.model.device
+        g = len(prompts)
+        ids = torch.full((st.groups, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((st.groups, width), dtype=torch.long)
+        for i in range(st.groups):
+            p = prompts[i] if i < g else prompts[0]  # padding groups copy prompt 0 (rows start done)
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        chunk = max(1, 32768 // width)
+        last = torch.empty(st.groups, st.logits.shape[1], dtype=torch.float32, device=dev)
+        for lo in range(0, st.groups, chunk):
+            hi = min(st.groups, lo + chunk)
+            kv: Any = DynamicCache(config=self.model.config)
+            out = self.model(
+                input_ids=ids[lo:hi], attention_mask=mask[lo:hi], position_ids=positions[lo:hi],
+                past_key_values=kv, use_cache=True, logits_to_keep=1,
+            )
+            last[lo:hi] = out.logits[:, -1, :].float()
+            for layer, (pk, pv) in enumerate(zip(st.prefix_k, st.prefix_v, strict=True)):
+                pk[lo:hi].copy_(kv.layers[layer].keys)
+                pv[lo:hi].copy_(kv.layers[layer].values)
+        st.prefix_bias.copy_(torch.where(mask.bool(), 0.0, float("-inf")))
+        st.prefix_bias_h.copy_(st.prefix_bias)
+        group_of = torch.arange(st.rows, device=dev) // st.m
+        st.logits.copy_(last.index_select(0, group_of))
+        st.plen.copy_(mask.sum(-1).index_select(0, group_of))
+        # seen ids: the prompt (padding repeats the prompt's last token), then generated slots
+        seen = torch.cat([ids.masked_fill(mask == 0, 0) + (mask == 0) * ids[:, -1:], ids[:, -1:].expand(-1, st.gen_len)], 1)
+        st.seen.copy_(seen.index_select(0, group_of))
+
+    def _capture(self, st: _State, cfg: SamplingConfig, eos: torch.Tensor) -> None:
+        """Capture one graph per attention bucket (a warm-up run first, on a side stream)."""
+        import torch
+
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        buckets = list(range(self.bucket, st.gen_len + 1, self.bucket))
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), self._attention():
+            for t_eff in buckets[:1]:
+                self._step(st, t_eff, cfg, eos)
+        torch.cuda.current_stream().wait_stream(stream)
+        with self._attention():
+            for t_eff in buckets:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self._pool):
+                    self._step(st, t_eff, cfg, eos)
+                st.graphs[t_eff] = graph
+                self.captured += 1
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(
+        self, batch: DecodeBatch, cfg: SamplingConfig, max_new_tokens: int, stop_check: StopCheck | None = None
+    ) -> list[RowOutput]:
+        import torch
+
+        n_rows = len(batch.rows)
+        if n_rows == 0 or max_new_tokens <= 0:
+            return [RowOutput([], [] if cfg.logprobs else None, False) for _ in batch.rows]
+        with torch.inference_mode():
+            return self._run(batch, cfg, max_new_tokens, stop_check)
+
+    def _run(
+        self, batch: DecodeBatch, cfg: SamplingConfig, max_new_tokens: int, stop_check: StopCheck | None
+    ) -> list[RowOutput]:
+        import torch
+
+        dev = self.model.device
+        g = len(batch.prompts)
+        slot_of: list[int] = []
+        seen_count = [0] * g
+        for p in batch.rows:
+            slot_of.append(seen_count[p])
+            seen_count[p] += 1
+        m = max(seen_count)
+        groups = _round_up(g, self.group_bucket)
+        width = _round_up(max(len(p) for p in batch.prompts), self.bucket if self.graphs or self.fused else 1)
+        gen_len = _round_up(max_new_tokens, self.bucket)
+        st, new = self._state(groups, m, width, gen_len, cfg)
+        eos = torch.tensor(self.eos_ids or (-1,), dtype=torch.long, device=dev)
+        if new and self.graphs:
+            try:
+                self._capture(st, cfg, eos)
+            except torch.cuda.OutOfMemoryError:
+                self._states.pop((groups, m, width, gen_len, cfg), None)  # half-built: retried smaller
+                raise
+            except RuntimeError as exc:  # an operation of this model that cannot be captured
+                log.warning("hf: CUDA graph capture failed (%s); decoding without graphs", exc)
+                self.graphs = False
+                st.graphs.clear()
+        row_index = [p * m + s for p, s in zip(batch.rows, slot_of, strict=True)]
+        self._prefill(st, batch.prompts, width)
+        keys = torch.zeros(st.rows, dtype=torch.int64)
+        keys[row_index] = torch.tensor(batch.keys, dtype=torch.int64)
+        done = torch.ones(st.rows, dtype=torch.bool)
+        done[row_index] = False
+        st.keys.copy_(keys)
+        st.done.copy_(done)
+        st.length.zero_()
+        st.out_tok.fill_(self.pad_id)
+        st.out_lp.zero_()
+        st.stats.zero_()
+        st.t.zero_()
+        with self._attention():
+            for t in range(max_new_tokens):
+                t_eff = _round_up(t + 1, self.bucket)
+                if self.graphs:
+                    st.graphs[t_eff].replay()
+                else:
+                    self._step(st, t_eff, cfg, eos)
+                if t + 1 < max_new_tokens and (t + 1) % self.sync_every == 0:
+                    if stop_check is not None:
+                        self._check_stops(st, stop_check)
+                    if bool(st.done.all()):
+                        break
+        over, truncated = (int(x) for x in st.stats.tolist())
+        self.last_stats = {"overflow_rows": over, "truncated_rows": truncated}
+        if truncated:
+            log.warning(
+                "hf: %d row-steps had a top-p nucleus larger than the %d candidates and no exact "
+                "slot left; they were sampled from their candidates (raise candidates or "
+                "overflow_share to avoid it)", truncated, self.candidates,
+            )
+        return self._collect(st, row_index, cfg.logprobs is not None)
+
+    def _check_stops(self, st: _State, stop_check: StopCheck) -> None:
+        live = (~st.done).nonzero()[:, 0].tolist()
+        if not live:
+            return
+        lens = st.length[live].tolist()
+        toks = st.out_tok[live].tolist()
+        hit = [live[i] for i in range(len(live)) if stop_check(toks[i][: lens[i]])]
+        if hit:
+            st.done[hit] = True
+
+    def _collect(self, st: _State, row_index: list[int], want_lp: bool) -> list[RowOutput]:
+        lens = st.length.tolist()
+        toks = st.out_tok.tolist()
+        lps = st.out_lp.tolist() if want_lp else None
+        eos = set(self.eos_ids)
+        outputs = []
+        for r in row_index:
+            tokens = toks[r][: lens[r]]
+            outputs.append(RowOutput(
+                tokens=tokens,
+                logprobs=lps[r][: lens[r]] if lps is not None else None,
+                eos=bool(tokens) and tokens[-1] in eos,
+            ))
+        return outputs
