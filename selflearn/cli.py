@@ -131,6 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # deprecation chatter from the ML libraries buries the progress bars; --debug keeps it
+    if not args.debug:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
     handlers = {"run": cmd_run, "plugins": cmd_plugins, "components": cmd_components}
     try:
         return handlers[args.command](args)
