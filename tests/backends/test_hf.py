@@ -170,6 +170,7 @@ def test_stop_strings_cut_text_and_tokens(hf_backend: HFBackend) -> None:
 
 def test_chat_template_is_applied(hf_backend: HFBackend) -> None:
     messages = PROMPTS[3]
+    hf_backend._load()
     rendered = hf_backend._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert rendered.endswith("<|im_start|>assistant\n")
     chat = hf_backend.generate([messages], GREEDY)[0][0]
@@ -197,6 +198,16 @@ def test_missing_chat_template_is_a_clear_error(tiny_llama: str, tmp_path: Any) 
     fixed = HFBackend(Options(chat_template=template), str(folder), seed=1)
     assert fixed.generate([PROMPTS[3]], GenerationParams(max_new_tokens=2))[0][0].completion_tokens == 2
     assert "chat_template" in fixed.identity()
+    # "zephyr": the template the trainers give base models, so prompts agree before and after SFT
+    zephyr = HFBackend(Options(chat_template="zephyr"), str(folder), seed=1)
+    zephyr._load()
+    from selflearn.core.prompts import ZEPHYR_TEMPLATE
+
+    expected = zephyr._tokenizer.apply_chat_template(
+        [dict(m) for m in PROMPTS[3]], chat_template=ZEPHYR_TEMPLATE, add_generation_prompt=True, tokenize=False
+    )
+    assert expected.endswith("<|assistant|>\n")
+    assert zephyr.generate([PROMPTS[3]], GREEDY)[0][0].tokens == zephyr.generate([expected], GREEDY)[0][0].tokens
 
 
 def test_long_prompts_keep_their_end(tiny_llama: str) -> None:

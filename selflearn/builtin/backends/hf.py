@@ -37,6 +37,7 @@ from typing import Any, Literal
 import attrs
 
 from ...core.errors import BackendError, ConfigError
+from ...core.prompts import named_template
 from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ...core.records import Completion
 from .hf_decode import DecodeBatch, Decoder, RowOutput
@@ -62,7 +63,8 @@ class Options:
     #: longest prompt in tokens (longer prompts keep their end); None: the model's context
     #: length minus max_new_tokens
     max_input_tokens: int | None = None
-    #: Jinja chat template for chat prompts when the tokenizer has none (or to override it)
+    #: chat template for chat prompts when the tokenizer has none (or to override it): a Jinja
+    #: string, or "zephyr" (the template the trainers give base models at SFT time)
     chat_template: str | None = None
     #: sampling seed (None: the run's seed); a call's params.seed wins when set
     seed: int | None = None
@@ -237,12 +239,13 @@ class HFBackend:
         if isinstance(prompt, str):
             ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
         else:
-            template = self.options.chat_template or tok.chat_template
+            template = named_template(self.options.chat_template) or tok.chat_template
             if not template:
                 raise BackendError(
                     f"hf: the tokenizer of {self.model_ref!r} has no chat template, so chat "
                     "prompts cannot be rendered. Set backend.options.chat_template to a Jinja "
-                    "template, or use a chat-tuned model"
+                    "template or to \"zephyr\" (what the trainers give base models), or use a "
+                    "chat-tuned model"
                 )
             text = tok.apply_chat_template(
                 [dict(m) for m in prompt], chat_template=template,

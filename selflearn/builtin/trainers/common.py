@@ -18,18 +18,9 @@ import attrs
 
 from ...core.errors import ConfigError, StageError
 from ...core.models import load_causal_lm, load_tokenizer
+from ...core.prompts import ZEPHYR_TEMPLATE
 
 log = logging.getLogger("selflearn.trainers")
-
-#: The template the research code injected into base checkpoints without one (method.md 6.1):
-#: ``<|user|>\n{q}</s>\n<|assistant|>\n{a}</s>\n``, with the tokenizer's own EOS token.
-ZEPHYR_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ '<|system|>\n' + message['content'] + eos_token + '\n' }}"
-    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + eos_token + '\n' }}"
-    "{% else %}{{ '<|assistant|>\n' + message['content'] + eos_token + '\n' }}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
 
 #: parameter count above which the paper's "7B/13B" learning rates apply
 LARGE_MODEL_PARAMS = 3_000_000_000
