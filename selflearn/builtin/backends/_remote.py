@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from ...core.errors import BackendError
 from ...core.hashing import seed_from
+from ...core.prompts import named_template
 from ...core.protocols import Prompt
 from ...core.records import Completion
 
@@ -136,7 +137,7 @@ class ChatRenderer:
 
     def __init__(self, tokenizer: str | None, chat_template: str | None, what: str) -> None:
         self.ref = tokenizer
-        self.chat_template = chat_template
+        self.chat_template = named_template(chat_template)  # "zephyr" or a Jinja string
         self.what = what
         self._tok: Any = None
         self._lock = threading.RLock()
