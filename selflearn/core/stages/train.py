@@ -133,6 +133,8 @@ class TrainStage(Stage):
         pairs = self._read(DPO_FILE, PreferencePair)
         if not pairs:
             raise StageError(self._empty_message(summary, picked))
+        # the trainers load their own copies of the model: free the generation backend's first
+        self.run_ctx.release("backend")
         models_root = self.store.local_path(opts.models_dir)
         results: dict[str, TrainResult | None] = {"sft": None, "dpo": None}
         counts: dict[str, int | None] = {"sft": None, "dpo": len(pairs)}
