@@ -191,11 +191,15 @@ class Pipeline:
         """What :meth:`run` would do: per stage, done or pending, and its estimated calls."""
         manifest = self._manifest()
         rows = []
+        pending: set[str] = set()
         for name in self._selected(until):
             stage = self.stage(name)
             stage.validate()
             fp, _ = self._fingerprint(stage)
-            done = self._is_done(stage, fp, manifest)
+            # a stage whose input will be rewritten by a pending stage will run again too
+            done = self._is_done(stage, fp, manifest) and not pending.intersection(stage.requires)
+            if not done:
+                pending.add(name)
             rows.append(
                 {
                     "stage": name,

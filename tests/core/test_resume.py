@@ -92,3 +92,20 @@ def test_sigkill_mid_stage_then_resume_gives_identical_rows(tmp_path):
     summary = manifest["stages"]["generations"]["summary"]
     assert summary["cached_generations"] >= done_before > 0, summary
     assert summary["backend_generations"] == summary["generations"] - summary["cached_generations"]
+
+
+def test_dry_run_marks_stages_downstream_of_a_changed_one_pending(tmp_path):
+    from selflearn import Document, Pipeline
+
+    class Source:
+        def documents(self):
+            for i in range(4):
+                yield Document(id=f"d{i}", title=f"T{i}", text=f"Topic {i} was founded in {1900 + i} by Ada.")
+
+    def make(limit):
+        return Pipeline(run_dir=str(tmp_path / "r"), source=Source(), chunker={"use": "sentences", "options": {"max_tokens": 64}},
+                        question_generator="template", documents={"limit": limit})
+
+    make(4).run(until="questions")
+    assert [r["status"] for r in make(4).plan(until="questions")] == ["done", "done", "done"]
+    assert [r["status"] for r in make(3).plan(until="questions")] == ["pending", "pending", "pending"]
