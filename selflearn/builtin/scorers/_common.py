@@ -6,13 +6,12 @@ torch is imported inside the functions only, so importing a scorer module stays 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...core.errors import ConfigError
-from ...core.models import package_file
+from ...core.models import content_fingerprint, package_file
 
 if TYPE_CHECKING:
     from ...core.cache import JsonlCache
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def resolve_model_path(ref: str, path: str) -> str:
@@ -34,32 +32,11 @@ def resolve_model_path(ref: str, path: str) -> str:
 
 
 def model_fingerprint(path: str) -> str:
-    """A cheap content fingerprint of a local model folder (config plus weight-file samples).
-
-    Part of every cache key, so two different checkpoints saved at the same path never share
-    cached scores. Hashing whole multi-GB weight files would cost more than scoring, so each
-    weight file contributes its size and the hash of its first and last MiB. Hub ids (no local
-    folder) are identified by their name.
-    """
+    """A cheap content fingerprint of a local model folder (part of every cache key, so two
+    checkpoints saved at the same path never share cached scores); hub ids give ``"hub"``."""
     if not os.path.isdir(path):
         return "hub"
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if not os.path.isfile(full):
-            continue
-        if name == "config.json":
-            with open(full, "rb") as f:
-                h.update(b"config" + f.read())
-        elif name.endswith(_WEIGHT_SUFFIXES):
-            size = os.path.getsize(full)
-            h.update(f"{name}:{size}".encode())
-            with open(full, "rb") as f:
-                h.update(f.read(1 << 20))
-                if size > 2 << 20:
-                    f.seek(size - (1 << 20))
-                    h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
+    return content_fingerprint(path) or "hub"
 
 
 def resolve_device(device: str) -> str:
