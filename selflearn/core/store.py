@@ -108,7 +108,9 @@ class ArtifactStore:
         return len(lines)
 
     def iter_jsonl(self, name: str) -> Iterator[dict[str, Any]]:
-        for lineno, line in enumerate(self.read_text(name).splitlines(), 1):
+        # split on "\n" only: str.splitlines() also breaks at U+2028, U+0085, U+001C..., which
+        # json.dumps(ensure_ascii=False) leaves raw inside strings (models do generate them)
+        for lineno, line in enumerate(self.read_text(name).split("\n"), 1):
             if not line.strip():
                 continue
             try:

@@ -65,6 +65,16 @@ def test_store_reports_bad_jsonl_line(tmp_path):
         list(store.iter_jsonl("x.jsonl"))
 
 
+def test_store_jsonl_keeps_unicode_line_separators(tmp_path):
+    # str.splitlines() breaks at these; json.dumps(ensure_ascii=False) leaves them raw
+    texts = ["a\u2028b", "c\u2029d", "e\x85f", "g\x1ch\x1di\x1ej", "k\x0bl\x0cm", "crlf\r\nline"]
+    store = ArtifactStore(str(tmp_path))
+    assert store.write_jsonl("u.jsonl", [{"t": t} for t in texts]) == len(texts)
+    assert [r["t"] for r in store.iter_jsonl("u.jsonl")] == texts
+    store.write_text("w.jsonl", '{"t": 1}\r\n{"t": 2}\r\n')  # Windows line ends still read
+    assert [r["t"] for r in store.iter_jsonl("w.jsonl")] == [1, 2]
+
+
 def test_cache_survives_torn_line(tmp_path):
     path = str(tmp_path / "c.jsonl")
     cache = JsonlCache(path)

@@ -77,6 +77,14 @@ def test_field_names_and_metadata_fields(tmp_path):
     assert doc.metadata == {"category": "t", "x": 1, "path": "a.jsonl", "line": 1}
 
 
+def test_jsonl_text_with_unicode_line_separators(tmp_path):
+    body = "First line\u2028second line\x85third."
+    (tmp_path / "u.jsonl").write_text(json.dumps({"id": "u1", "text": body}, ensure_ascii=False) + "\n",
+                                      encoding="utf-8")
+    (doc,) = FilesSource(Options(url=str(tmp_path / "u.jsonl")), 1).documents()
+    assert doc.id == "u1" and "second line" in doc.text and "third." in doc.text
+
+
 def test_glob_and_parquet(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

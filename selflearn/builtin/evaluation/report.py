@@ -245,6 +245,23 @@ def render_markdown(
                 f"| {r['delta']:+.3f} | {'**yes**' if r['flagged'] else 'no'} |"
             )
         lines.append("")
+    detection = report.get("detection")
+    if detection:
+        lines += [
+            f"## Knowledge detection (baseline model, K = {detection['k']}, wrong = {detection['metric']} 0)",
+            "",
+            "AUROC of S_K (greedy closed-book answer against K closed-book samples, no gold answer) "
+            "for predicting that the greedy answer is wrong; 0.5 is chance.",
+            "",
+            "| QA set | n | wrong | scorer | AUROC | 95% interval |",
+            "|---|---|---|---|---|---|",
+        ]
+        for set_name, entry in detection["sets"].items():
+            for scorer, r in entry["scorers"].items():
+                ci = ("-" if r["ci_low"] is None else f"{r['ci_low']:.3f} to {r['ci_high']:.3f}")
+                lines.append(f"| {set_name} | {entry['n']} | {fmt(entry['wrong_rate'], True)} | {scorer} "
+                             f"| {fmt(r['auroc'])} | {ci} |")
+        lines.append("")
     if images:
         lines += ["## Figures", ""]
         for title, path in images:

@@ -87,4 +87,9 @@ def stage_summary(report: dict[str, Any]) -> dict[str, Any]:
             out["judge"]["known_lose_rate"] = judge["known"]["overall"]["lose_rate"]
     if report.get("forgetting"):
         out["forgetting_flagged"] = report["forgetting"]["flagged"]
+    if report.get("detection"):
+        out["detection_auroc"] = {
+            set_name: {name: r["auroc"] for name, r in entry["scorers"].items()}
+            for set_name, entry in report["detection"]["sets"].items()
+        }
     return out

@@ -184,7 +184,8 @@ class FilesSource:
 
     @staticmethod
     def _jsonl_rows(text: str, file: str, counts: Counter[str]) -> Iterator[tuple[int, Any, str | None]]:
-        for lineno, line in enumerate(text.splitlines(), 1):
+        # "\n" only: splitlines() would also cut at U+2028 and friends inside JSON strings
+        for lineno, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:

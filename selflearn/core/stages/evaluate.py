@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 
 from ...builtin.evaluation.answers import EvalItem, answer_row, pair_answers
+from ...builtin.evaluation.detection import DetectionOptions
 from ...builtin.evaluation.lm_eval import ForgettingOptions
 from ...builtin.evaluation.summaries import qa_summary, set_summary, stage_summary
 from ..config import SlotSpec
@@ -69,6 +70,8 @@ class EvaluateOptions:
     bootstrap_resamples: int = 1000
     #: lm-evaluation-harness before/after (None: off)
     forgetting: ForgettingOptions | None = None
+    #: knowledge detection quality on the QA sets (AUROC of S_K for wrong answers; None: off)
+    detection: DetectionOptions | None = None
 
 
 class EvaluateStage(Stage):
@@ -91,6 +94,8 @@ class EvaluateStage(Stage):
             files.append(f"{EVAL_DIR}/references.jsonl")
         if self.run_ctx.has("judge"):
             files += [f"{EVAL_DIR}/verdicts.jsonl", f"{EVAL_DIR}/outcomes.png"]
+        if opts.detection is not None:
+            files += [f"{EVAL_DIR}/detection.jsonl", f"{EVAL_DIR}/detection_roc.png"]
         return files
 
     def validate(self) -> None:
@@ -103,10 +108,32 @@ class EvaluateStage(Stage):
             check_qa_name(name, f"evaluate.qa[{i}]")
         if opts.forgetting is not None:
             require_lm_eval()
+        if opts.detection is not None:
+            self._check_detection(opts.detection, bool(opts.qa))
         spec = self.run_ctx.slots.get("backend")
         if spec is not None and spec.is_object:
             raise ConfigError(self._object_backend_message(), "backend")
         self._check_judge_key()
+
+    def _check_detection(self, det: DetectionOptions, has_qa: bool) -> None:
+        from ..config import parse_slot
+
+        if not has_qa:
+            raise ConfigError(
+                "detection measures S_K against gold answers, so it needs QA sets: add e.g. "
+                "qa: [\"trivia:general\", \"fanoutqa\"] to the evaluate section, or remove "
+                "detection", "evaluate.detection",
+            )
+        if det.k < 2:
+            raise ConfigError(f"k must be at least 2 samples, got {det.k}", "evaluate.detection.k")
+        if det.metric not in ("contains", "exact", "f1"):
+            raise ConfigError(f"metric must be contains, exact or f1, got {det.metric!r}",
+                              "evaluate.detection.metric")
+        if not self.run_ctx.has("scorer"):
+            raise ConfigError("detection scores S_K with the configured scorer: set `scorer:`",
+                              "scorer")
+        for i, value in enumerate(det.scorers):
+            parse_slot(value, f"evaluate.detection.scorers[{i}]")
 
     def _check_judge_key(self) -> None:
         """A judge on the official OpenAI API without a key fails now, not after the answers
@@ -280,6 +307,9 @@ class EvaluateStage(Stage):
         backend = self._backend(baseline_ref)
         try:
             base_out = self._generate(backend, closed, "evaluate: baseline answers")
+            samples: list[list[Completion]] = []
+            if opts.detection is not None:
+                samples = self._samples(backend, closed[len(grounded):], opts.detection)
             refs: list[Completion] = []
             if opts.agreement:
                 refs = self._generate(
@@ -307,6 +337,9 @@ class EvaluateStage(Stage):
                 c["qa"] = score_answer(c["answer"], c["gold"])
 
         ed = EVAL_DIR
+        detection = None
+        if opts.detection is not None:
+            detection = self._detection(base_rows[len(grounded):], samples, opts.detection)
         self.store.write_jsonl(f"{ed}/answers_baseline.jsonl", base_rows)
         self.store.write_jsonl(f"{ed}/answers_candidate.jsonl", cand_rows)
         if opts.agreement:
@@ -333,6 +366,7 @@ class EvaluateStage(Stage):
                         for name in qa}
         report["judge"] = self._judge(test, known, base_rows, cand_rows) if self.run_ctx.has("judge") else None
         report["forgetting"] = self._forgetting(baseline_ref, candidate_ref) if opts.forgetting else None
+        report["detection"] = detection
         self.store.write_json(f"{ed}/report.json", report)
         self._write_charts_and_markdown(report, rep)
         return stage_summary(report)
@@ -372,6 +406,80 @@ class EvaluateStage(Stage):
                 row["disagreement"] = res.score
                 writes.append((key, {"score": res.score}))
             cache.put_many(writes)
+
+    def _samples(self, backend: CachedBackend, prompts: Sequence[Any],
+                 det: DetectionOptions) -> list[list[Completion]]:
+        """K closed-book samples per QA question from the baseline model (its Y_r)."""
+        opts: EvaluateOptions = self.options
+        params = GenerationParams(
+            max_new_tokens=det.max_new_tokens or opts.max_new_tokens,
+            temperature=det.temperature,
+            top_p=det.top_p,
+            repetition_penalty=opts.repetition_penalty,
+            seed=self.run_ctx.seed,
+        )
+        out: list[list[Completion]] = []
+        starts = range(0, len(prompts), max(1, opts.batch_size))
+        for start in self.run_ctx.progress(starts, total=len(starts), desc="evaluate: detection samples",
+                                           unit="batch"):
+            out.extend(backend.generate(prompts[start : start + opts.batch_size], params, n=det.k))
+        return out
+
+    def _detection(self, rows: list[dict[str, Any]], samples: list[list[Completion]],
+                   det: DetectionOptions) -> dict[str, Any]:
+        """S_K of each QA question under each scorer, and its AUROC for wrong answers."""
+        from ...builtin.evaluation import detection as dmod
+
+        opts: EvaluateOptions = self.options
+        spec = self.run_ctx.slots["scorer"]
+        scorers: list[tuple[str, Any, bool]] = [
+            (spec.name or "scorer", self.run_ctx.component("scorer"), False)
+        ]
+        for i, value in enumerate(det.scorers):
+            built = self.run_ctx.build("scorer", value, f"evaluate.detection.scorers[{i}]")
+            name = value if isinstance(value, str) else str(value.get("use")) + "(" + ", ".join(
+                f"{k}={v}" for k, v in sorted((value.get("options") or {}).items())) + ")"
+            while name in [n for n, _, _ in scorers]:
+                name += "'"
+            scorers.append((name, built, True))
+        out_rows = [
+            {"set": r["set"].removeprefix("qa:"), "question_id": r["question_id"],
+             "question": r["question"], "greedy": r["answer"], "samples": [c.text for c in s],
+             "gold": r["gold"], "wrong": dmod.is_wrong(r["qa"], det.metric), "s_k": {}}
+            for r, s in zip(rows, samples, strict=True)
+        ]
+        cache = self.run_ctx.cache("evaluate-detection")
+        try:
+            for name, scorer, _ in scorers:
+                ident = scorer.identity()
+                keys = [cache.key("s_k", ident, r["question"], r["greedy"], r["samples"]) for r in out_rows]
+                todo = [i for i, k in enumerate(keys) if cache.get(k) is None]
+                step = max(1, opts.batch_size * 4)
+                starts = range(0, len(todo), step)
+                for start in self.run_ctx.progress(starts, total=len(starts),
+                                                   desc=f"evaluate: detection ({name})", unit="batch"):
+                    idx = todo[start : start + step]
+                    items = [ScoreItem(reference=out_rows[i]["greedy"], samples=out_rows[i]["samples"],
+                                       question=out_rows[i]["question"]) for i in idx]
+                    results = scorer.score(items)
+                    if len(results) != len(items):
+                        raise StageError(f"the scorer {name!r} returned {len(results)} results for "
+                                         f"{len(items)} items")
+                    cache.put_many([(keys[i], {"score": res.score}) for i, res in zip(idx, results, strict=True)])
+                for r, k in zip(out_rows, keys, strict=True):
+                    hit = cache.get(k)
+                    r["s_k"][name] = None if hit is None else hit.get("score")
+        finally:
+            for _, scorer, own in scorers:
+                close = getattr(scorer, "close", None)
+                if own and callable(close):
+                    close()
+        names = [n for n, _, _ in scorers]
+        self.store.write_jsonl(f"{EVAL_DIR}/detection.jsonl", out_rows)
+        self.store.write_bytes(f"{EVAL_DIR}/detection_roc.png", dmod.plot_roc(out_rows, names))
+        summary = dmod.summarize(out_rows, names, resamples=opts.bootstrap_resamples, seed=self.run_ctx.seed)
+        return {"model": "baseline", "k": det.k, "temperature": det.temperature,
+                "metric": det.metric, "scorers": names, "sets": summary}
 
     def _judge(self, test: list[EvalItem], known: list[EvalItem],
                base_rows: list[dict[str, Any]], cand_rows: list[dict[str, Any]]) -> dict[str, Any]:

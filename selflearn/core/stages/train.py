@@ -40,6 +40,10 @@ SUMMARY_FILE = "datasets_summary.json"
 class TrainOptions:
     #: folder of the run directory where the models are saved (``<models_dir>/sft``, ``/dpo``)
     models_dir: str = "models"
+    #: seed of the trainings (data order, dropout, LoRA init); None: the run's ``seed``. Set it
+    #: to repeat only the training with other seeds while the data stages stay as they are
+    #: (the top-level seed also seeds sampling, so changing it regenerates everything)
+    seed: int | None = None
 
 
 def sft_rows(examples: list[SFTExample]) -> list[dict[str, Any]]:
@@ -174,6 +178,11 @@ class TrainStage(Stage):
             "final_loss": {k: (v[-1]["loss"] if v else None) for k, v in record["loss"].items()},
         }
 
+    @property
+    def _seed(self) -> int:
+        opts: TrainOptions = self.options
+        return self.run_ctx.seed if opts.seed is None else opts.seed
+
     def _read(self, fname: str, cls: Any) -> list[Any]:
         if not self.store.exists(fname):
             return []
@@ -227,7 +236,7 @@ class TrainStage(Stage):
                 "rows": content_hash(rows),
                 "trainer": spec.describe() if spec else None,
                 "model": model_identity,
-                "seed": self.run_ctx.seed,
+                "seed": self._seed,
             }
         )
         done = read_lineage(output_dir)
@@ -246,7 +255,7 @@ class TrainStage(Stage):
             "stage_fingerprint": fingerprint,
         }
         request = TrainRequest(
-            rows=rows, model=model, output_dir=output_dir, lineage=lineage, seed=self.run_ctx.seed
+            rows=rows, model=model, output_dir=output_dir, lineage=lineage, seed=self._seed
         )
         return trainer.train(request), fingerprint
 
