@@ -46,7 +46,7 @@ case "${1:-}" in
     set -e
     if [ -n "${OUT:-}" ]; then
       cp -r "$ROOT/results" "$OUT/" 2>/dev/null || true
-      tar czf "$OUT/runs.tgz" --exclude=models --exclude=cache --exclude=datasets --exclude='*.parquet' \
+      tar czf "$OUT/runs.tgz" --exclude=models --exclude=cache --exclude=datasets --exclude='*.parquet' --exclude=generations.jsonl --exclude=scores.jsonl --exclude=detection.jsonl \
         -C "$(dirname "$ROOT")" "$(basename "$ROOT")" 2>/dev/null || true
     fi
     exit $rc

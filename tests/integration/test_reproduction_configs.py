@@ -33,12 +33,12 @@ def test_merge_is_deep_and_copies() -> None:
     assert base["a"]["c"] == [1]
 
 
-@pytest.mark.parametrize("arm", ["dpo-unfiltered", "dpo-tau0.5", "dpo-tau0.8"])
+@pytest.mark.parametrize("arm", ["dpo-unfiltered", "dpo-tau0.5", "dpo-tau0.8", "dpo-random285"])
 def test_every_arm_validates(arm: str, tmp_path: Path) -> None:
     driver = _driver()
     base = yaml.safe_load((HERE / "base.yaml").read_text())
     arms = yaml.safe_load((HERE / "arms.yaml").read_text())
-    assert set(arms) == {"dpo-unfiltered", "dpo-tau0.5", "dpo-tau0.8"}
+    assert set(arms) == {"dpo-unfiltered", "dpo-tau0.5", "dpo-tau0.8", "dpo-random285"}
     cfg = driver.arm_config(base, arms[arm], str(tmp_path), arm, 3)
     assert cfg["run_dir"] == os.path.join(str(tmp_path), arm, "seed3")
     assert cfg["train"]["seed"] == 3 and cfg["seed"] == 42
@@ -48,8 +48,9 @@ def test_every_arm_validates(arm: str, tmp_path: Path) -> None:
         plan = pipe.plan()  # validates every stage
         assert [row["stage"] for row in plan][-3:] == ["datasets", "train", "evaluate"]
         datasets = pipe.stage("datasets").options
-        if arm == "dpo-unfiltered":
+        if arm in ("dpo-unfiltered", "dpo-random285"):
             assert not datasets.consistency_filter and not datasets.knowledge_filter
+            assert datasets.max_questions == (285 if arm == "dpo-random285" else None)
         else:
             assert datasets.tau_k == float(arm.removeprefix("dpo-tau")) and datasets.knowledge_filter
         assert pipe.stage("train").options.seed == 3

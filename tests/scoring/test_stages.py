@@ -219,6 +219,30 @@ def test_datasets_options(run_dir: str, options: dict[str, Any], expected: list[
         assert summary["removed"]["knowledge"] == 3
 
 
+def test_datasets_max_questions_samples_a_seeded_subset(run_dir: str) -> None:
+    unfiltered = {"consistency_filter": False, "knowledge_filter": False, "pair_mode": "multiple"}
+    pipe = setup_run(run_dir, datasets=unfiltered)
+    _, full = run_stages(pipe, "scores", "datasets")
+    every = pipe.store.read_records("dpo_pairs.jsonl", PreferencePair)
+    ids = sorted({p.question_id for p in every})
+    assert len(ids) >= 3
+    picked = []
+    for _ in range(2):  # the same seed picks the same questions
+        pipe = setup_run(run_dir, datasets={**unfiltered, "max_questions": 2})
+        (summary,) = run_stages(pipe, "datasets")
+        pairs = pipe.store.read_records("dpo_pairs.jsonl", PreferencePair)
+        picked.append(sorted({p.question_id for p in pairs}))
+        # every pair of a picked question is kept (pair_mode multiple), none of the others
+        assert pairs == [p for p in every if p.question_id in picked[-1]]
+        assert summary["removed"]["sampled_out"] == len(ids) - 2
+    assert picked[0] == picked[1] and len(picked[0]) == 2
+    pipe = setup_run(run_dir, datasets={**unfiltered, "max_questions": 99})
+    (summary,) = run_stages(pipe, "datasets")
+    assert summary["dpo_pairs"] == full["dpo_pairs"] and "sampled_out" not in summary["removed"]
+    with pytest.raises(ConfigError, match="datasets.max_questions"):
+        setup_run(run_dir, datasets={"max_questions": 0}).stage("datasets").validate()
+
+
 def test_datasets_multiple_pairs(run_dir: str) -> None:
     pipe = setup_run(run_dir, datasets={"pair_mode": "multiple", "max_pairs_per_question": 4})
     run_stages(pipe, "scores", "datasets")

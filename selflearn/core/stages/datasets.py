@@ -77,6 +77,11 @@ class DatasetsOptions:
     truncated_samples: Literal["drop", "trim", "keep"] = "drop"
     #: drop questions whose y* hit max_new_tokens (a truncated chosen answer teaches truncation)
     drop_truncated_reference: bool = True
+    #: keep a seeded random sample of at most this many of the questions that passed the
+    #: filters (None: all). A size-matched control: an unfiltered run with max_questions set
+    #: to a filtered run's count trains as many steps per pair, so the two differ only in
+    #: which questions were picked
+    max_questions: int | None = attrs.field(default=None)
     #: question splits that enter the datasets
     splits: list[str] = attrs.field(factory=lambda: ["train"])
     #: SFT rows: share of questions given as reading-comprehension rows (the paper: 1/3)
@@ -143,6 +148,9 @@ class DatasetsStage(Stage):
                 "set consistency_filter: false",
                 "datasets.consistency_filter",
             )
+        if o.max_questions is not None and o.max_questions < 1:
+            raise ConfigError(f"expected a positive number of questions or null, got {o.max_questions}",
+                              "datasets.max_questions")
         if not 0.0 <= o.sft_rc_fraction <= 1.0:
             raise ConfigError(f"expected a number in [0, 1], got {o.sft_rc_fraction}", "datasets.sft_rc_fraction")
         if o.max_pairs_per_question < 1 or o.self_label_retries < 1 or o.self_label_shots < 0:
@@ -288,6 +296,15 @@ class DatasetsStage(Stage):
             "self_label_backend": backend.identity(),
         }
 
+    def _sample(self, pairs: list[PreferencePair], most: int, removed: Counter[str]) -> list[PreferencePair]:
+        """The pairs of a seeded random sample of ``most`` of their questions."""
+        ids = sorted({p.question_id for p in pairs})
+        if len(ids) <= most:
+            return pairs
+        keep = set(random.Random(self.run_ctx.seed).sample(ids, most))
+        removed["sampled_out"] += len(ids) - len(keep)
+        return [p for p in pairs if p.question_id in keep]
+
     # -- run -----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         o: DatasetsOptions = self.options
@@ -336,6 +353,8 @@ class DatasetsStage(Stage):
                 removed["no_scores"] += 1
             else:
                 pairs += self._pairs_for(q, g, s, bases[q.id], removed)
+        if o.max_questions is not None:
+            pairs = self._sample(pairs, o.max_questions, removed)
         sft_rows, sft_stats = self._sft(questions, passages, gens, bases)
         self._write(pairs, sft_rows, questions, scores, cfg, scorer_ident)
         scored = [scores[q.id] for q in questions if q.id in scores]
