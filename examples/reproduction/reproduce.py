@@ -181,6 +181,13 @@ def table(collected: dict[str, Any], names: list[str]) -> dict[str, Any]:
         sel = [r for r in runs if r["arm"] == arm]
         rows[arm] = {m: _spread([value(r["candidate"], m) for r in sel]) for m in metrics}
         rows[arm]["dpo_pairs"] = _spread([float(r["dpo_pairs"]) for r in sel])
+    # per run, candidate minus its own SFT baseline (the same seed, the same machine): the
+    # paired effect of DPO, free of the differences between SFT models
+    delta: dict[str, Any] = {}
+    for arm in names:
+        sel = [r for r in runs if r["arm"] == arm]
+        delta[arm] = {m: _spread([_minus(value(r["candidate"], m), value(r["baseline"], m)) for r in sel])
+                      for m in metrics}
     det: dict[str, Any] = {}
     for r in sft:
         d = r.get("detection") or {}
@@ -189,7 +196,11 @@ def table(collected: dict[str, Any], names: list[str]) -> dict[str, Any]:
                 det.setdefault(set_name, {}).setdefault(scorer, []).append(res["auroc"])
             det.setdefault(set_name, {}).setdefault("_wrong_rate", []).append(entry["wrong_rate"])
     detection = {s: {k: _spread(v) for k, v in d.items()} for s, d in det.items()}
-    return {"metrics": metrics, "rows": rows, "detection": detection}
+    return {"metrics": metrics, "rows": rows, "delta": delta, "detection": detection}
+
+
+def _minus(a: Any, b: Any) -> Any:
+    return None if a is None or b is None else a - b
 
 
 def _fmt(s: dict[str, Any], pct: bool = False, digits: int = 3) -> str:
@@ -211,6 +222,12 @@ def markdown(tab: dict[str, Any], collected: dict[str, Any]) -> str:
     for arm, r in rows.items():
         cells = [arm, _fmt(r["dpo_pairs"], digits=0), _fmt(r.get("test_disagreement", {})),
                  _fmt(r.get("known_disagreement", {}))]
+        cells += [_fmt(r.get(m, {}), pct=True) for m in qa_metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Change against the arm's own SFT model (candidate minus baseline, per seed):", "",
+              lines[0].replace("| DPO pairs ", ""), "|" + "---|" * (3 + len(qa_metrics))]
+    for arm, r in tab.get("delta", {}).items():
+        cells = [arm, _fmt(r.get("test_disagreement", {})), _fmt(r.get("known_disagreement", {}))]
         cells += [_fmt(r.get(m, {}), pct=True) for m in qa_metrics]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Knowledge detection (SFT model; AUROC of S_K for a wrong greedy closed-book answer):", "",

@@ -433,7 +433,7 @@ class EvaluateStage(Stage):
         opts: EvaluateOptions = self.options
         spec = self.run_ctx.slots["scorer"]
         scorers: list[tuple[str, Any, bool]] = [
-            (spec.name or "scorer", self.run_ctx.component("scorer"), False)
+            ((spec.name if spec else None) or "scorer", self.run_ctx.component("scorer"), False)
         ]
         for i, value in enumerate(det.scorers):
             built = self.run_ctx.build("scorer", value, f"evaluate.detection.scorers[{i}]")
