@@ -57,3 +57,32 @@ def test_every_arm_validates(arm: str, tmp_path: Path) -> None:
         assert pipe.stage("evaluate").options.detection.k == 10
     finally:
         pipe.close()
+
+
+def _run(arm: str, seed: int, base: float, cand: float, pairs: int) -> dict[str, Any]:
+    qa = {"contains": 0.1, "exact": 0.0, "f1": 0.2}
+    return {"arm": arm, "seed": seed, "dpo_pairs": pairs,
+            "baseline": {"test_disagreement": base, "qa:trivia": qa},
+            "candidate": {"test_disagreement": cand, "qa:trivia": {**qa, "contains": 0.1 + cand}},
+            "detection": {"sets": {"trivia": {"wrong_rate": 0.8, "scorers": {"lexical": {"auroc": 0.6 + seed / 100}}}}}}
+
+
+def test_table_means_spreads_and_paired_deltas(tmp_path: Path) -> None:
+    driver = _driver()
+    runs = {f"{a}/seed{s}": _run(a, s, 0.8 + s / 100, c + s / 100, n)
+            for a, c, n in (("dpo-a", 0.5, 100), ("dpo-b", 0.7, 10)) for s in (1, 2, 3)}
+    tab = driver.table({"runs": runs, "data": {}}, ["dpo-a", "dpo-b"])
+    rows, delta = tab["rows"], tab["delta"]
+    assert list(rows) == ["sft-only", "dpo-a", "dpo-b"]
+    assert rows["sft-only"]["test_disagreement"]["mean"] == pytest.approx(0.82)
+    assert rows["dpo-a"]["test_disagreement"]["mean"] == pytest.approx(0.52)
+    assert rows["dpo-a"]["test_disagreement"]["sd"] == pytest.approx(0.01)
+    assert rows["dpo-b"]["dpo_pairs"]["mean"] == 10
+    # candidate minus its own baseline, seed by seed: constant, so no spread
+    assert delta["dpo-b"]["test_disagreement"]["mean"] == pytest.approx(-0.1)
+    assert delta["dpo-b"]["test_disagreement"]["sd"] == pytest.approx(0.0, abs=1e-12)
+    assert tab["detection"]["trivia"]["lexical"]["mean"] == pytest.approx(0.62)
+    md = driver.markdown(tab, {"runs": runs})
+    assert "| dpo-b | 10 ± 0 | 0.720 ± 0.010 |" in md and "Change against" in md
+    out = driver.plots(tab, str(tmp_path))
+    assert Path(out[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
