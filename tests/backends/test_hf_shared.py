@@ -82,6 +82,13 @@ def test_truncated_rows_are_counted_and_logged(tiny_llama: str, caplog: pytest.L
     assert all(c.completion_tokens > 0 for row in out for c in row)
     assert shared._decoder.last_stats["truncated_rows"] > 0  # type: ignore[union-attr]
     assert "sampled from their candidates" in caplog.text
+    # later batches add to the total quietly (DEBUG), so a long run is not flooded
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="selflearn.hf"):
+        shared.generate(PROMPTS[2:4], SAMPLED, n=3)
+    assert "sampled from their candidates" not in caplog.text
+    first = shared._decoder.last_stats["truncated_rows"]  # type: ignore[union-attr]
+    assert shared._decoder.truncated_total > first  # type: ignore[union-attr]
 
 
 def test_shared_decoder_is_batch_invariant(tiny_llama: str) -> None:

@@ -156,6 +156,8 @@ class SharedPrefixDecoder:
         self._pool: Any = None
         #: counters of the last batch: overflow rows, truncated rows, graphs captured
         self.last_stats: dict[str, int] = {}
+        #: row-steps sampled from their candidates only, over this decoder's life
+        self.truncated_total = 0
         self.captured = 0
 
     # -- the step -------------------------------------------------------------------------------
@@ -355,10 +357,15 @@ class SharedPrefixDecoder:
         over, truncated = (int(x) for x in st.stats.tolist())
         self.last_stats = {"overflow_rows": over, "truncated_rows": truncated}
         if truncated:
-            log.warning(
+            # once per decoder as a warning, then quietly: a long run would print it per batch
+            self.truncated_total += truncated
+            first = self.truncated_total == truncated
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
                 "hf: %d row-steps had a top-p nucleus larger than the %d candidates and no exact "
                 "slot left; they were sampled from their candidates (raise candidates or "
-                "overflow_share to avoid it)", truncated, self.candidates,
+                "overflow_share to avoid it)%s", truncated, self.candidates,
+                "; later batches are logged at DEBUG level" if first else f" ({self.truncated_total} so far)",
             )
         return self._collect(st, row_index, cfg.logprobs is not None)
 
