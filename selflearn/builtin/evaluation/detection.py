@@ -22,6 +22,8 @@ from typing import Any
 
 import attrs
 
+from .stats import percentile_interval
+
 
 @attrs.frozen
 class DetectionOptions:
@@ -84,10 +86,7 @@ def auroc_ci(
         if a is not None:
             values.append(a)
     if len(values) >= 2:
-        values.sort()
-        lo = (1.0 - level) / 2.0
-        out["ci_low"] = values[max(0, int(lo * len(values)))]
-        out["ci_high"] = values[min(len(values) - 1, int((1.0 - lo) * len(values)) - 1)]
+        out["ci_low"], out["ci_high"] = percentile_interval(values, level)
     return out
 
 
@@ -118,20 +117,23 @@ def is_wrong(qa: dict[str, float], metric: str) -> bool:
     return value < 0.5 if metric == "f1" else value == 0.0
 
 
+def _scored(rows: Sequence[dict[str, Any]], name: str) -> tuple[list[float], list[bool]]:
+    """The S_K values of one scorer and the matching "wrong" labels (unscored rows left out)."""
+    have = [(r["s_k"][name], bool(r["wrong"])) for r in rows if r["s_k"].get(name) is not None]
+    return [s for s, _ in have], [y for _, y in have]
+
+
 def summarize(rows: Sequence[dict[str, Any]], scorer_names: Sequence[str], *, resamples: int,
               seed: int) -> dict[str, Any]:
     """Per QA set and scorer: the AUROC of S_K for "the greedy answer is wrong"."""
     out: dict[str, Any] = {}
     for set_name in sorted({r["set"] for r in rows}):
         sel = [r for r in rows if r["set"] == set_name]
-        labels = [bool(r["wrong"]) for r in sel]
-        entry: dict[str, Any] = {"n": len(sel), "wrong_rate": sum(labels) / len(sel) if sel else None,
+        wrong = sum(1 for r in sel if r["wrong"])
+        entry: dict[str, Any] = {"n": len(sel), "wrong_rate": wrong / len(sel) if sel else None,
                                  "scorers": {}}
         for name in scorer_names:
-            have = [(r["s_k"][name], y) for r, y in zip(sel, labels, strict=True)
-                    if r["s_k"].get(name) is not None]
-            entry["scorers"][name] = auroc_ci([s for s, _ in have], [y for _, y in have],
-                                              resamples=resamples, seed=seed)
+            entry["scorers"][name] = auroc_ci(*_scored(sel, name), resamples=resamples, seed=seed)
         out[set_name] = entry
     return out
 
@@ -150,10 +152,10 @@ def plot_roc(rows: Sequence[dict[str, Any]], scorer_names: Sequence[str]) -> byt
     for ax, set_name in zip(axes[0], sets, strict=False):
         sel = [r for r in rows if r["set"] == set_name]
         for name in scorer_names:
-            have = [(r["s_k"][name], bool(r["wrong"])) for r in sel if r["s_k"].get(name) is not None]
-            pts = roc_curve([s for s, _ in have], [y for _, y in have])
+            scores, labels = _scored(sel, name)
+            pts = roc_curve(scores, labels)
             if pts:
-                a = auroc([s for s, _ in have], [y for _, y in have])
+                a = auroc(scores, labels)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{name} (AUROC {a:.2f})")
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"{set_name} (n={len(sel)})", fontsize=9)

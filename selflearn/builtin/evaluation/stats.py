@@ -45,11 +45,19 @@ def mean_ci(
     out["stderr"] = math.sqrt(var / n)
     if resamples > 0:
         rng = random.Random(seed)
-        means = sorted(sum(rng.choices(xs, k=n)) / n for _ in range(resamples))
-        lo = (1.0 - level) / 2.0
-        out["ci_low"] = means[min(len(means) - 1, max(0, int(math.floor(lo * len(means)))))]
-        out["ci_high"] = means[min(len(means) - 1, max(0, int(math.ceil((1 - lo) * len(means))) - 1))]
+        out["ci_low"], out["ci_high"] = percentile_interval(
+            [sum(rng.choices(xs, k=n)) / n for _ in range(resamples)], level
+        )
     return out
+
+
+def percentile_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap statistics (percentile method; non-empty)."""
+    ordered = sorted(values)
+    lo = (1.0 - level) / 2.0
+    last = len(ordered) - 1
+    return (ordered[min(last, max(0, int(math.floor(lo * len(ordered)))))],
+            ordered[min(last, max(0, int(math.ceil((1 - lo) * len(ordered))) - 1))])
 
 
 def paired_difference(

@@ -222,6 +222,7 @@ class EvaluateStage(Stage):
         return CachedBackend(backend, self.run_ctx.cache("generations"))
 
     def _generate(self, backend: CachedBackend, prompts: Sequence[Any], desc: str) -> list[Completion]:
+        """The greedy answer to each prompt (an empty one where the backend gave none)."""
         opts: EvaluateOptions = self.options
         params = GenerationParams(
             max_new_tokens=opts.max_new_tokens,
@@ -229,11 +230,16 @@ class EvaluateStage(Stage):
             repetition_penalty=opts.repetition_penalty,
             seed=self.run_ctx.seed,
         )
-        out: list[Completion] = []
+        return [r[0] if r else Completion(text="") for r in self._batched(backend, prompts, params, 1, desc)]
+
+    def _batched(self, backend: CachedBackend, prompts: Sequence[Any], params: GenerationParams, n: int,
+                 desc: str) -> list[list[Completion]]:
+        """``n`` completions per prompt, ``batch_size`` prompts per backend call, with progress."""
+        opts: EvaluateOptions = self.options
+        out: list[list[Completion]] = []
         starts = range(0, len(prompts), max(1, opts.batch_size))
         for start in self.run_ctx.progress(starts, total=len(starts), desc=desc, unit="batch"):
-            batch = prompts[start : start + opts.batch_size]
-            out.extend(r[0] if r else Completion(text="") for r in backend.generate(batch, params, n=1))
+            out.extend(backend.generate(prompts[start : start + opts.batch_size], params, n=n))
         return out
 
     # -- items ---------------------------------------------------------------------------
@@ -382,30 +388,43 @@ class EvaluateStage(Stage):
         cache = self.run_ctx.cache("evaluate-agreement")
         ident = scorer.identity()
         ref_of = {x.key: r.text for x, r in zip(grounded, refs, strict=True)}
-        todo: list[tuple[dict[str, Any], str, ScoreItem]] = []
+        rows: list[dict[str, Any]] = []
+        keyed: list[tuple[str, ScoreItem]] = []
         for b, c in pairs:
             ref = ref_of.get((b["set"], b["question_id"]))
             if ref is None:
                 continue
             for row in (b, c):
-                key = cache.key("agreement", ident, b["question"], ref, row["answer"])
-                hit = cache.get(key)
-                if hit is not None:
-                    row["disagreement"] = hit.get("score")
-                else:
-                    todo.append((row, key, ScoreItem(reference=ref, samples=[row["answer"]], question=b["question"])))
+                rows.append(row)
+                keyed.append((cache.key("agreement", ident, b["question"], ref, row["answer"]),
+                              ScoreItem(reference=ref, samples=[row["answer"]], question=b["question"])))
+        scores = self._cached_scores(scorer, cache, keyed, "evaluate: agreement", "")
+        for row, score in zip(rows, scores, strict=True):
+            row["disagreement"] = score
+
+    def _cached_scores(self, scorer: Any, cache: Any, keyed: list[tuple[str, ScoreItem]], desc: str,
+                       who: str) -> list[float | None]:
+        """The score of each (cache key, item): from the cache where present, the rest scored in
+        steps of 4 x batch_size (with progress) and cached as they come."""
+        scores: list[float | None] = [None] * len(keyed)
+        todo: list[int] = []
+        for i, (key, _) in enumerate(keyed):
+            hit = cache.get(key)
+            if hit is None:
+                todo.append(i)
+            else:
+                scores[i] = hit.get("score")
         step = max(1, self.options.batch_size * 4)
         starts = range(0, len(todo), step)
-        for start in self.run_ctx.progress(starts, total=len(starts), desc="evaluate: agreement", unit="batch"):
-            chunk = todo[start : start + step]
-            results = scorer.score([t[2] for t in chunk])
-            if len(results) != len(chunk):
-                raise StageError(f"the scorer returned {len(results)} results for {len(chunk)} items")
-            writes = []
-            for (row, key, _), res in zip(chunk, results, strict=False):
-                row["disagreement"] = res.score
-                writes.append((key, {"score": res.score}))
-            cache.put_many(writes)
+        for start in self.run_ctx.progress(starts, total=len(starts), desc=desc, unit="batch"):
+            idx = todo[start : start + step]
+            results = scorer.score([keyed[i][1] for i in idx])
+            if len(results) != len(idx):
+                raise StageError(f"the scorer{who} returned {len(results)} results for {len(idx)} items")
+            for i, res in zip(idx, results, strict=True):
+                scores[i] = res.score
+            cache.put_many([(keyed[i][0], {"score": scores[i]}) for i in idx])
+        return scores
 
     def _samples(self, backend: CachedBackend, prompts: Sequence[Any],
                  det: DetectionOptions) -> list[list[Completion]]:
@@ -418,12 +437,7 @@ class EvaluateStage(Stage):
             repetition_penalty=opts.repetition_penalty,
             seed=self.run_ctx.seed,
         )
-        out: list[list[Completion]] = []
-        starts = range(0, len(prompts), max(1, opts.batch_size))
-        for start in self.run_ctx.progress(starts, total=len(starts), desc="evaluate: detection samples",
-                                           unit="batch"):
-            out.extend(backend.generate(prompts[start : start + opts.batch_size], params, n=det.k))
-        return out
+        return self._batched(backend, prompts, params, det.k, "evaluate: detection samples")
 
     def _detection(self, rows: list[dict[str, Any]], samples: list[list[Completion]],
                    det: DetectionOptions) -> dict[str, Any]:
@@ -452,23 +466,12 @@ class EvaluateStage(Stage):
         try:
             for name, scorer, _ in scorers:
                 ident = scorer.identity()
-                keys = [cache.key("s_k", ident, r["question"], r["greedy"], r["samples"]) for r in out_rows]
-                todo = [i for i, k in enumerate(keys) if cache.get(k) is None]
-                step = max(1, opts.batch_size * 4)
-                starts = range(0, len(todo), step)
-                for start in self.run_ctx.progress(starts, total=len(starts),
-                                                   desc=f"evaluate: detection ({name})", unit="batch"):
-                    idx = todo[start : start + step]
-                    items = [ScoreItem(reference=out_rows[i]["greedy"], samples=out_rows[i]["samples"],
-                                       question=out_rows[i]["question"]) for i in idx]
-                    results = scorer.score(items)
-                    if len(results) != len(items):
-                        raise StageError(f"the scorer {name!r} returned {len(results)} results for "
-                                         f"{len(items)} items")
-                    cache.put_many([(keys[i], {"score": res.score}) for i, res in zip(idx, results, strict=True)])
-                for r, k in zip(out_rows, keys, strict=True):
-                    hit = cache.get(k)
-                    r["s_k"][name] = None if hit is None else hit.get("score")
+                keyed = [(cache.key("s_k", ident, r["question"], r["greedy"], r["samples"]),
+                          ScoreItem(reference=r["greedy"], samples=r["samples"], question=r["question"]))
+                         for r in out_rows]
+                scores = self._cached_scores(scorer, cache, keyed, f"evaluate: detection ({name})", f" {name!r}")
+                for r, score in zip(out_rows, scores, strict=True):
+                    r["s_k"][name] = score
         finally:
             for _, scorer, own in scorers:
                 close = getattr(scorer, "close", None)
