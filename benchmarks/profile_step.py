@@ -5,10 +5,11 @@
 Times, on random-weight SmolLM2-135M- and TinyLlama-1.1B-shaped models in bfloat16, K = 10:
 
 * whole decode runs (128 new tokens, DecodeBatch straight to the decoder: no tokenisation)
-  at 640 and 2560 rows, with the fused attention kernels and with plain matrix products;
+  at 640 and 2560 rows, with the compiled fused layers (``fuse: compile``, the default) and with
+  the model's own modules (``fuse: off``); the first call (graph capture, compilation) apart;
 * one replayed step graph (the forward pass plus token selection) at those sizes;
 * token selection alone, captured in a CUDA graph: top-k candidates with and without the exact
-  overflow slots, k = 64, and the full-vocabulary path;
+  overflow slots, k = 256, and the full-vocabulary path, eager and compiled;
 * the relative difference between the fused and the matrix-product attention.
 
 Writes ``profile.json`` to --out and prints one line per figure.
@@ -82,9 +83,13 @@ def select_times(vocab: int) -> None:
         variants = (("k1024 + exact slots 1/16", cfg, 1024, rows // 16), ("k1024 + exact slots 1/8", cfg, 1024, rows // 8),
                     ("k1024", cfg, 1024, 0), ("k256", cfg, 256, 0), ("full vocabulary", cfg, vocab, 0),
                     ("greedy", greedy, 1 << 30, 0))
+        compiled = torch.compile(select_candidates, fullgraph=True)
         for name, c, k, slots in variants:
             fn = partial(_select_once, select_candidates, base, state, c, k, slots)
             report(f"select V={vocab} rows={rows} {name} ms", round(graph_time(fn), 3))
+            if name in ("k1024 + exact slots 1/8", "k1024", "greedy"):
+                fn = partial(_select_once, compiled, base, state, c, k, slots)
+                report(f"select V={vocab} rows={rows} {name} compiled ms", round(graph_time(fn), 3))
 
 
 def _select_once(select: Any, base: Any, st: dict[str, Any], cfg: Any, k: int, slots: int) -> None:
@@ -153,9 +158,8 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
         prompts = [[rng.randrange(10, 30000) for _ in range(rng.randrange(160, 200))] for _ in range(groups)]
         batch = DecodeBatch(prompts=prompts, rows=[g for g in range(groups) for _ in range(10)],
                             keys=[rng.randrange(2**62) for _ in range(rows)])
-        for fused in (True, False):
-            dec = SharedPrefixDecoder(model, eos_ids=(2,), pad_id=2)
-            dec.fused = fused
+        for fuse in ("compile", "off"):
+            dec = SharedPrefixDecoder(model, eos_ids=(2,), pad_id=2, fuse=fuse)  # type: ignore[arg-type]
             t0 = time.perf_counter()
             dec.run(batch, cfg, 128)
             first = time.perf_counter() - t0
@@ -165,8 +169,8 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
             torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             n = sum(len(o.tokens) for o in out)
-            report(f"{name} rows={rows} fused={fused} tokens/s", round(n / dt, 1))
-            report(f"{name} rows={rows} fused={fused} first call s", round(first, 2))
+            report(f"{name} rows={rows} fuse={fuse} tokens/s", round(n / dt, 1))
+            report(f"{name} rows={rows} fuse={fuse} first call s", round(first, 2))
             st = next(iter(dec._states.values()))
             graph = st.graphs[128]
 
@@ -183,7 +187,7 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
                 b.record()
                 b.synchronize()
                 times.append(a.elapsed_time(b))
-            report(f"{name} rows={rows} fused={fused} step ms (bucket 128)", round(sorted(times)[5], 3))
+            report(f"{name} rows={rows} fuse={fuse} step ms (bucket 128)", round(sorted(times)[5], 3))
             del dec, st, graph
             torch.cuda.empty_cache()
     del model

@@ -240,7 +240,8 @@ def _twin(backend: Any, options: Any) -> Any:
 
     twin = HFBackend(options, backend.model_ref, seed=backend.seed)
     twin._model, twin._tokenizer = backend._model, backend._tokenizer
-    same = (options.candidates, options.decoder) == (backend.options.candidates, backend.options.decoder)
+    same = (options.candidates, options.decoder, options.fuse) == (
+        backend.options.candidates, backend.options.decoder, backend.options.fuse)
     dec = backend._decoder
     twin._decoder = dec if same else twin._make_decoder(dec.eos_ids, dec.pad_id)
     return twin
@@ -260,6 +261,7 @@ def gen_model(args: argparse.Namespace, work: str, corpus: list[str], name: str,
     model, tok = backend._model, backend._tokenizer
     res: dict[str, Any] = RESULTS.setdefault("generation", {}).setdefault(name, {})
     res["decoder"] = type(backend._decoder).__name__
+    res["fuse"] = getattr(backend._decoder, "fuse", None)
     k, n_prompts = args.k, args.rows // args.k
     for max_new in args.tokens:
         batch = prompts(corpus, n_prompts)
@@ -274,6 +276,10 @@ def gen_model(args: argparse.Namespace, work: str, corpus: list[str], name: str,
             _variant(row, f"hf shared, {args.big_rows} seqs",
                      partial(_ours, big, prompts(corpus, args.big_rows // k), k, max_new), 1)
             save(args.out)
+        if max_new == min(args.tokens) and getattr(backend._decoder, "fuse", "off") != "off":
+            plain = _twin(backend, attrs.evolve(base, fuse="off"))
+            _variant(row, f"hf shared, the model's own modules (fuse: off), {args.rows} seqs",
+                     partial(_ours, plain, batch, k, max_new), 1)
         if name != "tinyllama-1.1b" and max_new == min(args.tokens):
             full = _twin(backend, attrs.evolve(base, candidates=0))
             _variant(row, f"hf shared, full-vocabulary sampling, {args.rows} seqs",
@@ -350,7 +356,7 @@ def greedy_section(args: argparse.Namespace, work: str, corpus: list[str]) -> No
             RESULTS.setdefault("greedy_equality", {})[key] = {
                 "prompts": n, "new_tokens": max_new, "identical": equal,
                 "mean_shared_prefix": round(statistics.mean(prefix), 3),
-                "decoder": type(backend._decoder).__name__,
+                "decoder": type(backend._decoder).__name__, "fuse": getattr(backend._decoder, "fuse", None),
             }
             log("greedy", key, RESULTS["greedy_equality"][key])
             backend.close()

@@ -90,6 +90,11 @@ class Options:
     overflow_share: float = 0.125
     #: shared decoder on CUDA: capture the decode step in CUDA graphs
     cuda_graphs: bool = True
+    #: shared decoder: decoder layers as fused tensor functions over packed weights
+    #: (hf_fused.py). "compile": compiled with torch.compile (one compile per batch shape, a
+    #: few seconds; falls back to "eager" if compilation fails); "eager": the same functions
+    #: uncompiled; "off": the model's own modules; "auto": compile on CUDA with Triton, off on CPU
+    fuse: Literal["auto", "compile", "eager", "off"] = "auto"
 
 
 def weights_fingerprint(ref: str) -> str | None:
@@ -200,7 +205,7 @@ class HFBackend:
                 return SharedPrefixDecoder(
                     self._model, eos_ids=eos_ids, pad_id=pad, sync_every=opts.sync_every,
                     candidates=opts.candidates, overflow_share=opts.overflow_share,
-                    graphs=opts.cuda_graphs,
+                    graphs=opts.cuda_graphs, fuse=opts.fuse,
                 )
             log.warning("hf: the shared decoder does not support this model (%s); using the loop decoder", reason)
         return Decoder(

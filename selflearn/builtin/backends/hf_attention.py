@@ -68,16 +68,25 @@ def shared_prefix_attention(
     (R, Hkv, T, d) as returned by :class:`_RowCache`; the prefix and the masks come from the
     ``selflearn_shared`` state. Returns (R, 1, Hq, d) as transformers' attention functions do.
     """
-    import torch
-
     st = selflearn_shared
     pk, pv = st.prefix_k[module.layer_idx], st.prefix_v[module.layer_idx]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if st.fused:
+        return _fused_attention(query, key, value, pk, pv, st, scale), None
+    return plain_attention(query, key, value, pk, pv, st, scale), None
+
+
+def plain_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
+    st: Any, scale: float,
+) -> torch.Tensor:
+    """The attention of :func:`shared_prefix_attention` with matrix products and one float32
+    softmax over both parts (CPU, float32, and the reference of the fused kernels)."""
+    import torch
+
     rows, hq, _, d = query.shape
     groups, hkv, width, _ = pk.shape
     m, gq = rows // groups, hq // hkv
-    scale = scaling if scaling is not None else d**-0.5
-    if st.fused:
-        return _fused_attention(query, key, value, pk, pv, st, scale), None
     q = query.reshape(groups, m, hkv, gq, d).transpose(1, 2).reshape(groups, hkv, m * gq, d)
     s1 = _scores(q, pk.transpose(-1, -2)) * scale + st.prefix_bias[:, None, None, :]
     s1 = s1.view(groups, hkv, m, gq, width).transpose(1, 2).reshape(rows, hkv, gq, width)
@@ -86,7 +95,7 @@ def shared_prefix_attention(
     p1 = p[..., :width].reshape(groups, m, hkv, gq, width).transpose(1, 2).reshape(groups, hkv, m * gq, width)
     o1 = torch.matmul(p1, pv).view(groups, hkv, m, gq, d).transpose(1, 2).reshape(rows, hkv, gq, d)
     o2 = torch.matmul(p[..., width:], value)
-    return (o1 + o2).reshape(rows, 1, hq, d), None
+    return (o1 + o2).reshape(rows, 1, hq, d)
 
 
 def _part(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,27 +109,51 @@ def _part(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
     return out, lse[..., :lq]
 
 
+def prefix_queries(query: torch.Tensor, groups: int) -> torch.Tensor:
+    """(R, Hkv, gq, d) queries in the prefix part's layout: (G, Hkv, m*gq, d), the m samples of a
+    prompt side by side so that one attention call reads the prompt's prefix once."""
+    rows, hkv, gq, d = query.shape
+    m = rows // groups
+    return query.reshape(groups, m, hkv, gq, d).transpose(1, 2).reshape(groups, hkv, m * gq, d)
+
+
+def fused_parts(
+    q_pre: torch.Tensor, q_gen: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    pk: torch.Tensor, pv: torch.Tensor, st: Any, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two attention parts with PyTorch's memory-efficient kernel, each with its
+    log-sum-exp: the prefix (``q_pre`` from :func:`prefix_queries`) and the row's own tokens
+    (``q_gen`` (R, Hkv, gq, d)). :func:`merge_parts` combines them."""
+    o1, l1 = _part(q_pre, pk, pv, st.prefix_bias_h[:, None, None, :], scale)
+    o2, l2 = _part(q_gen, key, value, st.gen_bias_h[None, None, None, :], scale)
+    return o1, l1, o2, l2
+
+
+def merge_parts(o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor, dtype: Any) -> torch.Tensor:
+    """The exact merge of two attention parts, ``o = sum_i o_i * exp(lse_i - lse)`` with
+    ``lse = logaddexp(l1, l2)``, written as one sigmoid and one lerp; (R, Hkv, gq, d)."""
+    import torch
+
+    groups, hkv, mg, d = o1.shape
+    rows, _, gq, _ = o2.shape
+    m = mg // gq
+    o1 = o1.reshape(groups, hkv, m, gq, d).transpose(1, 2).reshape(rows, hkv, gq, d)
+    l1 = l1.reshape(groups, hkv, m, gq).transpose(1, 2).reshape(rows, hkv, gq)
+    w1 = torch.sigmoid(l1 - l2)[..., None]
+    return torch.lerp(o2.float(), o1.float(), w1).to(dtype)
+
+
 def _fused_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor,
     st: Any, scale: float,
 ) -> torch.Tensor:
-    """The same attention as :func:`shared_prefix_attention` with fused CUDA kernels: each
-    part is one memory-efficient attention call that also returns its log-sum-exp, and the two
-    parts are merged exactly (``o = sum_i o_i * exp(lse_i - lse)``)."""
-    import torch
-
+    """The same attention as :func:`shared_prefix_attention` with fused CUDA kernels (see
+    :func:`fused_parts`, :func:`merge_parts`)."""
     rows, hq, _, d = query.shape
-    groups, hkv, width, _ = pk.shape
-    m, gq = rows // groups, hq // hkv
-    q = query.reshape(groups, m, hkv, gq, d).transpose(1, 2).reshape(groups, hkv, m * gq, d)
-    o1, l1 = _part(q, pk, pv, st.prefix_bias_h[:, None, None, :], scale)
-    o1 = o1.reshape(groups, hkv, m, gq, d).transpose(1, 2).reshape(rows, hkv, gq, d)
-    l1 = l1.reshape(groups, hkv, m, gq).transpose(1, 2).reshape(rows, hkv, gq)
-    o2, l2 = _part(query.reshape(rows, hkv, gq, d), key, value, st.gen_bias_h[None, None, None, :], scale)
-    # o1 * e^(l1 - lse) + o2 * e^(l2 - lse) with lse = logaddexp(l1, l2), in fewer kernels
-    w1 = torch.sigmoid(l1 - l2)[..., None]
-    out = torch.lerp(o2.float(), o1.float(), w1)
-    return out.to(query.dtype).reshape(rows, 1, hq, d)
+    groups, hkv, _, _ = pk.shape
+    q_gen = query.reshape(rows, hkv, hq // hkv, d)
+    parts = fused_parts(prefix_queries(q_gen, groups), q_gen, key, value, pk, pv, st, scale)
+    return merge_parts(*parts, query.dtype).reshape(rows, 1, hq, d)
 
 
 def register() -> None:

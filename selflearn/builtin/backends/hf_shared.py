@@ -40,9 +40,10 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .hf_attention import ATTN_NAME, Shared, register
+from .hf_attention import ATTN_NAME, Shared, fused_parts, plain_attention, register
 from .hf_candidates import select_candidates
 from .hf_decode import DecodeBatch, RowOutput, StopCheck, _round_up
+from .hf_fused import FusedLayers, FuseMode, resolve
 from .hf_sampling import SamplingConfig, vocab_keys
 
 if TYPE_CHECKING:
@@ -100,8 +101,11 @@ class _State:
         self.groups, self.m, self.rows, self.width, self.gen_len = groups, m, rows, width, gen_len
         self.prefix_k = [torch.zeros(groups, hkv, width, hd, dtype=dtype, device=dev) for _ in range(n_layers)]
         self.prefix_v = [torch.zeros_like(x) for x in self.prefix_k]
-        self.gen_k = [torch.zeros(rows, hkv, gen_len, hd, dtype=dtype, device=dev) for _ in range(n_layers)]
-        self.gen_v = [torch.zeros_like(x) for x in self.gen_k]
+        # keys and values of the generated tokens, one buffer per layer so that the fused
+        # layers write a step's key and value with one copy
+        self.gen_kv = [torch.zeros(2, rows, hkv, gen_len, hd, dtype=dtype, device=dev) for _ in range(n_layers)]
+        self.gen_k = [x[0] for x in self.gen_kv]
+        self.gen_v = [x[1] for x in self.gen_kv]
         self.prefix_bias = torch.zeros(groups, width, dtype=torch.float32, device=dev)
         self.gen_bias = torch.zeros(gen_len, dtype=torch.float32, device=dev)
         # the same masks in the model's dtype (the fused kernels take a bias of the query's dtype)
@@ -138,6 +142,7 @@ class SharedPrefixDecoder:
         graphs: bool = True,
         bucket: int = 64,
         group_bucket: int = 8,
+        fuse: FuseMode = "auto",
     ) -> None:
         register()
         self.model = model
@@ -159,6 +164,16 @@ class SharedPrefixDecoder:
         #: row-steps sampled from their candidates only, over this decoder's life
         self.truncated_total = 0
         self.captured = 0
+        #: "compile", "eager" or "off" (see :mod:`.hf_fused`)
+        self.fuse = resolve(fuse, model)
+        self.layers: FusedLayers | None = None
+        self._select: Any = select_candidates
+        if self.fuse != "off":
+            self.layers = FusedLayers(model, compile=self.fuse == "compile", fused_attention=self.fused)
+        if self.fuse == "compile":
+            import torch
+
+            self._select = torch.compile(select_candidates, fullgraph=True)
 
     # -- the step -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -179,11 +194,11 @@ class SharedPrefixDecoder:
         inner, t = self.model.model, st.t
         if self.candidates > 0 and not cfg.greedy:
             slots = int(round(self.overflow_share * st.rows))
-            tok, lp = select_candidates(
+            tok, lp = self._select(
                 st.logits, st.seen, st.keys, t, cfg, self.candidates, slots, st.stats, st.vocab
             )
         else:
-            tok, lp = select_candidates(st.logits, st.seen, st.keys, t, cfg, 1 << 30, 0, st.stats, st.vocab)
+            tok, lp = self._select(st.logits, st.seen, st.keys, t, cfg, 1 << 30, 0, st.stats, st.vocab)
         live = ~st.done
         tok = torch.where(live, tok, self.pad_id)
         st.t_index.copy_(t.view(1))
@@ -200,9 +215,13 @@ class SharedPrefixDecoder:
         pos = (st.plen + t)[:, None]
         hidden = inner.embed_tokens(tok[:, None])
         rotary = inner.rotary_emb(hidden, pos)
-        cache = _RowCache(st, t_eff)
         shared = Shared(st.prefix_k, st.prefix_v, st.prefix_bias, st.prefix_bias_h,
                         st.gen_bias[:t_eff], st.gen_bias_h[:t_eff], self.fused)
+        if self.layers is not None:
+            st.logits.copy_(self._fused_forward(st, hidden[:, 0], rotary, shared, t_eff))
+            st.t.add_(1)
+            return
+        cache = _RowCache(st, t_eff)
         for layer in inner.layers[: self.model.config.num_hidden_layers]:
             hidden = layer(
                 hidden, attention_mask=None, position_ids=pos, past_key_values=cache,
@@ -213,6 +232,45 @@ class SharedPrefixDecoder:
         hidden = inner.norm(hidden)
         st.logits.copy_(self.model.lm_head(hidden[:, -1, :]))
         st.t.add_(1)
+
+    def _fused_forward(self, st: _State, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
+                       shared: Shared, t_eff: int) -> torch.Tensor:
+        """The forward pass with :class:`.hf_fused.FusedLayers` (same attention, same cache)."""
+        layers = self.layers
+        assert layers is not None
+        scale = layers.dims.scale
+
+        def attend(i: int, out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            st.gen_kv[i].index_copy_(3, st.t_index, out[-1])
+            key, value = st.gen_k[i][:, :, :t_eff], st.gen_v[i][:, :, :t_eff]
+            pk, pv = st.prefix_k[i], st.prefix_v[i]
+            if self.fused:
+                return fused_parts(out[0], out[1], key, value, pk, pv, shared, scale)
+            return (plain_attention(out[0], key, value, pk, pv, shared, scale),)
+
+        cos, sin = rotary
+        return layers.forward(hidden, cos, sin, st.m, attend)
+
+    def _warm_up(self, st: _State, t_eff: int, cfg: SamplingConfig, eos: torch.Tensor) -> None:
+        """One step on the new state (compiles what is compiled). Should compilation fail (no
+        C++ compiler or Triton for this GPU, an operation inductor cannot lower), the decoder
+        goes on with the same pieces uncompiled and says so once."""
+        import torch
+
+        try:
+            self._step(st, t_eff, cfg, eos)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            if self.fuse != "compile":
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            log.warning("hf: compiling the fused decode step failed (%s: %s); running it uncompiled",
+                        type(exc).__name__, first[:300])
+            self.fuse = "eager"
+            self._select = select_candidates
+            self.layers = FusedLayers(self.model, compile=False, fused_attention=self.fused)
+            self._step(st, t_eff, cfg, eos)
 
     # -- shapes, prefill, graphs ----------------------------------------------------------------
     def _state(self, groups: int, m: int, width: int, gen_len: int, cfg: SamplingConfig) -> tuple[_State, bool]:
@@ -278,8 +336,7 @@ class SharedPrefixDecoder:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), self._attention():
-            for t_eff in buckets[:1]:
-                self._step(st, t_eff, cfg, eos)
+            self._warm_up(st, buckets[0], cfg, eos)
         torch.cuda.current_stream().wait_stream(stream)
         with self._attention():
             for t_eff in buckets:
@@ -329,6 +386,9 @@ class SharedPrefixDecoder:
                 log.warning("hf: CUDA graph capture failed (%s); decoding without graphs", exc)
                 self.graphs = False
                 st.graphs.clear()
+        elif new and self.fuse == "compile":
+            with self._attention():
+                self._warm_up(st, self.bucket, cfg, eos)
         row_index = [p * m + s for p, s in zip(batch.rows, slot_of, strict=True)]
         self._prefill(st, batch.prompts, width)
         keys = torch.zeros(st.rows, dtype=torch.int64)

@@ -1,0 +1,144 @@
+"""Fused decoder layers of the shared decoder (``fuse`` option, hf_fused.py) on tiny random
+Llama, Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms) models in float32 on the CPU: the
+same tokens and log-probabilities as the models' own modules, packing without extra memory,
+the compiled version, the fallback when compilation fails, and who may be fused."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selflearn.builtin.backends.hf import HFBackend, Options
+from selflearn.builtin.backends.hf_fused import resolve, unfusable_reason
+
+from ..conftest import build_tiny_tokenizer
+from .test_hf import GREEDY, PROMPTS, SAMPLED, tokens
+
+
+def build(path: Path, kind: str) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen3Config
+
+    tok = build_tiny_tokenizer(path)
+    common: dict[str, Any] = dict(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=False, use_sliding_window=False,
+    )
+    config = Qwen2Config(**common) if kind == "qwen2" else Qwen3Config(**common, head_dim=8)
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random biases (Qwen2 initialises them to zero) and norm weights
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
+def model_path(request: pytest.FixtureRequest, tiny_llama: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "llama":
+        return tiny_llama
+    return build(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def backend(path: str, **options: Any) -> HFBackend:
+    b = HFBackend(Options(**{"batch_size": 16, "decoder": "shared", **options}), path, seed=7)
+    b._load()
+    return b
+
+
+def outputs(b: HFBackend) -> list[Any]:
+    return [b.generate(PROMPTS, SAMPLED, n=3), b.generate(PROMPTS, GREEDY, n=1)]
+
+
+def assert_same(a: list[Any], b: list[Any], tol: float) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert tokens(x) == tokens(y)
+        for rx, ry in zip(x, y, strict=True):
+            for cx, cy in zip(rx, ry, strict=True):
+                assert cy.logprobs == pytest.approx(cx.logprobs, abs=tol)
+                assert (cx.text, cx.finish_reason) == (cy.text, cy.finish_reason)
+
+
+def test_fused_layers_equal_the_models_modules(model_path: str) -> None:
+    off, fused = backend(model_path, fuse="off"), backend(model_path, fuse="eager")
+    assert off._decoder.fuse == "off" and fused._decoder.fuse == "eager"  # type: ignore[union-attr]
+    assert_same(outputs(off), outputs(fused), tol=1e-5)
+
+
+def test_packing_keeps_the_model_and_its_memory(tiny_llama: str) -> None:
+    import torch
+
+    plain = backend(tiny_llama, fuse="off")
+    ids = torch.tensor([[3, 5, 7, 11, 13]])
+    before = plain._model(ids).logits
+    b = backend(tiny_llama, fuse="eager")
+    attn = b._model.model.layers[0].self_attn
+    packed = b._decoder.layers.layers[0].qkv_w  # type: ignore[union-attr]
+    # the modules' weights are views of the packed matrix: no second copy
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == packed.untyped_storage().data_ptr()
+    assert attn.v_proj.weight.data_ptr() > attn.k_proj.weight.data_ptr() > attn.q_proj.weight.data_ptr()
+    assert torch.equal(b._model(ids).logits, before)  # same checkpoint, same forward pass
+
+
+def test_compiled_layers_equal_the_models_modules(tiny_llama: str) -> None:
+    off, compiled = backend(tiny_llama, fuse="off"), backend(tiny_llama, fuse="compile")
+    assert_same(outputs(off), outputs(compiled), tol=1e-4)
+    assert compiled._decoder.fuse == "compile"  # type: ignore[union-attr]
+
+
+def test_a_failing_compilation_falls_back_to_the_uncompiled_layers(
+    tiny_llama: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    def broken(fn: Any, **kwargs: Any) -> Any:
+        def call(*args: Any, **kw: Any) -> Any:
+            raise RuntimeError("inductor: no C++ compiler found\ndetails")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    b = backend(tiny_llama, fuse="compile")
+    with caplog.at_level(logging.WARNING, logger="selflearn.hf"):
+        got = outputs(b)
+    assert b._decoder.fuse == "eager"  # type: ignore[union-attr]
+    assert "compiling the fused decode step failed (RuntimeError: inductor: no C++ compiler found)" in caplog.text
+    monkeypatch.undo()
+    assert_same(outputs(backend(tiny_llama, fuse="off")), got, tol=1e-5)
+
+
+def test_who_is_fused(tiny_llama: str, caplog: pytest.LogCaptureFixture) -> None:
+    b = backend(tiny_llama, fuse="off")
+    model = b._model
+    assert unfusable_reason(model) is None
+    assert resolve("auto", model) == "off"  # CPU: the model's modules, as before
+    assert resolve("eager", model) == "eager"
+    handle = model.lm_head.register_forward_hook(lambda m, i, o: o)
+    assert "lm_head" in (unfusable_reason(model) or "")
+    with caplog.at_level(logging.WARNING, logger="selflearn.hf"):
+        assert resolve("compile", model) == "off"
+    assert "fused layers are not possible" in caplog.text
+    handle.remove()
+    model.model.layers[1].mlp.up_proj = _Wrapped(model.model.layers[1].mlp.up_proj)
+    assert unfusable_reason(model) == "layer 1: mlp.up_proj is not a plain nn.Linear"
+
+
+def _Wrapped(inner: Any) -> Any:
+    """Stands for a LoRA or quantised layer: a module that is not a plain ``nn.Linear``."""
+    import torch
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Any) -> Any:
+            return self.inner(x)
+
+    return Wrapped()
