@@ -59,6 +59,22 @@ def graph_time(fn: Any, reps: int = 20) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def kernel_table(fn: Any, top: int = 14) -> dict[str, Any]:
+    """Kernels of one call of ``fn`` (a graph replay) under the profiler: count, total
+    microseconds, and the most expensive kernel names."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+    rows = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.device_time_total for e in rows)
+    count = sum(e.count for e in rows)
+    best = sorted(rows, key=lambda e: -e.device_time_total)[:top]
+    return {"kernels": count, "gpu_us": round(total, 1),
+            "top": [[e.key[:70], e.count, round(e.device_time_total, 1)] for e in best]}
+
+
 def report(key: str, value: Any) -> None:
     OUT[key] = value
     print(key, value, flush=True)
@@ -188,6 +204,11 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
                 b.synchronize()
                 times.append(a.elapsed_time(b))
             report(f"{name} rows={rows} fuse={fuse} step ms (bucket 128)", round(sorted(times)[5], 3))
+            if rows == 640:
+                try:
+                    report(f"{name} rows={rows} fuse={fuse} kernels of one step", kernel_table(replay))
+                except Exception as exc:  # the profiler is a nicety: keep the timings
+                    report(f"{name} rows={rows} fuse={fuse} kernels of one step", repr(exc))
             del dec, st, graph
             torch.cuda.empty_cache()
     del model

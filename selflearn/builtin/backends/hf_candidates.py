@@ -74,6 +74,20 @@ def _full_rows(
     return tokens, lp
 
 
+_EAGER_FULL_ROWS: list[object] = []
+
+
+def full_rows_uncompiled() -> object:
+    """:func:`_full_rows` marked for ``torch.compile`` to leave alone (a graph break): its
+    vocabulary-wide sort and cumulative sum run as PyTorch's own kernels, and inductor's split
+    scan for a long cumulative sum over few rows fails to generate code in torch 2.11."""
+    if not _EAGER_FULL_ROWS:
+        import torch
+
+        _EAGER_FULL_ROWS.append(torch.compiler.disable(_full_rows))
+    return _EAGER_FULL_ROWS[0]
+
+
 def select_candidates(
     logits: torch.Tensor,
     seen_ids: torch.Tensor,
@@ -133,7 +147,8 @@ def select_candidates(
         # overflow rows first (stable: by row order); the rest of the slots do harmless work
         idx = torch.argsort(over.to(torch.int8), descending=True, stable=True)[:slots]
         use = over.index_select(0, idx)
-        sub_tok, sub_lp = _full_rows(
+        full = full_rows_uncompiled() if torch.compiler.is_compiling() else _full_rows
+        sub_tok, sub_lp = full(  # type: ignore[operator]
             scores.index_select(0, idx), keys.index_select(0, idx), step, cfg.top_p, vocab
         )
         tokens = tokens.scatter(0, idx, torch.where(use, sub_tok, tokens.index_select(0, idx)))

@@ -173,7 +173,8 @@ class SharedPrefixDecoder:
         if self.fuse == "compile":
             import torch
 
-            self._select = torch.compile(select_candidates, fullgraph=True)
+            # not fullgraph: the full-vocabulary overflow path stays a PyTorch call (graph break)
+            self._select = torch.compile(select_candidates)
 
     # -- the step -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -257,20 +258,25 @@ class SharedPrefixDecoder:
         goes on with the same pieces uncompiled and says so once."""
         import torch
 
-        try:
-            self._step(st, t_eff, cfg, eos)
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception as exc:
-            if self.fuse != "compile":
+        while True:
+            try:
+                self._step(st, t_eff, cfg, eos)
+                return
+            except torch.cuda.OutOfMemoryError:
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            log.warning("hf: compiling the fused decode step failed (%s: %s); running it uncompiled",
-                        type(exc).__name__, first[:300])
-            self.fuse = "eager"
-            self._select = select_candidates
-            self.layers = FusedLayers(self.model, compile=False, fused_attention=self.fused)
-            self._step(st, t_eff, cfg, eos)
+            except Exception as exc:
+                if self.fuse != "compile":
+                    raise
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                # token selection first (the riskier graph), then the layers
+                what = "token selection" if self._select is not select_candidates else "the fused layers"
+                log.warning("hf: compiling %s failed (%s: %s); running it uncompiled",
+                            what, type(exc).__name__, first[:300])
+                if self._select is not select_candidates:
+                    self._select = select_candidates
+                else:
+                    self.fuse = "eager"
+                    self.layers = FusedLayers(self.model, compile=False, fused_attention=self.fused)
 
     # -- shapes, prefill, graphs ----------------------------------------------------------------
     def _state(self, groups: int, m: int, width: int, gen_len: int, cfg: SamplingConfig) -> tuple[_State, bool]:
