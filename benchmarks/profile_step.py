@@ -144,6 +144,15 @@ def attention_check() -> None:
     fused = shared_prefix_attention(Mod(), q, k, v, None, d**-0.5, selflearn_shared=st)[0].float()
     report("attention rel. error vs float32: matmul", float((plain - ref).norm() / ref.norm()))
     report("attention rel. error vs float32: fused", float((fused - ref).norm() / ref.norm()))
+    # the compiled fused layers' attention: prefix kernel + compiled own-token reductions
+    from selflearn.builtin.backends.hf_attention import gen_part, merge_parts, prefix_part, prefix_queries
+
+    gen = torch.compile(gen_part, dynamic=True, fullgraph=True)
+    q_gen = q.reshape(g * m, hkv, gq, d)
+    o1, l1 = prefix_part(prefix_queries(q_gen, g), st.prefix_k[0], st.prefix_v[0], st, d**-0.5)
+    o2, l2 = gen(q_gen, k, v, st.gen_bias, d**-0.5)
+    mine = merge_parts(o1, l1, o2, l2, torch.bfloat16).reshape(g * m, 1, hkv * gq, d).float()
+    report("attention rel. error vs float32: fused prefix + compiled own tokens", float((mine - ref).norm() / ref.norm()))
 
 
 def _f32(st: Any) -> Any:

@@ -143,3 +143,34 @@ def _Wrapped(inner: Any) -> Any:
             return self.inner(x)
 
     return Wrapped()
+
+
+def test_own_token_part_and_the_merge_are_exact_attention() -> None:
+    """gen_part (the compiled own-token attention on CUDA) is softmax attention with its
+    log-sum-exp, and merge_parts of two parts equals one softmax over both (the plain path)."""
+    import torch
+
+    from selflearn.builtin.backends.hf_attention import Shared, gen_part, merge_parts, plain_attention, prefix_queries
+
+    torch.manual_seed(0)
+    g, m, hkv, gq, d, w, t, scale = 3, 2, 2, 3, 8, 10, 16, 0.3
+    rows = g * m
+    q = torch.randn(rows, hkv, gq, d)
+    k, v = torch.randn(rows, hkv, t, d), torch.randn(rows, hkv, t, d)
+    pk, pv = torch.randn(g, hkv, w, d), torch.randn(g, hkv, w, d)
+    gen_bias = torch.zeros(t)
+    gen_bias[11:] = float("-inf")
+    prefix_bias = torch.zeros(g, w)
+    prefix_bias[:, :4] = float("-inf")  # left padding
+    out, lse = gen_part(q, k, v, gen_bias, scale)
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale + gen_bias.double()
+    assert torch.allclose(lse.double(), s.logsumexp(-1), atol=1e-5)
+    assert torch.allclose(out.double(), s.softmax(-1) @ v.double(), atol=1e-5)
+    # the prefix part in its layout, then the merge
+    qp = prefix_queries(q, g)
+    sp = (qp.double() @ pk.double().transpose(-1, -2)) * scale + prefix_bias.double()[:, None, None, :]
+    o1, l1 = sp.softmax(-1) @ pv.double(), sp.logsumexp(-1)
+    merged = merge_parts(o1.float(), l1.float(), out, lse, torch.float32)
+    st = Shared([pk], [pv], prefix_bias, prefix_bias, gen_bias, gen_bias, False)
+    ref = plain_attention(q.reshape(rows, hkv * gq, 1, d), k, v, pk, pv, st, scale)
+    assert torch.allclose(merged.reshape(rows, 1, hkv * gq, d), ref, atol=1e-5)

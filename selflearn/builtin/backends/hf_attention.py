@@ -124,9 +124,35 @@ def fused_parts(
     """The two attention parts with PyTorch's memory-efficient kernel, each with its
     log-sum-exp: the prefix (``q_pre`` from :func:`prefix_queries`) and the row's own tokens
     (``q_gen`` (R, Hkv, gq, d)). :func:`merge_parts` combines them."""
-    o1, l1 = _part(q_pre, pk, pv, st.prefix_bias_h[:, None, None, :], scale)
+    o1, l1 = prefix_part(q_pre, pk, pv, st, scale)
     o2, l2 = _part(q_gen, key, value, st.gen_bias_h[None, None, None, :], scale)
     return o1, l1, o2, l2
+
+
+def prefix_part(
+    q_pre: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, st: Any, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefix part of :func:`fused_parts`: (G, Hkv, m*gq, d) and its log-sum-exp."""
+    return _part(q_pre, pk, pv, st.prefix_bias_h[:, None, None, :], scale)
+
+
+def gen_part(
+    q_gen: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows' own-token part as plain tensor code, for ``torch.compile``: float32 output
+    (R, Hkv, gq, d) and log-sum-exp (R, Hkv, gq).
+
+    Why: a row has only gq (= query heads / key-value heads, often 3-8) queries per key-value
+    head, and the memory-efficient kernel computes 64-query tiles, so most of its work is
+    padding; compiled, the products and sums below become reductions that read each row's keys
+    and values once (written this way, uncompiled, it would build (R, Hkv, gq, T, d) tensors).
+    """
+    s = (q_gen.float()[:, :, :, None, :] * key.float()[:, :, None, :, :]).sum(-1) * scale + bias
+    top = s.amax(-1, keepdim=True)
+    p = (s - top).exp()
+    total = p.sum(-1, keepdim=True)
+    out = (p[..., None] * value.float()[:, :, None, :, :]).sum(-2) / total
+    return out, (top + total.log())[..., 0]
 
 
 def merge_parts(o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor, dtype: Any) -> torch.Tensor:

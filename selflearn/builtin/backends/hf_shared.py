@@ -40,8 +40,8 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .hf_attention import ATTN_NAME, Shared, fused_parts, plain_attention, register
-from .hf_candidates import select_candidates
+from .hf_attention import ATTN_NAME, Shared, fused_parts, plain_attention, prefix_part, register
+from .hf_candidates import full_rows_uncompiled, select_candidates
 from .hf_decode import DecodeBatch, RowOutput, StopCheck, _round_up
 from .hf_fused import FusedLayers, FuseMode, resolve
 from .hf_sampling import SamplingConfig, vocab_keys
@@ -174,6 +174,7 @@ class SharedPrefixDecoder:
             import torch
 
             # not fullgraph: the full-vocabulary overflow path stays a PyTorch call (graph break)
+            full_rows_uncompiled()  # made outside the traced code
             self._select = torch.compile(select_candidates)
 
     # -- the step -------------------------------------------------------------------------------
@@ -245,6 +246,10 @@ class SharedPrefixDecoder:
             st.gen_kv[i].index_copy_(3, st.t_index, out[-1])
             key, value = st.gen_k[i][:, :, :t_eff], st.gen_v[i][:, :, :t_eff]
             pk, pv = st.prefix_k[i], st.prefix_v[i]
+            if self.fused and layers.gen_attention is not None:
+                o1, l1 = prefix_part(out[0], pk, pv, shared, scale)
+                o2, l2 = layers.gen_attention(out[1], key, value, shared.gen_bias, scale)
+                return o1, l1, o2, l2
             if self.fused:
                 return fused_parts(out[0], out[1], key, value, pk, pv, shared, scale)
             return (plain_attention(out[0], key, value, pk, pv, shared, scale),)
