@@ -145,7 +145,12 @@ def attention_check() -> None:
     report("attention rel. error vs float32: matmul", float((plain - ref).norm() / ref.norm()))
     report("attention rel. error vs float32: fused", float((fused - ref).norm() / ref.norm()))
     # the compiled fused layers' attention: prefix kernel + compiled own-token reductions
-    from selflearn.builtin.backends.hf_attention import gen_part, merge_parts, prefix_part, prefix_queries
+    from selflearn.builtin.backends.hf_attention import (
+        gen_part,
+        merge_parts,
+        prefix_part,
+        prefix_queries,
+    )
 
     gen = torch.compile(gen_part, dynamic=True, fullgraph=True)
     q_gen = q.reshape(g * m, hkv, gq, d)

@@ -150,7 +150,13 @@ def test_own_token_part_and_the_merge_are_exact_attention() -> None:
     log-sum-exp, and merge_parts of two parts equals one softmax over both (the plain path)."""
     import torch
 
-    from selflearn.builtin.backends.hf_attention import Shared, gen_part, merge_parts, plain_attention, prefix_queries
+    from selflearn.builtin.backends.hf_attention import (
+        Shared,
+        gen_part,
+        merge_parts,
+        plain_attention,
+        prefix_queries,
+    )
 
     torch.manual_seed(0)
     g, m, hkv, gq, d, w, t, scale = 3, 2, 2, 3, 8, 10, 16, 0.3
