@@ -338,7 +338,7 @@ class SharedPrefixDecoder:
         st.seen.copy_(seen.index_select(0, group_of))
 
     def _capture(self, st: _State, cfg: SamplingConfig, eos: torch.Tensor) -> None:
-        """Capture one graph per attention bucket (a warm-up run first, on a side stream)."""
+        """Capture one graph per attention bucket (warm-up runs first, on a side stream)."""
         import torch
 
         if self._pool is None:
@@ -347,7 +347,10 @@ class SharedPrefixDecoder:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), self._attention():
-            self._warm_up(st, buckets[0], cfg, eos)
+            # every bucket once: whatever compiles or autotunes for a shape must do so before
+            # capture (a synchronising benchmark inside a capture invalidates it)
+            for t_eff in buckets:
+                self._warm_up(st, t_eff, cfg, eos)
         torch.cuda.current_stream().wait_stream(stream)
         with self._attention():
             for t_eff in buckets:
