@@ -5,8 +5,10 @@
 Times, on random-weight SmolLM2-135M- and TinyLlama-1.1B-shaped models in bfloat16, K = 10:
 
 * whole decode runs (128 new tokens, DecodeBatch straight to the decoder: no tokenisation)
-  at 640 and 2560 rows, with the compiled fused layers (``fuse: compile``, the default) and with
-  the model's own modules (``fuse: off``); the first call (graph capture, compilation) apart;
+  at 640 and 2560 rows: the default (compiled fused layers, Triton attention kernel), the
+  compiled layers with PyTorch's memory-efficient attention kernel (640 rows), and the previous
+  default (the model's own modules, PyTorch's kernel); the first call (capture, compilation)
+  apart;
 * one replayed step graph (the forward pass plus token selection) at those sizes;
 * token selection alone, captured in a CUDA graph: top-k candidates with and without the exact
   overflow slots, k = 256, and the full-vocabulary path, eager and compiled;
@@ -137,27 +139,21 @@ def attention_check() -> None:
     q = torch.randn(g * m, hkv * gq, 1, d, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(g * m, hkv, t, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(g * m, hkv, t, d, device="cuda", dtype=torch.bfloat16)
-    st.fused = False
+    st.fused, st.triton = False, False
     ref = shared_prefix_attention(Mod(), q.float(), k.float(), v.float(), None, d**-0.5, selflearn_shared=_f32(st))[0]
     plain = shared_prefix_attention(Mod(), q, k, v, None, d**-0.5, selflearn_shared=st)[0].float()
     st.fused = True
     fused = shared_prefix_attention(Mod(), q, k, v, None, d**-0.5, selflearn_shared=st)[0].float()
     report("attention rel. error vs float32: matmul", float((plain - ref).norm() / ref.norm()))
     report("attention rel. error vs float32: fused", float((fused - ref).norm() / ref.norm()))
-    # the compiled fused layers' attention: prefix kernel + compiled own-token reductions
-    from selflearn.builtin.backends.hf_attention import (
-        gen_part,
-        merge_parts,
-        prefix_part,
-        prefix_queries,
-    )
+    # the Triton kernel for both parts (the default on CUDA), merged
+    from selflearn.builtin.backends.hf_attention import fused_parts, merge_parts, prefix_queries
 
-    gen = torch.compile(gen_part, dynamic=True, fullgraph=True)
+    st.triton = True
     q_gen = q.reshape(g * m, hkv, gq, d)
-    o1, l1 = prefix_part(prefix_queries(q_gen, g), st.prefix_k[0], st.prefix_v[0], st, d**-0.5)
-    o2, l2 = gen(q_gen, k, v, st.gen_bias, d**-0.5)
-    mine = merge_parts(o1, l1, o2, l2, torch.bfloat16).reshape(g * m, 1, hkv * gq, d).float()
-    report("attention rel. error vs float32: fused prefix + compiled own tokens", float((mine - ref).norm() / ref.norm()))
+    parts = fused_parts(prefix_queries(q_gen, g), q_gen, k, v, st.prefix_k[0], st.prefix_v[0], st, d**-0.5)
+    mine = merge_parts(*parts, torch.bfloat16).reshape(g * m, 1, hkv * gq, d).float()
+    report("attention rel. error vs float32: triton kernel", float((mine - ref).norm() / ref.norm()))
 
 
 def _f32(st: Any) -> Any:
@@ -188,8 +184,9 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
         prompts = [[rng.randrange(10, 30000) for _ in range(rng.randrange(160, 200))] for _ in range(groups)]
         batch = DecodeBatch(prompts=prompts, rows=[g for g in range(groups) for _ in range(10)],
                             keys=[rng.randrange(2**62) for _ in range(rows)])
-        for fuse in ("compile", "off"):
-            dec = SharedPrefixDecoder(model, eos_ids=(2,), pad_id=2, fuse=fuse)  # type: ignore[arg-type]
+        variants = [("compile", "triton"), ("compile", "sdpa"), ("off", "sdpa")]
+        for fuse, kernel in variants if rows == 640 else variants[::2]:
+            dec = SharedPrefixDecoder(model, eos_ids=(2,), pad_id=2, fuse=fuse, kernel=kernel)  # type: ignore[arg-type]
             t0 = time.perf_counter()
             dec.run(batch, cfg, 128)
             first = time.perf_counter() - t0
@@ -199,8 +196,8 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
             torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             n = sum(len(o.tokens) for o in out)
-            report(f"{name} rows={rows} fuse={fuse} tokens/s", round(n / dt, 1))
-            report(f"{name} rows={rows} fuse={fuse} first call s", round(first, 2))
+            report(f"{name} rows={rows} fuse={fuse} kernel={kernel} tokens/s", round(n / dt, 1))
+            report(f"{name} rows={rows} fuse={fuse} kernel={kernel} first call s", round(first, 2))
             st = next(iter(dec._states.values()))
             graph = st.graphs[128]
 
@@ -217,12 +214,12 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
                 b.record()
                 b.synchronize()
                 times.append(a.elapsed_time(b))
-            report(f"{name} rows={rows} fuse={fuse} step ms (bucket 128)", round(sorted(times)[5], 3))
+            report(f"{name} rows={rows} fuse={fuse} kernel={kernel} step ms (bucket 128)", round(sorted(times)[5], 3))
             if rows == 640:
                 try:
-                    report(f"{name} rows={rows} fuse={fuse} kernels of one step", kernel_table(replay))
+                    report(f"{name} rows={rows} fuse={fuse} kernel={kernel} kernels of one step", kernel_table(replay))
                 except Exception as exc:  # the profiler is a nicety: keep the timings
-                    report(f"{name} rows={rows} fuse={fuse} kernels of one step", repr(exc))
+                    report(f"{name} rows={rows} fuse={fuse} kernel={kernel} kernels of one step", repr(exc))
             del dec, st, graph
             torch.cuda.empty_cache()
     del model

@@ -240,8 +240,8 @@ def _twin(backend: Any, options: Any) -> Any:
 
     twin = HFBackend(options, backend.model_ref, seed=backend.seed)
     twin._model, twin._tokenizer = backend._model, backend._tokenizer
-    same = (options.candidates, options.decoder, options.fuse) == (
-        backend.options.candidates, backend.options.decoder, backend.options.fuse)
+    same = (options.candidates, options.decoder, options.fuse, options.decode_attention) == (
+        backend.options.candidates, backend.options.decoder, backend.options.fuse, backend.options.decode_attention)
     dec = backend._decoder
     twin._decoder = dec if same else twin._make_decoder(dec.eos_ids, dec.pad_id)
     return twin
@@ -277,8 +277,8 @@ def gen_model(args: argparse.Namespace, work: str, corpus: list[str], name: str,
                      partial(_ours, big, prompts(corpus, args.big_rows // k), k, max_new), 1)
             save(args.out)
         if max_new == min(args.tokens) and getattr(backend._decoder, "fuse", "off") != "off":
-            plain = _twin(backend, attrs.evolve(base, fuse="off"))
-            _variant(row, f"hf shared, the model's own modules (fuse: off), {args.rows} seqs",
+            plain = _twin(backend, attrs.evolve(base, fuse="off", decode_attention="sdpa"))
+            _variant(row, f"hf shared, previous default (fuse: off, decode_attention: sdpa), {args.rows} seqs",
                      partial(_ours, plain, batch, k, max_new), 1)
         if name != "tinyllama-1.1b" and max_new == min(args.tokens):
             full = _twin(backend, attrs.evolve(base, candidates=0))

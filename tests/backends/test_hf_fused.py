@@ -145,14 +145,13 @@ def _Wrapped(inner: Any) -> Any:
     return Wrapped()
 
 
-def test_own_token_part_and_the_merge_are_exact_attention() -> None:
-    """gen_part (the compiled own-token attention on CUDA) is softmax attention with its
-    log-sum-exp, and merge_parts of two parts equals one softmax over both (the plain path)."""
+def test_the_merge_of_two_parts_is_one_softmax_over_both() -> None:
+    """merge_parts of the prefix part and the own-token part (each with its log-sum-exp)
+    equals the plain path's single float32 softmax over both."""
     import torch
 
     from selflearn.builtin.backends.hf_attention import (
         Shared,
-        gen_part,
         merge_parts,
         plain_attention,
         prefix_queries,
@@ -168,15 +167,75 @@ def test_own_token_part_and_the_merge_are_exact_attention() -> None:
     gen_bias[11:] = float("-inf")
     prefix_bias = torch.zeros(g, w)
     prefix_bias[:, :4] = float("-inf")  # left padding
-    out, lse = gen_part(q, k, v, gen_bias, scale)
-    s = (q.double() @ k.double().transpose(-1, -2)) * scale + gen_bias.double()
-    assert torch.allclose(lse.double(), s.logsumexp(-1), atol=1e-5)
-    assert torch.allclose(out.double(), s.softmax(-1) @ v.double(), atol=1e-5)
-    # the prefix part in its layout, then the merge
-    qp = prefix_queries(q, g)
-    sp = (qp.double() @ pk.double().transpose(-1, -2)) * scale + prefix_bias.double()[:, None, None, :]
-    o1, l1 = sp.softmax(-1) @ pv.double(), sp.logsumexp(-1)
-    merged = merge_parts(o1.float(), l1.float(), out, lse, torch.float32)
+    o1, l1 = reference(prefix_queries(q, g), pk, pv, prefix_bias[:, None, None, :], scale)
+    o2, l2 = reference(q, k, v, gen_bias, scale)
+    merged = merge_parts(o1.float(), l1.float(), o2.float(), l2.float(), torch.float32)
     st = Shared([pk], [pv], prefix_bias, prefix_bias, gen_bias, gen_bias, False)
     ref = plain_attention(q.reshape(rows, hkv * gq, 1, d), k, v, pk, pv, st, scale)
     assert torch.allclose(merged.reshape(rows, 1, hkv * gq, d), ref, atol=1e-5)
+
+
+def reference(q: Any, k: Any, v: Any, bias: Any, scale: float) -> tuple[Any, Any]:
+    """Softmax attention in float64 and its log-sum-exp."""
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale + bias.double()
+    return s.softmax(-1) @ v.double(), s.logsumexp(-1)
+
+
+TRITON_SCRIPT = """
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"  # Triton's interpreter: the kernel runs on the CPU
+import torch
+sys.path.insert(0, os.getcwd())
+from selflearn.builtin.backends.hf_attention import Shared, fused_parts, merge_parts, plain_attention, prefix_queries
+from selflearn.builtin.backends.hf_triton import attention
+from tests.backends.test_hf_fused import reference
+
+torch.manual_seed(0)
+worst = 0.0
+for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
+    for b, h, m, n, d in ((5, 2, 3, 70, 16), (4, 3, 30, 192, 32), (2, 1, 17, 64, 64)):
+        q = torch.randn(b, h, m, d).to(dtype)
+        k = torch.randn(b, h, n + 7, d).to(dtype)[:, :, :n]  # a slice of a longer buffer
+        v = torch.randn(b, h, n, d).to(dtype)
+        shared = torch.zeros(n)
+        shared[n // 2:] = float("-inf")  # keys past the current step
+        per_row = torch.zeros(b, n)
+        per_row[:, : min(n - 1, 64)] = float("-inf")  # left padding: a whole block masked
+        for bias, ref_bias in ((shared, shared), (per_row, per_row[:, None, None, :])):
+            out, lse = attention(q, k, v, bias, 0.125)
+            ro, rl = reference(q, k, v, ref_bias, 0.125)
+            assert out.dtype == torch.float32 and out.shape == (b, h, m, d), out.shape
+            err = max(float((out.double() - ro).abs().max()), float((lse.double() - rl).abs().max()))
+            assert err < tol, (dtype, b, h, m, n, d, err)
+            worst = max(worst, err)
+# the decoder's use: both parts with the kernel, merged, against the plain path
+g, mm, hkv, gq, d, w, t = 3, 4, 2, 3, 16, 70, 64
+q = torch.randn(g * mm, hkv, gq, d)
+k, v = torch.randn(g * mm, hkv, t, d), torch.randn(g * mm, hkv, t, d)
+pk, pv = torch.randn(g, hkv, w, d), torch.randn(g, hkv, w, d)
+gen_bias = torch.zeros(t)
+gen_bias[9:] = float("-inf")
+prefix_bias = torch.zeros(g, w)
+prefix_bias[1, :20] = float("-inf")
+st = Shared([pk], [pv], prefix_bias, prefix_bias, gen_bias, gen_bias, True, True)
+parts = fused_parts(prefix_queries(q, g), q, k, v, pk, pv, st, 0.25)
+got = merge_parts(*parts, torch.float32).reshape(g * mm, 1, hkv * gq, d)
+ref = plain_attention(q.reshape(g * mm, hkv * gq, 1, d), k, v, pk, pv, st, 0.25)
+assert torch.allclose(got, ref, atol=1e-5), float((got - ref).abs().max())
+print("ok", worst)
+"""
+
+
+def test_the_triton_kernel_is_attention_with_its_log_sum_exp() -> None:
+    """hf_triton's kernel in Triton's interpreter (CPU; float32 and float16 - the interpreter
+    has no bfloat16): output and log-sum-exp against float64 attention, for both parts' shapes
+    (3 and 30 queries), shared and per-row key masks, a fully masked block, a sliced key buffer;
+    and the decoder's fused parts with it equal the plain path."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok")

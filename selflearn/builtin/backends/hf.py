@@ -95,6 +95,11 @@ class Options:
     #: few seconds; falls back to "eager" if compilation fails); "eager": the same functions
     #: uncompiled; "off": the model's own modules; "auto": compile on CUDA with Triton, off on CPU
     fuse: Literal["auto", "compile", "eager", "off"] = "auto"
+    #: shared decoder on CUDA in half precision: the kernel of the decode step's attention.
+    #: "triton": hf_triton.py's kernel for few queries per head (needs Triton and a head size
+    #: that is a power of two); "sdpa": PyTorch's memory-efficient kernel; "auto": triton where
+    #: it can run
+    decode_attention: Literal["auto", "triton", "sdpa"] = "auto"
 
 
 def weights_fingerprint(ref: str) -> str | None:
@@ -205,7 +210,7 @@ class HFBackend:
                 return SharedPrefixDecoder(
                     self._model, eos_ids=eos_ids, pad_id=pad, sync_every=opts.sync_every,
                     candidates=opts.candidates, overflow_share=opts.overflow_share,
-                    graphs=opts.cuda_graphs, fuse=opts.fuse,
+                    graphs=opts.cuda_graphs, fuse=opts.fuse, kernel=opts.decode_attention,
                 )
             log.warning("hf: the shared decoder does not support this model (%s); using the loop decoder", reason)
         return Decoder(

@@ -24,16 +24,17 @@ class Shared:
     values (G, kv heads, W, head dim), the prefix mask (G, W) and the generated-token mask (T,)
     as additive biases (float32, and in the model's dtype for the fused kernels)."""
 
-    __slots__ = ("fused", "gen_bias", "gen_bias_h", "prefix_bias", "prefix_bias_h", "prefix_k", "prefix_v")
+    __slots__ = ("fused", "gen_bias", "gen_bias_h", "prefix_bias", "prefix_bias_h", "prefix_k", "prefix_v", "triton")
 
     def __init__(
         self, prefix_k: list[Any], prefix_v: list[Any], prefix_bias: Any, prefix_bias_h: Any,
-        gen_bias: Any, gen_bias_h: Any, fused: bool,
+        gen_bias: Any, gen_bias_h: Any, fused: bool, triton: bool = False,
     ) -> None:
         self.prefix_k, self.prefix_v = prefix_k, prefix_v
         self.prefix_bias, self.prefix_bias_h = prefix_bias, prefix_bias_h
         self.gen_bias, self.gen_bias_h = gen_bias, gen_bias_h
-        self.fused = fused
+        #: the fused parts: True: :mod:`.hf_triton`'s kernel; False: PyTorch's memory-efficient one
+        self.fused, self.triton = fused, triton
 
 
 def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -121,38 +122,19 @@ def fused_parts(
     q_pre: torch.Tensor, q_gen: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     pk: torch.Tensor, pv: torch.Tensor, st: Any, scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The two attention parts with PyTorch's memory-efficient kernel, each with its
-    log-sum-exp: the prefix (``q_pre`` from :func:`prefix_queries`) and the row's own tokens
-    (``q_gen`` (R, Hkv, gq, d)). :func:`merge_parts` combines them."""
-    o1, l1 = prefix_part(q_pre, pk, pv, st, scale)
+    """The two attention parts, each with its log-sum-exp: the prefix (``q_pre`` from
+    :func:`prefix_queries`) and the row's own tokens (``q_gen`` (R, Hkv, gq, d)), with the
+    Triton kernel of :mod:`.hf_triton` (``st.triton``) or PyTorch's memory-efficient kernel.
+    :func:`merge_parts` combines them."""
+    if st.triton:
+        from .hf_triton import attention
+
+        o1, l1 = attention(q_pre, pk, pv, st.prefix_bias, scale)
+        o2, l2 = attention(q_gen, key, value, st.gen_bias, scale)
+        return o1, l1, o2, l2
+    o1, l1 = _part(q_pre, pk, pv, st.prefix_bias_h[:, None, None, :], scale)
     o2, l2 = _part(q_gen, key, value, st.gen_bias_h[None, None, None, :], scale)
     return o1, l1, o2, l2
-
-
-def prefix_part(
-    q_pre: torch.Tensor, pk: torch.Tensor, pv: torch.Tensor, st: Any, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The prefix part of :func:`fused_parts`: (G, Hkv, m*gq, d) and its log-sum-exp."""
-    return _part(q_pre, pk, pv, st.prefix_bias_h[:, None, None, :], scale)
-
-
-def gen_part(
-    q_gen: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows' own-token part as plain tensor code, for ``torch.compile``: float32 output
-    (R, Hkv, gq, d) and log-sum-exp (R, Hkv, gq).
-
-    Why: a row has only gq (= query heads / key-value heads, often 3-8) queries per key-value
-    head, and the memory-efficient kernel computes 64-query tiles, so most of its work is
-    padding; compiled, the products and sums below become reductions that read each row's keys
-    and values once (written this way, uncompiled, it would build (R, Hkv, gq, T, d) tensors).
-    """
-    s = (q_gen.float()[:, :, :, None, :] * key.float()[:, :, None, :, :]).sum(-1) * scale + bias
-    top = s.amax(-1, keepdim=True)
-    p = (s - top).exp()
-    total = p.sum(-1, keepdim=True)
-    out = (p[..., None] * value.float()[:, :, None, :, :]).sum(-2) / total
-    return out, (top + total.log())[..., 0]
 
 
 def merge_parts(o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor, dtype: Any) -> torch.Tensor:

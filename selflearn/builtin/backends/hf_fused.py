@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from .hf_attention import gen_part, merge_parts, prefix_queries
+from .hf_attention import merge_parts, prefix_queries
 
 if TYPE_CHECKING:
     import torch
@@ -274,12 +274,8 @@ class FusedLayers:
         self._first: Callable[..., Any] = first
         self._mid: Callable[..., Any] = mid
         self._last: Callable[..., Any] = last
-        #: the own-token attention part as compiled reductions (None: the fused kernel)
-        self.gen_attention: Callable[..., Any] | None = None
         if compile:
             _allow_recompiles()
-            # one shape-generic compile serves every attention bucket and row count
-            self.gen_attention = torch.compile(gen_part, dynamic=True, fullgraph=True)
             # default mode: no inductor CUDA graphs (the decoder captures the whole step itself);
             # dynamic=None lets a second row count compile one shape-generic version
             self._first = torch.compile(first, fullgraph=True)

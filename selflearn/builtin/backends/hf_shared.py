@@ -38,13 +38,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from .hf_attention import ATTN_NAME, Shared, fused_parts, plain_attention, prefix_part, register
+from .hf_attention import ATTN_NAME, Shared, fused_parts, plain_attention, register
 from .hf_candidates import full_rows_uncompiled, select_candidates
 from .hf_decode import DecodeBatch, RowOutput, StopCheck, _round_up
 from .hf_fused import FusedLayers, FuseMode, resolve
 from .hf_sampling import SamplingConfig, vocab_keys
+from .hf_triton import available as triton_available
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +53,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("selflearn.hf")
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+#: the fused attention parts: "triton" (hf_triton.py), "sdpa" (PyTorch's memory-efficient
+#: kernel), "auto" (triton where it can run)
+AttentionKernel = Literal["auto", "triton", "sdpa"]
+
+
+def _head_dim(cfg: Any) -> int:
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -95,7 +103,7 @@ class _State:
         dev, dtype = model.device, model.dtype
         rows = groups * m
         hkv = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-        hd = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+        hd = _head_dim(cfg)
         n_layers = int(cfg.num_hidden_layers)
         vocab = int(model.lm_head.out_features)
         self.groups, self.m, self.rows, self.width, self.gen_len = groups, m, rows, width, gen_len
@@ -143,6 +151,7 @@ class SharedPrefixDecoder:
         bucket: int = 64,
         group_bucket: int = 8,
         fuse: FuseMode = "auto",
+        kernel: AttentionKernel = "auto",
     ) -> None:
         register()
         self.model = model
@@ -155,6 +164,11 @@ class SharedPrefixDecoder:
         #: attention with PyTorch's fused memory-efficient kernels (CUDA, half precision);
         #: False: plain matrix products (CPU, float32, and the reference)
         self.fused = str(model.device).startswith("cuda") and str(model.dtype) in ("torch.bfloat16", "torch.float16")
+        #: the fused attention parts with the Triton kernel of hf_triton.py (else PyTorch's)
+        self.triton = self.fused and kernel != "sdpa" and triton_available(_head_dim(model.config))
+        if kernel == "triton" and self.fused and not self.triton:
+            log.warning("hf: the Triton attention kernel needs Triton and a head size that is a power "
+                        "of two from 16 to 256; using PyTorch's memory-efficient kernel")
         self.bucket = bucket
         self.group_bucket = group_bucket if self.graphs else 1
         self._states: dict[tuple[Any, ...], _State] = {}
@@ -218,7 +232,7 @@ class SharedPrefixDecoder:
         hidden = inner.embed_tokens(tok[:, None])
         rotary = inner.rotary_emb(hidden, pos)
         shared = Shared(st.prefix_k, st.prefix_v, st.prefix_bias, st.prefix_bias_h,
-                        st.gen_bias[:t_eff], st.gen_bias_h[:t_eff], self.fused)
+                        st.gen_bias[:t_eff], st.gen_bias_h[:t_eff], self.fused, self.triton)
         if self.layers is not None:
             st.logits.copy_(self._fused_forward(st, hidden[:, 0], rotary, shared, t_eff))
             st.t.add_(1)
@@ -246,10 +260,6 @@ class SharedPrefixDecoder:
             st.gen_kv[i].index_copy_(3, st.t_index, out[-1])
             key, value = st.gen_k[i][:, :, :t_eff], st.gen_v[i][:, :, :t_eff]
             pk, pv = st.prefix_k[i], st.prefix_v[i]
-            if self.fused and layers.gen_attention is not None:
-                o1, l1 = prefix_part(out[0], pk, pv, shared, scale)
-                o2, l2 = layers.gen_attention(out[1], key, value, shared.gen_bias, scale)
-                return o1, l1, o2, l2
             if self.fused:
                 return fused_parts(out[0], out[1], key, value, pk, pv, shared, scale)
             return (plain_attention(out[0], key, value, pk, pv, shared, scale),)
