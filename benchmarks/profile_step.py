@@ -156,6 +156,42 @@ def attention_check() -> None:
     report("attention rel. error vs float32: triton kernel", float((mine - ref).norm() / ref.norm()))
 
 
+def kernel_configs() -> None:
+    """The Triton attention kernel's launch configurations against PyTorch's memory-efficient
+    kernel on the decode step's shapes (each call in a CUDA graph, microseconds)."""
+    import itertools
+
+    import torch
+
+    from selflearn.builtin.backends.hf_attention import _part
+    from selflearn.builtin.backends.hf_triton import attention
+
+    shapes = {  # (batch, kv heads, queries, keys, head dim, per-row bias)
+        "135m own tokens t=128": (640, 3, 3, 128, 64, False),
+        "135m own tokens t=384": (640, 3, 3, 384, 64, False),
+        "135m prefix w=256": (64, 3, 30, 256, 64, True),
+        "1.1b own tokens t=128": (640, 4, 8, 128, 64, False),
+        "1.1b prefix w=256": (64, 4, 80, 256, 64, True),
+    }
+    for label, (b, h, m, n, d, per_row) in shapes.items():
+        q = torch.randn(b, h, m, d, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16)
+        bias = torch.zeros(b, n, device="cuda") if per_row else torch.zeros(n, device="cuda")
+        bias_h = (bias[:, None, None, :] if per_row else bias[None, None, None, :]).bfloat16()
+        times = {"sdpa": round(graph_time(partial(_part, q, k, v, bias_h, d**-0.5)) * 1000, 1)}
+        for bn, warps, stages in itertools.product((32, 64, 128), (1, 2, 4, 8), (1, 2, 3)):
+            fn = partial(attention, q, k, v, bias, d**-0.5, block_n=bn, num_warps=warps, num_stages=stages)
+            try:
+                times[f"n{bn} w{warps} s{stages}"] = round(graph_time(fn) * 1000, 1)
+            except Exception as exc:  # a configuration that does not fit (registers, shared memory)
+                times[f"n{bn} w{warps} s{stages}"] = repr(exc)[:80]
+        ok = {key: t for key, t in times.items() if isinstance(t, float) and key != "sdpa"}
+        best = min(ok, key=ok.__getitem__)
+        report(f"kernel {label} us", {"sdpa": times["sdpa"], "default n64 w4 s3": times["n64 w4 s3"],
+                                      "best": [best, ok[best]], "all": times})
+
+
 def _f32(st: Any) -> Any:
     class S:
         pass
@@ -229,13 +265,14 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "profile-out"))
-    ap.add_argument("--parts", default="attention,select,decode")
+    ap.add_argument("--parts", default="attention,kernel,select,decode")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp()
     parts = args.parts.split(",")
     for part, fn in (
         ("attention", attention_check),
+        ("kernel", kernel_configs),
         ("select", lambda: (select_times(49152), select_times(32000))),
         ("decode", lambda: (decode_runs("smollm2-135m", SMOLLM2_135M, "smollm2_tok", work),
                             decode_runs("tinyllama-1.1b", TINYLLAMA_1B, "tok32k", work))),

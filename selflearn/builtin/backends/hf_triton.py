@@ -87,11 +87,14 @@ def _kernel() -> Any:
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+    *, block_n: int = 64, num_warps: int = 4, num_stages: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention of ``q`` (B, H, M, d) over ``k``/``v`` (B, H, N, d) plus an additive
     float32 ``bias`` per key, (B, N) or (N,) (shared by the batch): float32 output (B, H, M, d)
-    and log-sum-exp (B, H, M). Only the last dimension of q, k, v needs to be contiguous."""
+    and log-sum-exp (B, H, M). Only the last dimension of q, k, v needs to be contiguous.
+    ``block_n``, ``num_warps``, ``num_stages``: the launch configuration (the benchmark's
+    profile_step.py compares them)."""
     import torch
 
     bsz, heads, m, d = q.shape
@@ -105,6 +108,7 @@ def attention(
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), bias.stride(0) if bias.dim() == 2 else 0,
         out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
-        m, scale, N_KEYS=n, BLOCK_M=block_m, BLOCK_N=64, HEAD=d,
+        m, scale, N_KEYS=n, BLOCK_M=block_m, BLOCK_N=block_n, HEAD=d,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return out, lse
