@@ -188,7 +188,8 @@ def kernel_configs() -> None:
                 times[f"n{bn} w{warps} s{stages}"] = repr(exc)[:80]
         ok = {key: t for key, t in times.items() if isinstance(t, float) and key != "sdpa"}
         best = min(ok, key=ok.__getitem__)
-        report(f"kernel {label} us", {"sdpa": times["sdpa"], "default n64 w4 s3": times["n64 w4 s3"],
+        default = f"n64 w{2 if m <= 32 else 4} s2"
+        report(f"kernel {label} us", {"sdpa": times["sdpa"], f"default {default}": times[default],
                                       "best": [best, ok[best]], "all": times})
 
 
