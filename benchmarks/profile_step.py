@@ -193,6 +193,40 @@ def kernel_configs() -> None:
                                       "best": [best, ok[best]], "all": times})
 
 
+def host_overhead(work: str) -> None:
+    """One end-to-end ``generate`` call of the hf backend (SmolLM2-135M shape, 2,560 rows, 128
+    tokens) under cProfile after a warm-up call: where the time outside the decode loop goes."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+    from run_gpu import prompts
+
+    from selflearn.builtin.backends.hf import HFBackend, Options
+    from selflearn.core.protocols import GenerationParams
+
+    folder = build_lm(SMOLLM2_135M, os.path.join(ROOT, ".assets", "perf", "smollm2_tok"), os.path.join(work, "host"), "cuda")
+    with open(os.path.join(ROOT, ".assets", "bench_nli", "texts.json"), encoding="utf-8") as f:
+        corpus = [t for t in json.load(f) if len(t.split()) > 40]
+    backend = HFBackend(Options(batch_size=2560, device="cuda", dtype="bfloat16"), folder, seed=1)
+    params = GenerationParams(max_new_tokens=128, temperature=1.0, top_p=0.9, repetition_penalty=1.1)
+    batch = prompts(corpus, 256)
+    backend.generate(batch, params, n=10)
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    backend.generate(batch, params, n=10, sample_offset=10)
+    torch.cuda.synchronize()
+    prof.disable()
+    report("host: end-to-end s (2560 rows x 128 tokens)", round(time.perf_counter() - t0, 3))
+    for order in ("cumulative", "tottime"):
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats(order).print_stats(22)
+        report(f"host: cProfile by {order}", buf.getvalue()[-6000:])
+
+
 def _f32(st: Any) -> Any:
     class S:
         pass
@@ -274,6 +308,7 @@ def main() -> None:
     for part, fn in (
         ("attention", attention_check),
         ("kernel", kernel_configs),
+        ("host", lambda: host_overhead(work)),
         ("select", lambda: (select_times(49152), select_times(32000))),
         ("decode", lambda: (decode_runs("smollm2-135m", SMOLLM2_135M, "smollm2_tok", work),
                             decode_runs("tinyllama-1.1b", TINYLLAMA_1B, "tok32k", work))),
