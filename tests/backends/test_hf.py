@@ -281,3 +281,27 @@ def test_real_smollm2_from_the_offline_gguf() -> None:
     assert greedy.tokens == backend._tokenizer.convert_ids_to_tokens(ref)
     samples = backend.generate([prompt], SAMPLED, n=3)[0]
     assert len(samples) == 3 and all(c.text.strip() for c in samples)
+
+
+def test_batched_encoding_and_decoding_equal_one_by_one(hf_backend: Any) -> None:
+    """Prompts are tokenized in one call and completions decoded in one call of the Rust
+    backend: the same ids and texts as transformers' one-by-one calls."""
+    b = hf_backend
+    b._load()
+    tok = b._tokenizer
+    mixed = [*PROMPTS, "a raw prompt, with <s> special tokens", [{"role": "user", "content": "héllo ∑ 世界"}]]
+    got = b._encode_all(mixed, None)
+    for prompt, ids in zip(mixed, got, strict=True):
+        if isinstance(prompt, str):
+            assert ids == list(tok(prompt, add_special_tokens=True)["input_ids"])
+        else:
+            text = tok.apply_chat_template([dict(m) for m in prompt], add_generation_prompt=True, tokenize=False)
+            assert ids == list(tok(text, add_special_tokens=False)["input_ids"])
+    assert b._encode_all(["x" * 400], 5) == [got_tail(tok, "x" * 400, 5)]
+    assert tok.backend_tokenizer is not None and not tok.clean_up_tokenization_spaces  # the fast path runs
+    bodies = [ids[3:40] for ids in got] + [[], [tok.eos_token_id, 5, 6]]
+    assert b._decode_all(bodies) == tok.batch_decode(bodies, skip_special_tokens=True)
+
+
+def got_tail(tok: Any, text: str, n: int) -> list[int]:
+    return list(tok(text, add_special_tokens=True)["input_ids"])[-n:]

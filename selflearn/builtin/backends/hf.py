@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -223,30 +223,55 @@ class HFBackend:
         )
 
     # -- prompts ---------------------------------------------------------------------------
-    def _encode(self, prompt: Prompt, max_input: int | None) -> list[int]:
+    def _encode_all(self, prompts: Sequence[Prompt], max_input: int | None) -> list[list[int]]:
+        """Token ids of every prompt: chat prompts rendered with the chat template, then one
+        tokenizer call per kind (raw, chat) for all of them (the fast tokenizer encodes a list
+        in parallel; one call per prompt cost ~0.6 ms each on the GPU machine's CPU)."""
         tok = self._tokenizer
-        if isinstance(prompt, str):
-            ids = list(tok(prompt, add_special_tokens=True)["input_ids"])
-        else:
-            template = named_template(self.options.chat_template) or tok.chat_template
-            if not template:
-                raise BackendError(
-                    f"hf: the tokenizer of {self.model_ref!r} has no chat template, so chat "
-                    "prompts cannot be rendered. Set backend.options.chat_template to a Jinja "
-                    "template or to \"zephyr\" (what the trainers give base models), or use a "
-                    "chat-tuned model"
-                )
-            text = tok.apply_chat_template(
-                [dict(m) for m in prompt], chat_template=template,
-                add_generation_prompt=True, tokenize=False,
+        texts = [p if isinstance(p, str) else self._render(p) for p in prompts]
+        encoded: list[list[int]] = [[] for _ in prompts]
+        for raw in (True, False):
+            idx = [i for i, p in enumerate(prompts) if isinstance(p, str) == raw]
+            if idx:
+                ids = tok([texts[i] for i in idx], add_special_tokens=raw)["input_ids"]
+                for i, row in zip(idx, ids, strict=True):
+                    encoded[i] = list(row)
+        return [self._fit(ids, max_input) for ids in encoded]
+
+    def _render(self, prompt: Sequence[Mapping[str, str]]) -> str:
+        tok = self._tokenizer
+        template = named_template(self.options.chat_template) or tok.chat_template
+        if not template:
+            raise BackendError(
+                f"hf: the tokenizer of {self.model_ref!r} has no chat template, so chat "
+                "prompts cannot be rendered. Set backend.options.chat_template to a Jinja "
+                "template or to \"zephyr\" (what the trainers give base models), or use a "
+                "chat-tuned model"
             )
-            ids = list(tok(text, add_special_tokens=False)["input_ids"])
+        text: str = tok.apply_chat_template(
+            [dict(m) for m in prompt], chat_template=template,
+            add_generation_prompt=True, tokenize=False,
+        )
+        return text
+
+    def _fit(self, ids: list[int], max_input: int | None) -> list[int]:
         if not ids:
             ids = [self._decoder.pad_id if self._decoder else 0]
         if max_input is not None and len(ids) > max_input:
             log.warning("hf: a prompt of %d tokens was cut to its last %d", len(ids), max_input)
             ids = ids[-max_input:]
         return ids
+
+    def _decode_all(self, bodies: list[list[int]]) -> list[str]:
+        """Texts of many completions. A fast tokenizer whose decoding needs no clean-up step
+        decodes them in one parallel call of its Rust backend: transformers' ``batch_decode``
+        decodes one by one after a per-token type check (0.38 s for 2,560 x 128 tokens on the
+        GPU machine); the result is the same string."""
+        tok = self._tokenizer
+        backend = getattr(tok, "backend_tokenizer", None)
+        if backend is not None and hasattr(backend, "decode_batch") and not getattr(tok, "clean_up_tokenization_spaces", True):
+            return list(backend.decode_batch(bodies, skip_special_tokens=True))
+        return list(tok.batch_decode(bodies, skip_special_tokens=True))
 
     def _max_input(self, params: GenerationParams) -> int | None:
         if self.options.max_input_tokens is not None:
@@ -342,7 +367,7 @@ class HFBackend:
             return [[] for _ in prompts]
         self._load()
         max_input = self._max_input(params)
-        encoded = [self._encode(p, max_input) for p in prompts]
+        encoded = self._encode_all(prompts, max_input)
         per_prompt = 1 if params.greedy else n
         seed = params.seed if params.seed is not None else self.seed
         keys = {
@@ -369,7 +394,7 @@ class HFBackend:
         # one batched (Rust-parallel) detokenisation of every row instead of one call per row
         keys_order = [(p, j) for p in range(len(prompts)) for j in range(per_prompt)]
         bodies = [results[r].tokens[:-1] if results[r].eos else results[r].tokens for r in keys_order]
-        texts = dict(zip(keys_order, self._tokenizer.batch_decode(bodies, skip_special_tokens=True), strict=True))
+        texts = dict(zip(keys_order, self._decode_all(bodies), strict=True))
         out = []
         for p in range(len(prompts)):
             comps = [
