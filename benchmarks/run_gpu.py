@@ -253,7 +253,10 @@ def gen_model(args: argparse.Namespace, work: str, corpus: list[str], name: str,
     from selflearn.builtin.backends.hf import HFBackend, Options
     from selflearn.core.protocols import GenerationParams
 
-    model_dir = build_lm(shape, tokenizer_dir(tok_name, args, work, corpus), os.path.join(work, name), args.device)
+    if name == "real":
+        model_dir = args.real_model
+    else:
+        model_dir = build_lm(shape, tokenizer_dir(tok_name, args, work, corpus), os.path.join(work, name), args.device)
     base = Options(batch_size=args.rows, device=args.device, decoder="shared",
                    dtype="bfloat16" if args.device == "cuda" else "float32")
     backend = HFBackend(base, model_dir, seed=1)
@@ -310,8 +313,10 @@ def gen_section(args: argparse.Namespace, work: str, corpus: list[str]) -> None:
     models = {"smollm2-135m": (SMOLLM2_135M, "smollm2_tok"), "tinyllama-1.1b": (TINYLLAMA_1B, "tok32k")}
     if args.smoke:
         models = {"tiny": (TINY, "tiny_tok")}
+    if args.real_model:
+        models = {"real": ({}, ""), **models}
     for name, (shape, tok_name) in models.items():
-        if name in args.models or args.smoke:
+        if name in args.models.split(",") or args.smoke:
             gen_model(args, work, corpus, name, shape, tok_name)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -327,11 +332,15 @@ def greedy_section(args: argparse.Namespace, work: str, corpus: list[str]) -> No
     shapes = {"smollm2-135m": (SMOLLM2_135M, "smollm2_tok"), "tinyllama-1.1b": (TINYLLAMA_1B, "tok32k")}
     if args.smoke:
         shapes = {"tiny": (TINY, "tiny_tok")}
+    if args.real_model:
+        shapes = {"real": ({}, ""), **shapes}
     n, max_new = (4, 12) if args.smoke else (16, 64)
     batch = prompts(corpus, n, offset=3)
     for name, (shape, tok_name) in shapes.items():
-        model_dir = os.path.join(work, name)
-        if not os.path.isdir(model_dir):
+        if name not in args.models.split(",") and not args.smoke:
+            continue
+        model_dir = args.real_model if name == "real" else os.path.join(work, name)
+        if name != "real" and not os.path.isdir(model_dir):
             model_dir = build_lm(shape, tokenizer_dir(tok_name, args, work, corpus), model_dir, args.device)
         for dtype in ("float32", "bfloat16"):
             backend = HFBackend(Options(device=args.device, dtype=dtype, batch_size=64, decoder="shared"), model_dir, seed=1)  # type: ignore[arg-type]
@@ -345,23 +354,46 @@ def greedy_section(args: argparse.Namespace, work: str, corpus: list[str]) -> No
                 ref = model.generate(**enc, do_sample=False, max_new_tokens=max_new, repetition_penalty=1.1,
                                      pad_token_id=tok.pad_token_id)[:, enc["input_ids"].shape[1]:].tolist()
             eos = model.generation_config.eos_token_id
-            equal, prefix = 0, []
-            for row, r in zip(ours, ref, strict=True):
-                mine = tok.convert_tokens_to_ids(row[0].tokens)
-                r = r[: r.index(eos) + 1] if eos in r else r
-                equal += mine == r
-                same = next((i for i, (a, b) in enumerate(zip(mine, r, strict=False)) if a != b), min(len(mine), len(r)))
-                prefix.append(same / max(len(r), 1))
+            eos_ids = set(eos) if isinstance(eos, list) else {eos}
+            ref = [_until_eos(r, eos_ids) for r in ref]
+            equal, prefix = _agreement([tok.convert_tokens_to_ids(row[0].tokens) for row in ours], ref)
             key = f"{name} {dtype}"
             RESULTS.setdefault("greedy_equality", {})[key] = {
                 "prompts": n, "new_tokens": max_new, "identical": equal,
                 "mean_shared_prefix": round(statistics.mean(prefix), 3),
                 "decoder": type(backend._decoder).__name__, "fuse": getattr(backend._decoder, "fuse", None),
             }
+            if name == "real":
+                # the floor: generate batched against generate on one prompt at a time
+                alone = []
+                for i in range(n):
+                    one = tok(rendered[i], return_tensors="pt", add_special_tokens=False).to(model.device)
+                    with torch.no_grad():
+                        out = model.generate(**one, do_sample=False, max_new_tokens=max_new, repetition_penalty=1.1,
+                                             pad_token_id=tok.pad_token_id)[0, one["input_ids"].shape[1]:].tolist()
+                    alone.append(_until_eos(out, eos_ids))
+                same_alone, prefix_alone = _agreement(alone, ref)
+                RESULTS["greedy_equality"][key]["generate batched vs one by one"] = {
+                    "identical": same_alone, "mean_shared_prefix": round(statistics.mean(prefix_alone), 3)}
             log("greedy", key, RESULTS["greedy_equality"][key])
             backend.close()
             del model, backend
         save(args.out)
+
+
+def _until_eos(ids: list[int], eos: set[int]) -> list[int]:
+    cut = next((i for i, t in enumerate(ids) if t in eos), None)
+    return ids if cut is None else ids[: cut + 1]
+
+
+def _agreement(mine: list[list[int]], ref: list[list[int]]) -> tuple[int, list[float]]:
+    """Rows identical token for token, and each row's shared prefix as a share of the reference."""
+    equal, prefix = 0, []
+    for a, r in zip(mine, ref, strict=True):
+        equal += a == r
+        same = next((i for i, (x, y) in enumerate(zip(a, r, strict=False)) if x != y), min(len(a), len(r)))
+        prefix.append(same / max(len(r), 1))
+    return equal, prefix
 
 
 # -- NLI ------------------------------------------------------------------------------------------
@@ -610,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nli-items", type=int, default=400)
     ap.add_argument("--assets", default=os.path.join(ROOT, ".assets", "perf"))
     ap.add_argument("--nli-assets", default=os.path.join(ROOT, ".assets", "bench_nli"))
+    ap.add_argument("--real-model", default="", help="also measure this model (a path, hub id or pkg: "
+                    "reference; add 'real' to --models)")
     ap.add_argument("--deadline-s", type=float, default=0, help="skip long runs past this many seconds (0: never)")
     args = ap.parse_args(argv)
     if args.deadline_s > 0:
