@@ -147,6 +147,30 @@ def test_select_candidates_matches_select_row_by_row() -> None:
         assert int(stats[1]) == 0
 
 
+def test_finished_rows_take_no_exact_slot_and_are_not_counted() -> None:
+    """Rows that already ended keep running in the fixed-shape batch on meaningless (here flat)
+    logits: the exact overflow slots go to live rows, and only live rows are counted."""
+    import torch
+
+    g = torch.Generator().manual_seed(2)
+    rows, vocab = 8, 500
+    logits = torch.randn(rows, vocab, generator=g) * 0.01  # flat: every nucleus overflows 16 candidates
+    seen_ids = torch.randint(0, vocab, (rows, 4), generator=g)
+    seen = torch.zeros(rows, vocab, dtype=torch.bool).scatter_(1, seen_ids, True)
+    keys = torch.randint(0, 2**62, (rows,), generator=g)
+    cfg = SamplingConfig(greedy=False, temperature=1.0, top_p=0.9, repetition_penalty=1.1)
+    live = torch.tensor([False, False, False, False, True, True, False, False])
+    ref_tok, _ = select(logits, seen, keys, 3, cfg)
+    stats = torch.zeros(2, dtype=torch.int64)
+    tok, _ = select_candidates(logits.clone(), seen_ids, keys, 3, cfg, 16, 2, stats, vocab_keys(vocab), live)
+    assert tok[live].tolist() == ref_tok[live].tolist()  # the two live rows got the exact slots
+    assert stats.tolist() == [2, 0]
+    # without the live mask the first rows (finished ones) would take both slots
+    stats = torch.zeros(2, dtype=torch.int64)
+    select_candidates(logits.clone(), seen_ids, keys, 3, cfg, 16, 2, stats, vocab_keys(vocab))
+    assert stats.tolist() == [8, 6]
+
+
 def test_penalize_ids_matches_the_mask_form() -> None:
     import torch
 

@@ -98,13 +98,17 @@ def select_candidates(
     overflow_slots: int,
     stats: torch.Tensor,
     vocab: torch.Tensor,
+    live: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Choose one token per row (see the module docstring); fixed shapes, no host sync.
 
     ``logits``: float32 (rows, V) raw logits, **modified in place** (repetition penalty);
     ``seen_ids``: int64 (rows, S) prompt and generated ids; ``keys``: int64 (rows,);
     ``stats``: int64 (2,) counters (overflow rows, truncated rows), incremented in place;
-    ``vocab``: :func:`.hf_sampling.vocab_keys` of width V.
+    ``vocab``: :func:`.hf_sampling.vocab_keys` of width V; ``live``: bool (rows,), the rows
+    still generating (None: all). Finished and padding rows keep running in a fixed-shape
+    batch on logits that mean nothing (often flat): they neither take an exact slot from a
+    live row nor count as overflow or truncated.
     """
     import torch
 
@@ -140,7 +144,7 @@ def select_candidates(
     lp = None
     if cfg.logprobs == "sampling":
         lp = (masked.gather(1, pick) - masked.logsumexp(dim=-1, keepdim=True))[:, 0]
-    over = ~covered
+    over = ~covered if live is None else ~covered & live
     over_n = over.sum()
     slots = min(overflow_slots, scores.shape[0])
     if slots > 0:

@@ -211,7 +211,7 @@ class SharedPrefixDecoder:
         if self.candidates > 0 and not cfg.greedy:
             slots = int(round(self.overflow_share * st.rows))
             tok, lp = self._select(
-                st.logits, st.seen, st.keys, t, cfg, self.candidates, slots, st.stats, st.vocab
+                st.logits, st.seen, st.keys, t, cfg, self.candidates, slots, st.stats, st.vocab, ~st.done
             )
         else:
             tok, lp = self._select(st.logits, st.seen, st.keys, t, cfg, 1 << 30, 0, st.stats, st.vocab)
