@@ -239,3 +239,37 @@ def test_the_triton_kernel_is_attention_with_its_log_sum_exp() -> None:
     done = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok")
+
+
+def test_a_failing_triton_kernel_falls_back_to_pytorchs(
+    tiny_llama: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error raised inside hf_triton (say, no C compiler for Triton's launcher) turns the
+    kernel off and keeps the compiled pieces; an error elsewhere after all fallbacks is raised."""
+    import torch
+
+    from selflearn.builtin.backends import hf_triton
+    from selflearn.builtin.backends.hf_candidates import select_candidates
+
+    b = backend(tiny_llama, fuse="eager")
+    dec: Any = b._decoder
+    dec.triton, dec.fuse, dec._select = True, "compile", object()  # as on a GPU with everything on
+
+    def broken_kernel() -> Any:
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    monkeypatch.setattr(hf_triton, "_kernel", broken_kernel)
+    calls = []
+
+    def step(*args: Any) -> None:
+        calls.append((dec.triton, dec._select is select_candidates, dec.fuse))
+        if dec.triton:
+            x = torch.zeros(1, 1, 1, 16)
+            hf_triton.attention(x, x, x, torch.zeros(1), 1.0)
+        raise ValueError("an operation inductor cannot lower")
+
+    monkeypatch.setattr(dec, "_step", step)
+    with caplog.at_level(logging.WARNING, logger="selflearn.hf"), pytest.raises(ValueError, match="cannot lower"):
+        dec._warm_up(None, 64, None, None)
+    assert calls == [(True, False, "compile"), (False, False, "compile"), (False, True, "compile"), (False, True, "eager")]
+    assert "the Triton attention kernel failed (RuntimeError: Failed to find C compiler." in caplog.text

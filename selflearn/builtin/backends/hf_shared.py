@@ -268,9 +268,10 @@ class SharedPrefixDecoder:
         return layers.forward(hidden, cos, sin, st.m, attend)
 
     def _warm_up(self, st: _State, t_eff: int, cfg: SamplingConfig, eos: torch.Tensor) -> None:
-        """One step on the new state (compiles what is compiled). Should compilation fail (no
-        C++ compiler or Triton for this GPU, an operation inductor cannot lower), the decoder
-        goes on with the same pieces uncompiled and says so once."""
+        """One step on the new state (compiles what is compiled). Should something compiled fail
+        (no C compiler or Triton for this GPU, an operation inductor cannot lower), the decoder
+        goes on without it and says so: the Triton attention kernel when the error comes from it,
+        else compiled token selection (the riskier graph), then the compiled layers."""
         import torch
 
         while True:
@@ -280,18 +281,30 @@ class SharedPrefixDecoder:
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as exc:
-                if self.fuse != "compile":
-                    raise
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                # token selection first (the riskier graph), then the layers
-                what = "token selection" if self._select is not select_candidates else "the fused layers"
-                log.warning("hf: compiling %s failed (%s: %s); running it uncompiled",
-                            what, type(exc).__name__, first[:300])
-                if self._select is not select_candidates:
-                    self._select = select_candidates
-                else:
-                    self.fuse = "eager"
-                    self.layers = FusedLayers(self.model, compile=False, fused_attention=self.fused)
+                self._give_up_one(exc)
+
+    def _give_up_one(self, exc: Exception) -> None:
+        """Drop the compiled piece that most likely raised ``exc``, or re-raise it."""
+        import traceback
+
+        text = str(exc).strip()
+        first = text.splitlines()[0][:300] if text else ""
+        frames = traceback.extract_tb(exc.__traceback__)
+        if self.triton and any(f.filename.endswith("hf_triton.py") for f in frames):
+            log.warning("hf: the Triton attention kernel failed (%s: %s); using PyTorch's "
+                        "memory-efficient kernel", type(exc).__name__, first)
+            self.triton = False
+        elif self.fuse == "compile" and self._select is not select_candidates:
+            log.warning("hf: compiling token selection failed (%s: %s); running it uncompiled",
+                        type(exc).__name__, first)
+            self._select = select_candidates
+        elif self.fuse == "compile":
+            log.warning("hf: compiling the fused layers failed (%s: %s); running them uncompiled",
+                        type(exc).__name__, first)
+            self.fuse = "eager"
+            self.layers = FusedLayers(self.model, compile=False, fused_attention=self.fused)
+        else:
+            raise exc
 
     # -- shapes, prefill, graphs ----------------------------------------------------------------
     def _state(self, groups: int, m: int, width: int, gen_len: int, cfg: SamplingConfig) -> tuple[_State, bool]:
