@@ -12,16 +12,20 @@ few thousand small kernels from Python. Here:
   queries of a prompt against its prefix in one matrix product, scores each row against its
   own generated tokens, and takes one softmax over both parts. Per step the prefix is read once
   per prompt instead of once per sample, and nothing is copied K times.
-* **No model-level Python per step.** The step calls the model's own modules (embedding,
-  rotary embedding, decoder layers, final norm, ``lm_head``), with a small cache object whose
-  ``update`` writes the new key/value into the row's buffer and an attention function
-  registered in transformers' ``AttentionInterface`` (active only inside the step).
+* **Fused layers** (:mod:`.hf_fused`, option ``fuse``; compiled by default on CUDA): the
+  decoder layers as a few fused kernels each over packed weights, instead of the ~60 kernels of
+  transformers' layer. With ``fuse: off`` the step calls the model's own modules, with a small
+  cache object whose ``update`` writes the new key/value into the row's buffer and an attention
+  function registered in transformers' ``AttentionInterface`` (active only inside the step).
+* **Attention kernel** (:mod:`.hf_triton`, option ``decode_attention``): a Triton kernel sized
+  for the few queries per head of both parts, or PyTorch's memory-efficient kernel.
 * **CUDA graphs.** On CUDA the step is captured once per shape and replayed: one launch per
   token instead of thousands. Attention reads the generated-token buffer up to a bucket of 64
   positions past the current step (one graph per bucket), so early steps read little. Shapes are
   bucketed (prompt groups to a multiple of 8, prompt width to a multiple of 64, generation
-  length to a multiple of 64) so a run captures a handful of graphs, each in well under a
-  second; they are kept for the next batches of the same shape.
+  length to a multiple of 64) so a run captures a handful of graphs; every bucket runs once
+  before capture (compilation and autotuning happen there, seconds for a new batch shape), and
+  the graphs are kept for the next batches of the same shape.
 * **Token selection** on top-k candidates (:mod:`.hf_candidates`), with the repetition penalty
   applied from a list of seen ids rather than a vocabulary-wide mask.
 
