@@ -193,7 +193,7 @@ from tests.backends.test_hf_fused import reference
 torch.manual_seed(0)
 worst = 0.0
 for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
-    for b, h, m, n, d in ((5, 2, 3, 70, 16), (4, 3, 30, 192, 32), (2, 1, 17, 64, 64)):
+    for b, h, m, n, d in ((5, 2, 3, 70, 16), (4, 3, 30, 192, 32), (2, 1, 17, 64, 64), (2, 1, 150, 40, 16)):
         q = torch.randn(b, h, m, d).to(dtype)
         k = torch.randn(b, h, n + 7, d).to(dtype)[:, :, :n]  # a slice of a longer buffer
         v = torch.randn(b, h, n, d).to(dtype)
@@ -229,7 +229,7 @@ print("ok", worst)
 def test_the_triton_kernel_is_attention_with_its_log_sum_exp() -> None:
     """hf_triton's kernel in Triton's interpreter (CPU; float32 and float16 - the interpreter
     has no bfloat16): output and log-sum-exp against float64 attention, for both parts' shapes
-    (3 and 30 queries), shared and per-row key masks, a fully masked block, a sliced key buffer;
+    (3, 17, 30 queries, and 150: split over programs), shared and per-row key masks, a fully masked block, a sliced key buffer;
     and the decoder's fused parts with it equal the plain path."""
     import subprocess
     import sys

@@ -52,7 +52,7 @@ def _kernel() -> Any:
     ):
         b = tl.program_id(0)
         h = tl.program_id(1)
-        rm = tl.arange(0, BLOCK_M)
+        rm = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
         rd = tl.arange(0, HEAD)
         rn = tl.arange(0, BLOCK_N)
         q = tl.load(q_ptr + b * sq_b + h * sq_h + rm[:, None] * sq_m + rd[None, :],
@@ -104,10 +104,12 @@ def attention(
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     out = torch.empty(bsz, heads, m, d, dtype=torch.float32, device=q.device)
     lse = torch.empty(bsz, heads, m, dtype=torch.float32, device=q.device)
-    block_m = max(16, 1 << (m - 1).bit_length())
+    # queries per program: the next power of two from 16, at most 128 (more queries, e.g. many
+    # samples per prompt in the prefix part, are split over programs: registers stay bounded)
+    block_m = min(128, max(16, 1 << (m - 1).bit_length()))
     if num_warps is None:
         num_warps = 2 if block_m <= 32 else 4
-    _kernel()[(bsz, heads)](
+    _kernel()[(bsz, heads, -(-m // block_m))](
         q, k, v, bias, out, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), bias.stride(0) if bias.dim() == 2 else 0,
