@@ -87,14 +87,12 @@ def plain_attention(
 
     rows, hq, _, d = query.shape
     groups, hkv, width, _ = pk.shape
-    m, gq = rows // groups, hq // hkv
-    q = query.reshape(groups, m, hkv, gq, d).transpose(1, 2).reshape(groups, hkv, m * gq, d)
-    s1 = _scores(q, pk.transpose(-1, -2)) * scale + st.prefix_bias[:, None, None, :]
-    s1 = s1.view(groups, hkv, m, gq, width).transpose(1, 2).reshape(rows, hkv, gq, width)
-    s2 = _scores(query.reshape(rows, hkv, gq, d), key.transpose(-1, -2)) * scale + st.gen_bias
-    p = torch.cat([s1, s2], dim=-1).softmax(dim=-1).to(query.dtype)
-    p1 = p[..., :width].reshape(groups, m, hkv, gq, width).transpose(1, 2).reshape(groups, hkv, m * gq, width)
-    o1 = torch.matmul(p1, pv).view(groups, hkv, m, gq, d).transpose(1, 2).reshape(rows, hkv, gq, d)
+    gq = hq // hkv
+    q = query.reshape(rows, hkv, gq, d)
+    s1 = _scores(prefix_queries(q, groups), pk.transpose(-1, -2)) * scale + st.prefix_bias[:, None, None, :]
+    s2 = _scores(q, key.transpose(-1, -2)) * scale + st.gen_bias
+    p = torch.cat([row_layout(s1, rows, gq), s2], dim=-1).softmax(dim=-1).to(query.dtype)
+    o1 = row_layout(torch.matmul(prefix_queries(p[..., :width], groups), pv), rows, gq)
     o2 = torch.matmul(p[..., width:], value)
     return (o1 + o2).reshape(rows, 1, hq, d)
 
@@ -111,11 +109,19 @@ def _part(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
 
 
 def prefix_queries(query: torch.Tensor, groups: int) -> torch.Tensor:
-    """(R, Hkv, gq, d) queries in the prefix part's layout: (G, Hkv, m*gq, d), the m samples of a
-    prompt side by side so that one attention call reads the prompt's prefix once."""
-    rows, hkv, gq, d = query.shape
+    """(R, Hkv, gq, X) per-row tensors (queries, probabilities) in the prefix part's layout:
+    (G, Hkv, m*gq, X), the m samples of a prompt side by side so that one product or attention
+    call reads the prompt's prefix once. :func:`row_layout` is its inverse."""
+    rows, hkv, gq, x = query.shape
     m = rows // groups
-    return query.reshape(groups, m, hkv, gq, d).transpose(1, 2).reshape(groups, hkv, m * gq, d)
+    return query.reshape(groups, m, hkv, gq, x).transpose(1, 2).reshape(groups, hkv, m * gq, x)
+
+
+def row_layout(t: torch.Tensor, rows: int, gq: int) -> torch.Tensor:
+    """A prefix-layout tensor (G, Hkv, m*gq, ...) back to one entry per row: (R, Hkv, gq, ...)."""
+    groups, hkv, mg, *tail = t.shape
+    m = mg // gq
+    return t.reshape(groups, hkv, m, gq, *tail).transpose(1, 2).reshape(rows, hkv, gq, *tail)
 
 
 def fused_parts(
@@ -142,13 +148,9 @@ def merge_parts(o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.
     ``lse = logaddexp(l1, l2)``, written as one sigmoid and one lerp; (R, Hkv, gq, d)."""
     import torch
 
-    groups, hkv, mg, d = o1.shape
     rows, _, gq, _ = o2.shape
-    m = mg // gq
-    o1 = o1.reshape(groups, hkv, m, gq, d).transpose(1, 2).reshape(rows, hkv, gq, d)
-    l1 = l1.reshape(groups, hkv, m, gq).transpose(1, 2).reshape(rows, hkv, gq)
-    w1 = torch.sigmoid(l1 - l2)[..., None]
-    return torch.lerp(o2.float(), o1.float(), w1).to(dtype)
+    w1 = torch.sigmoid(row_layout(l1, rows, gq) - l2)[..., None]
+    return torch.lerp(o2.float(), row_layout(o1, rows, gq).float(), w1).to(dtype)
 
 
 def _fused_attention(

@@ -35,6 +35,8 @@ Greedy selection is ``argmax`` of the penalised logits, as on the full path.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .hf_sampling import SamplingConfig, top_p_filter, uniform_at, uniform_noise
@@ -74,18 +76,15 @@ def _full_rows(
     return tokens, lp
 
 
-_EAGER_FULL_ROWS: list[object] = []
-
-
-def full_rows_uncompiled() -> object:
+@functools.cache
+def full_rows_uncompiled() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """:func:`_full_rows` marked for ``torch.compile`` to leave alone (a graph break): its
     vocabulary-wide sort and cumulative sum run as PyTorch's own kernels, and inductor's split
-    scan for a long cumulative sum over few rows fails to generate code in torch 2.11."""
-    if not _EAGER_FULL_ROWS:
-        import torch
+    scan for a long cumulative sum over few rows fails to generate code in torch 2.11. Made
+    once, outside traced code (dynamo cannot call ``torch.compiler.disable`` while tracing)."""
+    import torch
 
-        _EAGER_FULL_ROWS.append(torch.compiler.disable(_full_rows))
-    return _EAGER_FULL_ROWS[0]
+    return torch.compiler.disable(_full_rows)
 
 
 def select_candidates(
@@ -152,7 +151,7 @@ def select_candidates(
         idx = torch.argsort(over.to(torch.int8), descending=True, stable=True)[:slots]
         use = over.index_select(0, idx)
         full = full_rows_uncompiled() if torch.compiler.is_compiling() else _full_rows
-        sub_tok, sub_lp = full(  # type: ignore[operator]
+        sub_tok, sub_lp = full(
             scores.index_select(0, idx), keys.index_select(0, idx), step, cfg.top_p, vocab
         )
         tokens = tokens.scatter(0, idx, torch.where(use, sub_tok, tokens.index_select(0, idx)))

@@ -219,7 +219,6 @@ class FusedLayers:
         self.final_eps = float(model.model.norm.variance_epsilon)
         self.lm_w, self.lm_b = model.lm_head.weight, model.lm_head.bias
         self.fused_attention = fused_attention
-        self.compiled = compile
         d = self.dims
 
         def qkv(x: torch.Tensor, lw_qkv_w: torch.Tensor, lw_qkv_b: Any, q_norm: Any, k_norm: Any,

@@ -212,14 +212,14 @@ class SharedPrefixDecoder:
         import torch
 
         inner, t = self.model.model, st.t
+        live = ~st.done
         if self.candidates > 0 and not cfg.greedy:
             slots = int(round(self.overflow_share * st.rows))
             tok, lp = self._select(
-                st.logits, st.seen, st.keys, t, cfg, self.candidates, slots, st.stats, st.vocab, ~st.done
+                st.logits, st.seen, st.keys, t, cfg, self.candidates, slots, st.stats, st.vocab, live
             )
         else:
             tok, lp = self._select(st.logits, st.seen, st.keys, t, cfg, 1 << 30, 0, st.stats, st.vocab)
-        live = ~st.done
         tok = torch.where(live, tok, self.pad_id)
         st.t_index.copy_(t.view(1))
         st.out_tok.index_copy_(1, st.t_index, tok[:, None])
