@@ -164,7 +164,7 @@ def kernel_configs() -> None:
     import torch
 
     from selflearn.builtin.backends.hf_attention import _part
-    from selflearn.builtin.backends.hf_triton import attention
+    from selflearn.builtin.backends.hf_triton import attention, default_warps
 
     shapes = {  # (batch, kv heads, queries, keys, head dim, per-row bias)
         "135m own tokens t=128": (640, 3, 3, 128, 64, False),
@@ -188,7 +188,7 @@ def kernel_configs() -> None:
                 times[f"n{bn} w{warps} s{stages}"] = repr(exc)[:80]
         ok = {key: t for key, t in times.items() if isinstance(t, float) and key != "sdpa"}
         best = min(ok, key=ok.__getitem__)
-        default = f"n64 w{2 if m <= 32 else 4} s2"
+        default = f"n64 w{default_warps(m)} s2"  # attention()'s defaults
         report(f"kernel {label} us", {"sdpa": times["sdpa"], f"default {default}": times[default],
                                       "best": [best, ok[best]], "all": times})
 
@@ -201,14 +201,13 @@ def host_overhead(work: str) -> None:
     import pstats
 
     import torch
-    from run_gpu import prompts
+    from run_gpu import prompts, texts
 
     from selflearn.builtin.backends.hf import HFBackend, Options
     from selflearn.core.protocols import GenerationParams
 
     folder = build_lm(SMOLLM2_135M, os.path.join(ROOT, ".assets", "perf", "smollm2_tok"), os.path.join(work, "host"), "cuda")
-    with open(os.path.join(ROOT, ".assets", "bench_nli", "texts.json"), encoding="utf-8") as f:
-        corpus = [t for t in json.load(f) if len(t.split()) > 40]
+    corpus = texts(argparse.Namespace(nli_assets=os.path.join(ROOT, ".assets", "bench_nli"), smoke=False))
     backend = HFBackend(Options(batch_size=2560, device="cuda", dtype="bfloat16"), folder, seed=1)
     params = GenerationParams(max_new_tokens=128, temperature=1.0, top_p=0.9, repetition_penalty=1.1)
     batch = prompts(corpus, 256)

@@ -240,8 +240,8 @@ def _twin(backend: Any, options: Any) -> Any:
 
     twin = HFBackend(options, backend.model_ref, seed=backend.seed)
     twin._model, twin._tokenizer = backend._model, backend._tokenizer
-    same = (options.candidates, options.decoder, options.fuse, options.decode_attention) == (
-        backend.options.candidates, backend.options.decoder, backend.options.fuse, backend.options.decode_attention)
+    decoder_options = ("candidates", "decoder", "fuse", "decode_attention")
+    same = all(getattr(options, f) == getattr(backend.options, f) for f in decoder_options)
     dec = backend._decoder
     twin._decoder = dec if same else twin._make_decoder(dec.eos_ids, dec.pad_id)
     return twin

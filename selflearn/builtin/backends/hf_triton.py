@@ -86,6 +86,17 @@ def _kernel() -> Any:
     return small_query_attention
 
 
+def query_block(m: int) -> int:
+    """Queries per program: the next power of two from 16, at most 128 (more queries, e.g. many
+    samples per prompt in the prefix part, are split over programs: registers stay bounded)."""
+    return min(128, max(16, 1 << (m - 1).bit_length()))
+
+
+def default_warps(m: int) -> int:
+    """The default warps per program for ``m`` queries (see :func:`attention`)."""
+    return 2 if query_block(m) <= 32 else 4
+
+
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
     *, block_n: int = 64, num_warps: int | None = None, num_stages: int = 2,
@@ -104,11 +115,9 @@ def attention(
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     out = torch.empty(bsz, heads, m, d, dtype=torch.float32, device=q.device)
     lse = torch.empty(bsz, heads, m, dtype=torch.float32, device=q.device)
-    # queries per program: the next power of two from 16, at most 128 (more queries, e.g. many
-    # samples per prompt in the prefix part, are split over programs: registers stay bounded)
-    block_m = min(128, max(16, 1 << (m - 1).bit_length()))
+    block_m = query_block(m)
     if num_warps is None:
-        num_warps = 2 if block_m <= 32 else 4
+        num_warps = default_warps(m)
     _kernel()[(bsz, heads, -(-m // block_m))](
         q, k, v, bias, out, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
