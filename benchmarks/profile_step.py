@@ -5,13 +5,14 @@
 Times, on random-weight SmolLM2-135M- and TinyLlama-1.1B-shaped models in bfloat16, K = 10:
 
 * whole decode runs (128 new tokens, DecodeBatch straight to the decoder: no tokenisation)
-  at 640 and 2560 rows: the default (compiled fused layers, Triton attention kernel), the
-  compiled layers with PyTorch's memory-efficient attention kernel (640 rows), and the previous
-  default (the model's own modules, PyTorch's kernel); the first call (capture, compilation)
-  apart;
+  at 640 and 2560 rows: the default (compiled fused layers, Triton attention kernel, Triton
+  sampling kernel), the same with top-k candidate sampling (the previous default), and at 640
+  rows the model's own modules with PyTorch's kernel and candidates; the first call (capture,
+  compilation) apart;
 * one replayed step graph (the forward pass plus token selection) at those sizes;
-* token selection alone, captured in a CUDA graph: top-k candidates with and without the exact
-  overflow slots, k = 256, and the full-vocabulary path, eager and compiled;
+* token selection alone, captured in a CUDA graph: the Triton sampling kernel (default; its
+  launch configurations, and its tokens against the full-vocabulary path's) and top-k
+  candidates with and without the exact overflow slots (compiled), on flat and peaked rows;
 * the relative difference between the fused and the matrix-product attention.
 
 Writes ``profile.json`` to --out and prints one line per figure.
@@ -36,6 +37,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from run_gpu import SMOLLM2_135M, TINYLLAMA_1B, build_lm  # noqa: E402
 
 OUT: dict[str, Any] = {}
+OUT_FILE: list[str] = []  # profile.json's path: rewritten after every figure (a killed run keeps them)
 
 
 def graph_time(fn: Any, reps: int = 20) -> float:
@@ -80,39 +82,71 @@ def kernel_table(fn: Any, top: int = 14) -> dict[str, Any]:
 def report(key: str, value: Any) -> None:
     OUT[key] = value
     print(key, value, flush=True)
+    if OUT_FILE:
+        with open(OUT_FILE[0], "w") as f:
+            json.dump(OUT, f, indent=2)
 
 
 def select_times(vocab: int) -> None:
+    """Token selection alone (one CUDA graph per variant, ms), on flat rows (random-weight-like)
+    and peaked rows (trained-model-like); and how often hf_nucleus's kernel picks the full
+    path's token on the GPU."""
     import torch
 
     from selflearn.builtin.backends.hf_candidates import select_candidates
-    from selflearn.builtin.backends.hf_sampling import SamplingConfig, vocab_keys
+    from selflearn.builtin.backends.hf_nucleus import sample, select_nucleus
+    from selflearn.builtin.backends.hf_sampling import SamplingConfig, select, vocab_keys
 
     cfg = SamplingConfig(greedy=False, temperature=1.0, top_p=0.9, repetition_penalty=1.1)
     greedy = SamplingConfig(greedy=True, repetition_penalty=1.1)
-    for rows in (640, 2560):
-        base = torch.randn(rows, vocab, device="cuda") * 0.5
+    for spread, rows in ((0.5, 640), (4.0, 640), (0.5, 2560)):
+        base = (torch.randn(rows, vocab, device="cuda") * spread).bfloat16().float()
         state = {
             "logits": base.clone(), "seen": torch.randint(0, vocab, (rows, 320), device="cuda"),
             "keys": torch.randint(0, 2**62, (rows,), device="cuda"),
             "stats": torch.zeros(2, dtype=torch.int64, device="cuda"), "vocab": vocab_keys(vocab, "cuda"),
             "step": torch.zeros((), dtype=torch.int64, device="cuda"),
         }
-        variants = (("k1024 + exact slots 1/16", cfg, 1024, rows // 16), ("k1024 + exact slots 1/8", cfg, 1024, rows // 8),
-                    ("k1024", cfg, 1024, 0), ("k256", cfg, 256, 0), ("full vocabulary", cfg, vocab, 0),
+        tag = f"select V={vocab} rows={rows} spread={spread}"
+        fn = partial(_nucleus_once, select_nucleus, base, state, cfg)
+        report(f"{tag} nucleus kernel ms", round(graph_time(fn), 3))
+        if rows == 640:
+            try:
+                report(f"{tag} nucleus kernel, kernels", kernel_table(fn, top=6))
+            except Exception as exc:  # the profiler is a nicety
+                report(f"{tag} nucleus kernel, kernels", repr(exc))
+            configs = {}
+            for block in (1024, 2048, 4096):
+                for warps in (4, 8, 16):
+                    run = partial(sample, base, state["keys"], state["step"], 0.9, 1.0, block=block, num_warps=warps)
+                    configs[f"block {block} warps {warps}"] = round(graph_time(run) * 1000, 1)
+            report(f"{tag} nucleus kernel alone, launch configs us", configs)
+            # the full path's tokens on the same scores (no penalty): identical?
+            seen = torch.zeros(rows, vocab, dtype=torch.bool, device="cuda")
+            plain = SamplingConfig(greedy=False, temperature=1.0, top_p=0.9)
+            same = 0
+            for step in range(8):
+                state["step"].fill_(step)
+                ref, _ = select(base.clone(), seen, state["keys"], step, plain, state["vocab"])
+                got = sample(base.clone(), state["keys"], state["step"], 0.9, 1.0)
+                same += int((ref == got).sum())
+            report(f"{tag} nucleus kernel == full path (8 steps)", f"{same}/{8 * rows}")
+        variants = (("k1024 + exact slots 1/8 (previous default)", cfg, 1024, rows // 8), ("k1024", cfg, 1024, 0),
                     ("greedy", greedy, 1 << 30, 0))
-        compiled = torch.compile(select_candidates, fullgraph=True)
+        compiled = torch.compile(select_candidates, fullgraph=False)
         for name, c, k, slots in variants:
-            fn = partial(_select_once, select_candidates, base, state, c, k, slots)
-            report(f"select V={vocab} rows={rows} {name} ms", round(graph_time(fn), 3))
-            if name in ("k1024 + exact slots 1/8", "k1024", "greedy"):
-                fn = partial(_select_once, compiled, base, state, c, k, slots)
-                report(f"select V={vocab} rows={rows} {name} compiled ms", round(graph_time(fn), 3))
+            fn = partial(_select_once, compiled, base, state, c, k, slots)
+            report(f"{tag} {name} compiled ms", round(graph_time(fn), 3))
 
 
 def _select_once(select: Any, base: Any, st: dict[str, Any], cfg: Any, k: int, slots: int) -> None:
     st["logits"].copy_(base)
     select(st["logits"], st["seen"], st["keys"], st["step"], cfg, k, slots, st["stats"], st["vocab"])
+
+
+def _nucleus_once(select: Any, base: Any, st: dict[str, Any], cfg: Any) -> None:
+    st["logits"].copy_(base)
+    select(st["logits"], st["seen"], st["keys"], st["step"], cfg)
 
 
 def attention_check() -> None:
@@ -254,9 +288,11 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
         prompts = [[rng.randrange(10, 30000) for _ in range(rng.randrange(160, 200))] for _ in range(groups)]
         batch = DecodeBatch(prompts=prompts, rows=[g for g in range(groups) for _ in range(10)],
                             keys=[rng.randrange(2**62) for _ in range(rows)])
-        variants = [("compile", "triton"), ("compile", "sdpa"), ("off", "sdpa")]
-        for fuse, kernel in variants if rows == 640 else variants[::2]:
-            dec = SharedPrefixDecoder(model, eos_ids=(2,), pad_id=2, fuse=fuse, kernel=kernel)  # type: ignore[arg-type]
+        variants = [("compile", "triton", "triton"), ("compile", "triton", "candidates"), ("off", "sdpa", "candidates")]
+        for fuse, kernel, sampler in variants if rows == 640 else variants[:2]:
+            dec = SharedPrefixDecoder(model, eos_ids=(2,), pad_id=2, fuse=fuse, kernel=kernel,  # type: ignore[arg-type]
+                                      sampler=sampler)  # type: ignore[arg-type]
+            tag = f"{name} rows={rows} fuse={fuse} kernel={kernel} sampler={sampler}"
             t0 = time.perf_counter()
             dec.run(batch, cfg, 128)
             first = time.perf_counter() - t0
@@ -266,8 +302,8 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
             torch.cuda.synchronize()
             dt = time.perf_counter() - t0
             n = sum(len(o.tokens) for o in out)
-            report(f"{name} rows={rows} fuse={fuse} kernel={kernel} tokens/s", round(n / dt, 1))
-            report(f"{name} rows={rows} fuse={fuse} kernel={kernel} first call s", round(first, 2))
+            report(f"{tag} tokens/s", round(n / dt, 1))
+            report(f"{tag} first call s", round(first, 2))
             st = next(iter(dec._states.values()))
             graph = st.graphs[128]
 
@@ -284,12 +320,12 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
                 b.record()
                 b.synchronize()
                 times.append(a.elapsed_time(b))
-            report(f"{name} rows={rows} fuse={fuse} kernel={kernel} step ms (bucket 128)", round(sorted(times)[5], 3))
-            if rows == 640:
+            report(f"{tag} step ms (bucket 128)", round(sorted(times)[5], 3))
+            if rows == 640 and fuse == "compile":
                 try:
-                    report(f"{name} rows={rows} fuse={fuse} kernel={kernel} kernels of one step", kernel_table(replay))
+                    report(f"{tag} kernels of one step", kernel_table(replay))
                 except Exception as exc:  # the profiler is a nicety: keep the timings
-                    report(f"{name} rows={rows} fuse={fuse} kernel={kernel} kernels of one step", repr(exc))
+                    report(f"{tag} kernels of one step", repr(exc))
             del dec, st, graph
             torch.cuda.empty_cache()
     del model
@@ -303,6 +339,7 @@ def main() -> None:
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp()
+    OUT_FILE.append(os.path.join(args.out, "profile.json"))
     parts = args.parts.split(",")
     for part, fn in (
         ("attention", attention_check),
@@ -320,8 +357,6 @@ def main() -> None:
 
                 report(f"{part} error", traceback.format_exc()[-2500:])
                 print(exc, flush=True)
-        with open(os.path.join(args.out, "profile.json"), "w") as f:
-            json.dump(OUT, f, indent=2)
 
 
 if __name__ == "__main__":

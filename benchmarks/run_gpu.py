@@ -11,7 +11,8 @@ Sections (``--sections``, default all):
   (a) the research code's approach, eager ``model.generate(do_sample=True,
   num_return_sequences=K)`` over batches of 64 prompts (640 sequences), with its default top-k
   of 50; (b) our ``hf`` backend end to end (tokenisation to detokenised completions), at 640
-  sequences and at a larger batch. Tokens/s = generated tokens (up to and including EOS) per
+  sequences and at a larger batch, and with the previous default token selection (``sampler:
+  candidates``; ``--older``: older configurations too). Tokens/s = generated tokens (up to and including EOS) per
   second of wall time; medians over ``--repeats``; the first call of each configuration (CUDA
   graph capture, compilation) is reported separately as warm-up.
 * ``greedy``: our greedy tokens against ``generate(do_sample=False, repetition_penalty=1.1)``
@@ -240,7 +241,7 @@ def _twin(backend: Any, options: Any) -> Any:
 
     twin = HFBackend(options, backend.model_ref, seed=backend.seed)
     twin._model, twin._tokenizer = backend._model, backend._tokenizer
-    decoder_options = ("candidates", "decoder", "fuse", "decode_attention")
+    decoder_options = ("candidates", "decoder", "fuse", "decode_attention", "sampler")
     same = all(getattr(options, f) == getattr(backend.options, f) for f in decoder_options)
     dec = backend._decoder
     twin._decoder = dec if same else twin._make_decoder(dec.eos_ids, dec.pad_id)
@@ -279,12 +280,17 @@ def gen_model(args: argparse.Namespace, work: str, corpus: list[str], name: str,
             _variant(row, f"hf shared, {args.big_rows} seqs",
                      partial(_ours, big, prompts(corpus, args.big_rows // k), k, max_new), 1)
             save(args.out)
-        if max_new == min(args.tokens) and getattr(backend._decoder, "fuse", "off") != "off":
-            plain = _twin(backend, attrs.evolve(base, fuse="off", decode_attention="sdpa"))
-            _variant(row, f"hf shared, previous default (fuse: off, decode_attention: sdpa), {args.rows} seqs",
+        if max_new == min(args.tokens) and getattr(backend._decoder, "nucleus", False):
+            cands = _twin(backend, attrs.evolve(base, sampler="candidates"))
+            _variant(row, f"hf shared, previous default (sampler: candidates), {args.rows} seqs",
+                     partial(_ours, cands, batch, k, max_new), 1)
+            row["hf stats, sampler: candidates"] = dict(cands._decoder.last_stats)
+        if args.older and max_new == min(args.tokens) and getattr(backend._decoder, "fuse", "off") != "off":
+            plain = _twin(backend, attrs.evolve(base, fuse="off", decode_attention="sdpa", sampler="candidates"))
+            _variant(row, f"hf shared, fuse: off, decode_attention: sdpa, sampler: candidates, {args.rows} seqs",
                      partial(_ours, plain, batch, k, max_new), 1)
-        if name != "tinyllama-1.1b" and max_new == min(args.tokens):
-            full = _twin(backend, attrs.evolve(base, candidates=0))
+        if args.older and name != "tinyllama-1.1b" and max_new == min(args.tokens):
+            full = _twin(backend, attrs.evolve(base, sampler="candidates", candidates=0))
             _variant(row, f"hf shared, full-vocabulary sampling, {args.rows} seqs",
                      partial(_ours, full, batch, k, max_new), 1)
         if time_left() < (150 if max_new > 128 else 40):
@@ -644,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nli-assets", default=os.path.join(ROOT, ".assets", "bench_nli"))
     ap.add_argument("--real-model", default="", help="also measure this model (a path, hub id or pkg: "
                     "reference; add 'real' to --models)")
+    ap.add_argument("--older", action="store_true", help="also the older decoder configurations (fuse: off with "
+                    "PyTorch's attention; full-vocabulary sampling) at 640 sequences")
     ap.add_argument("--deadline-s", type=float, default=0, help="skip long runs past this many seconds (0: never)")
     args = ap.parse_args(argv)
     if args.deadline_s > 0:

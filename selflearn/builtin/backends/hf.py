@@ -82,11 +82,18 @@ class Options:
     #: "loop": the general decoder (cache/compile apply); "auto": shared on CUDA for supported
     #: architectures unless cache/compile are set, loop otherwise
     decoder: Literal["auto", "loop", "shared"] = "auto"
-    #: shared decoder: top-p sampling over each row's top-k candidates (exact whenever the
-    #: nucleus fits in them, see hf_candidates.py); 0: the whole vocabulary
+    #: shared decoder: how sampled tokens are chosen. "triton": exact top-p sampling in one
+    #: Triton kernel per step (hf_nucleus.py: no sort, no candidate set, nothing truncated);
+    #: "candidates": top-p over each row's top-k candidates (hf_candidates.py; the options
+    #: candidates and overflow_share apply); "auto": triton on CUDA where Triton runs, else
+    #: candidates (also for logprobs: sampling, which the kernel does not compute)
+    sampler: Literal["auto", "triton", "candidates"] = "auto"
+    #: shared decoder, sampler candidates: top-p sampling over each row's top-k candidates
+    #: (exact whenever the nucleus fits in them, see hf_candidates.py); 0: the whole vocabulary
     candidates: int = 1024
-    #: shared decoder: share of a batch's rows per step that may take the exact full-vocabulary
-    #: path when their nucleus is larger than the candidates (the rest are truncated, and counted)
+    #: shared decoder, sampler candidates: share of a batch's rows per step that may take the
+    #: exact full-vocabulary path when their nucleus is larger than the candidates (the rest are
+    #: truncated, and counted)
     overflow_share: float = 0.125
     #: shared decoder on CUDA: capture the decode step in CUDA graphs
     cuda_graphs: bool = True
@@ -211,6 +218,7 @@ class HFBackend:
                     self._model, eos_ids=eos_ids, pad_id=pad, sync_every=opts.sync_every,
                     candidates=opts.candidates, overflow_share=opts.overflow_share,
                     graphs=opts.cuda_graphs, fuse=opts.fuse, kernel=opts.decode_attention,
+                    sampler=opts.sampler,
                 )
             log.warning("hf: the shared decoder does not support this model (%s); using the loop decoder", reason)
         return Decoder(

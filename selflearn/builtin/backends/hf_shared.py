@@ -26,8 +26,9 @@ few thousand small kernels from Python. Here:
   length to a multiple of 64) so a run captures a handful of graphs; every bucket runs once
   before capture (compilation and autotuning happen there, seconds for a new batch shape), and
   the graphs are kept for the next batches of the same shape.
-* **Token selection** on top-k candidates (:mod:`.hf_candidates`), with the repetition penalty
-  applied from a list of seen ids rather than a vocabulary-wide mask.
+* **Token selection** (option ``sampler``): exact top-p sampling in one Triton kernel
+  (:mod:`.hf_nucleus`, the default on CUDA), or on top-k candidates (:mod:`.hf_candidates`);
+  the repetition penalty is applied from a list of seen ids rather than a vocabulary-wide mask.
 
 Rows are independent of each other (the prefix of another prompt is masked out; padding slots
 start finished), and sampling noise is the same counter-based hash as the ``loop`` decoder, so
@@ -48,6 +49,8 @@ from .hf_attention import ATTN_NAME, Shared, fused_parts, plain_attention, regis
 from .hf_candidates import full_rows_uncompiled, select_candidates
 from .hf_decode import DecodeBatch, RowOutput, StopCheck, _round_up
 from .hf_fused import FusedLayers, FuseMode, resolve
+from .hf_nucleus import available as nucleus_available
+from .hf_nucleus import select_nucleus
 from .hf_sampling import SamplingConfig, vocab_keys
 from .hf_triton import available as triton_available
 
@@ -60,6 +63,9 @@ SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 #: the fused attention parts: "triton" (hf_triton.py), "sdpa" (PyTorch's memory-efficient
 #: kernel), "auto" (triton where it can run)
 AttentionKernel = Literal["auto", "triton", "sdpa"]
+#: how sampled tokens are chosen: "triton" (hf_nucleus.py), "candidates" (hf_candidates.py),
+#: "auto" (triton on CUDA where Triton runs)
+Sampler = Literal["auto", "triton", "candidates"]
 
 
 def _head_dim(cfg: Any) -> int:
@@ -156,6 +162,7 @@ class SharedPrefixDecoder:
         group_bucket: int = 8,
         fuse: FuseMode = "auto",
         kernel: AttentionKernel = "auto",
+        sampler: Sampler = "auto",
     ) -> None:
         register()
         self.model = model
@@ -173,6 +180,8 @@ class SharedPrefixDecoder:
         if kernel == "triton" and self.fused and not self.triton:
             log.warning("hf: the Triton attention kernel needs Triton and a head size that is a power "
                         "of two from 16 to 256; using PyTorch's memory-efficient kernel")
+        #: sampled tokens with hf_nucleus's kernel (else on top-k candidates)
+        self.nucleus = self._nucleus(sampler)
         self.bucket = bucket
         self.group_bucket = group_bucket if self.graphs else 1
         self._states: dict[tuple[Any, ...], _State] = {}
@@ -195,6 +204,20 @@ class SharedPrefixDecoder:
             full_rows_uncompiled()  # made outside the traced code
             self._select = torch.compile(select_candidates)
 
+    def _nucleus(self, sampler: Sampler) -> bool:
+        """Whether sampled tokens come from hf_nucleus's kernel: on CUDA with Triton (or in
+        Triton's interpreter, which the tests use on the CPU)."""
+        import os
+
+        if sampler == "candidates":
+            return False
+        runs = str(self.model.device).startswith("cuda") or os.environ.get("TRITON_INTERPRET") == "1"
+        if runs and nucleus_available():
+            return True
+        if sampler == "triton":
+            log.warning("hf: the Triton sampling kernel needs CUDA and Triton; sampling on top-k candidates")
+        return False
+
     # -- the step -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _attention(self) -> Iterator[None]:
@@ -213,7 +236,9 @@ class SharedPrefixDecoder:
 
         inner, t = self.model.model, st.t
         live = ~st.done
-        if self.candidates > 0 and not cfg.greedy:
+        if self.nucleus and not cfg.greedy and cfg.logprobs != "sampling":
+            tok, lp = select_nucleus(st.logits, st.seen, st.keys, t, cfg)
+        elif self.candidates > 0 and not cfg.greedy:
             slots = int(round(self.overflow_share * st.rows))
             tok, lp = self._select(
                 st.logits, st.seen, st.keys, t, cfg, self.candidates, slots, st.stats, st.vocab, live
@@ -298,6 +323,10 @@ class SharedPrefixDecoder:
             log.warning("hf: the Triton attention kernel failed (%s: %s); using PyTorch's "
                         "memory-efficient kernel", type(exc).__name__, first)
             self.triton = False
+        elif self.nucleus and any(f.filename.endswith("hf_nucleus.py") for f in frames):
+            log.warning("hf: the Triton sampling kernel failed (%s: %s); sampling on top-k candidates",
+                        type(exc).__name__, first)
+            self.nucleus = False
         elif self.fuse == "compile" and self._select is not select_candidates:
             log.warning("hf: compiling token selection failed (%s: %s); running it uncompiled",
                         type(exc).__name__, first)

@@ -1,0 +1,120 @@
+"""Exact top-p sampling in one Triton kernel: the token :func:`.hf_sampling.select` chooses,
+without sorting the vocabulary and without a candidate set.
+
+Why: the shared decoder's token selection on top-k candidates (:mod:`.hf_candidates`) spent
+about a quarter of a small model's decode step in ``torch.topk`` over the whole vocabulary, a
+vocabulary-wide log-sum-exp and copies, plus a full sort for a fixed number of "overflow" rows
+whose nucleus did not fit in the candidates (and rows beyond those slots were *truncated*:
+sampled from their candidates only). This kernel needs neither a sort nor candidates.
+
+**The idea.** The full path picks ``argmax over the nucleus N of (s_u + g_u)`` (Gumbel-max with
+the counter-based noise ``g`` of :func:`.hf_sampling.uniform_noise`), where N is the set of
+tokens whose *mass ranked above them* is below ``top_p``. That membership is a property of
+one token, checkable in one pass: ``mass_above(v) = sum of softmax(s)_u over the tokens u
+ranked above v`` (higher score, or equal score and a higher id: the order of the full path's
+stable ascending sort). So, per row (one program per row):
+
+1. one pass: the log-sum-exp of the row and ``v = argmax_u (s_u + g_u)`` over *all* tokens;
+2. one pass: ``mass_above(v)``; if it is below ``top_p``, v is in N and is the answer (every
+   token of N competes in the same argmax with the same noise). If not, v and every token
+   ranked below it are outside N, so the answer is the argmax over the tokens ranked above v;
+   the same pass computes that argmax, and step 2 repeats with it.
+
+Each repetition succeeds with probability at least ``mass(N) >= top_p`` (Gumbel-max over the
+tokens above v picks a token of N with probability ``mass(N) / mass(above v)``), so a row
+takes about two passes over its logits on average (three with probability <= 1 - top_p, four
+with probability <= (1 - top_p)^2, ...), whatever the shape of its distribution: flat rows
+with huge nuclei cost the same as peaked ones. Nothing is truncated and nothing depends on
+the other rows.
+
+**Exactness.** The chosen token is the full path's token, up to float rounding: the mass sums
+are added in another order than the full path's cumulative sum (a token whose ranked-above
+mass is within about 1e-7 of ``top_p`` can fall on the other side), and the Gumbel noise's
+logarithms may differ from PyTorch's in the last bit (which changes the argmax only for two
+scores within about 1e-7 of each other).
+
+The repetition penalty is applied before (a scatter over the seen ids, as in
+:mod:`.hf_candidates`); temperature is applied on load (``s = x / T``, as the full path
+divides). Log-probabilities under the processed distribution (``logprobs: sampling``) need the
+nucleus' total mass, which this kernel does not compute: that mode keeps the candidate path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
+
+from .hf_candidates import penalize_ids
+from .hf_sampling import SamplingConfig
+
+if TYPE_CHECKING:
+    import torch
+
+#: logits per block of the kernel's passes (a power of two)
+BLOCK = 2048
+#: warps per program (one program per row)
+WARPS = 8
+
+
+def available() -> bool:
+    """Whether Triton imports (the kernel itself runs on CUDA, or on the CPU in Triton's
+    interpreter for the tests)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _kernel() -> Any:
+    from .hf_nucleus_kernel import nucleus_sample
+
+    return nucleus_sample
+
+
+def sample(
+    scores: torch.Tensor, keys: torch.Tensor, step: torch.Tensor, top_p: float, temperature: float,
+    *, block: int = BLOCK, num_warps: int = WARPS,
+) -> torch.Tensor:
+    """One token per row of ``scores`` (float32 (rows, V), repetition penalty applied,
+    temperature not): Gumbel-max over the top-p nucleus of ``softmax(scores / temperature)``
+    with the noise of row key ``keys`` (int64 (rows,)) at ``step`` (an int64 tensor of one
+    element, so that a CUDA graph replays with the current step). int64 (rows,)."""
+    import torch
+
+    rows, vocab = scores.shape
+    if scores.stride(-1) != 1:
+        scores = scores.contiguous()
+    out = torch.empty(rows, dtype=torch.int64, device=scores.device)
+    _kernel()[(rows,)](
+        scores, scores.stride(0), keys, step.reshape(1), out, float(top_p), float(temperature),
+        VOCAB=vocab, FILTER=top_p < 1.0, BLOCK=block, LIBDEVICE=scores.is_cuda, num_warps=num_warps,
+    )
+    return out
+
+
+def select_nucleus(
+    logits: torch.Tensor, seen_ids: torch.Tensor, keys: torch.Tensor, step: torch.Tensor, cfg: SamplingConfig,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The shared decoder's token selection with :func:`sample` (sampling configurations with
+    ``logprobs`` None or "model"; see the module docstring). ``logits`` (float32 (rows, V)) is
+    modified in place (repetition penalty), as by :func:`.hf_candidates.select_candidates`.
+    Returns (tokens, log-probabilities under the raw model or None)."""
+    import torch
+
+    if cfg.greedy or cfg.logprobs == "sampling":
+        raise ValueError("select_nucleus samples (greedy and logprobs='sampling' use select_candidates)")
+    raw_lse = raw_seen = None
+    if cfg.logprobs == "model":
+        # the raw logit of the chosen token: unchanged unless the penalty touched it
+        raw_lse = logits.logsumexp(dim=-1)
+        raw_seen = logits.gather(1, seen_ids)
+    scores = penalize_ids(logits, seen_ids, cfg.repetition_penalty)
+    tokens = sample(scores, keys, step, cfg.top_p, cfg.temperature)
+    if raw_lse is None or raw_seen is None:
+        return tokens, None
+    raw = scores.gather(1, tokens[:, None])[:, 0]
+    hit = seen_ids == tokens[:, None]
+    raw = torch.where(hit.any(dim=1), raw_seen.gather(1, hit.to(torch.int8).argmax(dim=1, keepdim=True))[:, 0], raw)
+    return tokens, raw - raw_lse
