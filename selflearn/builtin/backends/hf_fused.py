@@ -222,7 +222,10 @@ class FusedLayers:
         d = self.dims
 
         def qkv(x: torch.Tensor, lw_qkv_w: torch.Tensor, lw_qkv_b: Any, q_norm: Any, k_norm: Any,
-                cos: torch.Tensor, sin: torch.Tensor, m: int) -> tuple[torch.Tensor, ...]:
+                cos: torch.Tensor, sin: torch.Tensor, m: int, cache: torch.Tensor,
+                t_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            """Projections, rotary embedding, and the step's key/value written into ``cache``
+            (2, R, Hkv, T, d) at ``t_index`` (fused with the rotary kernel); the queries."""
             rows = x.shape[0]
             hd = d.head_dim
             y = torch.nn.functional.linear(x, lw_qkv_w, lw_qkv_b)
@@ -231,11 +234,11 @@ class FusedLayers:
             if q_norm is not None:
                 q, k = _rms(q, q_norm, d.qk_eps), _rms(k, k_norm, d.qk_eps)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            kv = torch.stack((k, v))[:, :, :, None, :]  # (2, R, Hkv, 1, d): one cache write
+            cache.index_copy_(3, t_index, torch.stack((k, v))[:, :, :, None, :])
             if m <= 0:  # plain attention takes (R, Hq, 1, d)
-                return q.view(rows, d.hq, 1, hd), kv
+                return (q.view(rows, d.hq, 1, hd),)
             q_gen = q.view(rows, d.hkv, d.hq // d.hkv, hd)
-            return prefix_queries(q_gen, rows // m), q_gen, kv
+            return prefix_queries(q_gen, rows // m), q_gen
 
         def merge(parts: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
             if len(parts) == 1:
@@ -254,22 +257,26 @@ class FusedLayers:
             return h + torch.nn.functional.linear(act(gate) * up, down_w, down_b)
 
         def first(h: torch.Tensor, norm_in: torch.Tensor, qkv_w: torch.Tensor, qkv_b: Any,
-                  q_norm: Any, k_norm: Any, cos: torch.Tensor, sin: torch.Tensor, m: int) -> tuple[torch.Tensor, ...]:
-            return qkv(_rms(h, norm_in, d.eps), qkv_w, qkv_b, q_norm, k_norm, cos, sin, m)
+                  q_norm: Any, k_norm: Any, cos: torch.Tensor, sin: torch.Tensor, m: int,
+                  cache: torch.Tensor, t_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return qkv(_rms(h, norm_in, d.eps), qkv_w, qkv_b, q_norm, k_norm, cos, sin, m, cache, t_index)
 
         def mid(h: torch.Tensor, parts: tuple[torch.Tensor, ...], o_w: torch.Tensor, o_b: Any,
                 norm_post: torch.Tensor, gu_w: torch.Tensor, gu_b: Any, down_w: torch.Tensor, down_b: Any,
                 norm_in: torch.Tensor, qkv_w: torch.Tensor, qkv_b: Any, q_norm: Any, k_norm: Any,
-                cos: torch.Tensor, sin: torch.Tensor, m: int) -> tuple[torch.Tensor, ...]:
+                cos: torch.Tensor, sin: torch.Tensor, m: int, cache: torch.Tensor,
+                t_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
             h = block(h, parts, o_w, o_b, norm_post, gu_w, gu_b, down_w, down_b)
-            return (h, *qkv(_rms(h, norm_in, d.eps), qkv_w, qkv_b, q_norm, k_norm, cos, sin, m))
+            return (h, *qkv(_rms(h, norm_in, d.eps), qkv_w, qkv_b, q_norm, k_norm, cos, sin, m, cache, t_index))
 
         def last(h: torch.Tensor, parts: tuple[torch.Tensor, ...], o_w: torch.Tensor, o_b: Any,
                  norm_post: torch.Tensor, gu_w: torch.Tensor, gu_b: Any, down_w: torch.Tensor, down_b: Any,
-                 final_norm: torch.Tensor, lm_w: torch.Tensor, lm_b: Any) -> torch.Tensor:
+                 final_norm: torch.Tensor, lm_w: torch.Tensor, lm_b: Any, out: torch.Tensor) -> None:
+            """... -> the final norm -> lm_head; float32 logits written into ``out`` (one
+            conversion kernel writes them where the sampler reads them: no extra copy)."""
             h = block(h, parts, o_w, o_b, norm_post, gu_w, gu_b, down_w, down_b)
             logits = torch.nn.functional.linear(_rms(h, final_norm, self.final_eps), lm_w, lm_b)
-            return logits.float()
+            out.copy_(logits)
 
         self._first: Callable[..., Any] = first
         self._mid: Callable[..., Any] = mid
@@ -283,32 +290,36 @@ class FusedLayers:
             self._last = torch.compile(last, fullgraph=True)
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, m: int,
-                attend: Callable[[int, tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]) -> torch.Tensor:
-        """The whole forward pass of one decode step: float32 logits (R, V).
+                caches: list[torch.Tensor], t_index: torch.Tensor,
+                attend: Callable[[int, tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]],
+                out: torch.Tensor) -> None:
+        """The whole forward pass of one decode step, float32 logits (R, V) written into ``out``.
 
-        ``attend(layer, (q..., kv))`` writes the step's key/value into the layer's cache and
-        returns the attention output parts; ``m`` is the sample slots per prompt (0: plain
-        attention, which takes the queries as (R, Hq, 1, d)).
+        Layer i writes the step's key and value into ``caches[i]`` (2, R, Hkv, T, d) at position
+        ``t_index`` (a one-element int64 tensor); ``attend(layer, queries)`` returns the
+        attention output parts; ``m`` is the sample slots per prompt (0: plain attention, which
+        takes the queries as (R, Hq, 1, d)).
         """
         m_arg = m if self.fused_attention else 0
         lw = self.layers[0]
-        out = self._first(hidden, lw.norm_in, lw.qkv_w, lw.qkv_b, lw.q_norm, lw.k_norm, cos, sin, m_arg)
+        q = self._first(hidden, lw.norm_in, lw.qkv_w, lw.qkv_b, lw.q_norm, lw.k_norm, cos, sin, m_arg,
+                        caches[0], t_index)
         h = hidden
         for i in range(len(self.layers) - 1):
-            parts = attend(i, out)
+            parts = attend(i, q)
             lw, nxt = self.layers[i], self.layers[i + 1]
             h, *rest = self._mid(
                 h, parts, lw.o_w, lw.o_b, lw.norm_post, lw.gu_w, lw.gu_b, lw.down_w, lw.down_b,
                 nxt.norm_in, nxt.qkv_w, nxt.qkv_b, nxt.q_norm, nxt.k_norm, cos, sin, m_arg,
+                caches[i + 1], t_index,
             )
-            out = tuple(rest)
+            q = tuple(rest)
         lw = self.layers[-1]
-        parts = attend(len(self.layers) - 1, out)
-        logits: torch.Tensor = self._last(
+        parts = attend(len(self.layers) - 1, q)
+        self._last(
             h, parts, lw.o_w, lw.o_b, lw.norm_post, lw.gu_w, lw.gu_b, lw.down_w, lw.down_b,
-            self.final_norm, self.lm_w, self.lm_b,
+            self.final_norm, self.lm_w, self.lm_b, out,
         )
-        return logits
 
 
 def _allow_recompiles(limit: int = 64) -> None:

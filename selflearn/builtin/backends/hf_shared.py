@@ -263,7 +263,7 @@ class SharedPrefixDecoder:
         shared = Shared(st.prefix_k, st.prefix_v, st.prefix_bias, st.prefix_bias_h,
                         st.gen_bias[:t_eff], st.gen_bias_h[:t_eff], self.fused, self.triton)
         if self.layers is not None:
-            st.logits.copy_(self._fused_forward(st, hidden[:, 0], rotary, shared, t_eff))
+            self._fused_forward(st, hidden[:, 0], rotary, shared, t_eff)
             st.t.add_(1)
             return
         cache = _RowCache(st, t_eff)
@@ -279,22 +279,22 @@ class SharedPrefixDecoder:
         st.t.add_(1)
 
     def _fused_forward(self, st: _State, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
-                       shared: Shared, t_eff: int) -> torch.Tensor:
-        """The forward pass with :class:`.hf_fused.FusedLayers` (same attention, same cache)."""
+                       shared: Shared, t_eff: int) -> None:
+        """The forward pass with :class:`.hf_fused.FusedLayers` (same attention, same cache);
+        the logits go to ``st.logits``."""
         layers = self.layers
         assert layers is not None
         scale = layers.dims.scale
 
-        def attend(i: int, out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            st.gen_kv[i].index_copy_(3, st.t_index, out[-1])
+        def attend(i: int, q: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
             key, value = st.gen_k[i][:, :, :t_eff], st.gen_v[i][:, :, :t_eff]
             pk, pv = st.prefix_k[i], st.prefix_v[i]
             if self.fused:
-                return fused_parts(out[0], out[1], key, value, pk, pv, shared, scale)
-            return (plain_attention(out[0], key, value, pk, pv, shared, scale),)
+                return fused_parts(q[0], q[1], key, value, pk, pv, shared, scale)
+            return (plain_attention(q[0], key, value, pk, pv, shared, scale),)
 
         cos, sin = rotary
-        return layers.forward(hidden, cos, sin, st.m, attend)
+        layers.forward(hidden, cos, sin, st.m, st.gen_kv, st.t_index, attend, st.logits)
 
     def _warm_up(self, st: _State, t_eff: int, cfg: SamplingConfig, eos: torch.Tensor) -> None:
         """One step on the new state (compiles what is compiled). Should something compiled fail
