@@ -187,7 +187,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # Triton's interpreter: the kernel runs on
 import torch
 sys.path.insert(0, os.getcwd())
 from selflearn.builtin.backends.hf_attention import Shared, fused_parts, merge_parts, plain_attention, prefix_queries
-from selflearn.builtin.backends.hf_triton import attention
+from selflearn.builtin.backends.hf_triton import attention, attention_pair
 from tests.backends.test_hf_fused import reference
 
 torch.manual_seed(0)
@@ -208,6 +208,15 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
             err = max(float((out.double() - ro).abs().max()), float((lse.double() - rl).abs().max()))
             assert err < tol, (dtype, b, h, m, n, d, err)
             worst = max(worst, err)
+# two attentions of other shapes in one launch: the same as one launch each
+for (b1, h1, m1, n1), (b2, h2, m2, n2) in (((3, 2, 30, 128), (12, 2, 3, 64)), ((2, 1, 150, 64), (5, 3, 8, 192))):
+    one = (torch.randn(b1, h1, m1, 16), torch.randn(b1, h1, n1, 16), torch.randn(b1, h1, n1, 16), torch.zeros(b1, n1))
+    two = (torch.randn(b2, h2, m2, 16), torch.randn(b2, h2, n2, 16), torch.randn(b2, h2, n2, 16), torch.zeros(n2))
+    one[3][:, :5] = float("-inf")
+    two[3][n2 // 3:] = float("-inf")
+    got = attention_pair(one, two, 0.3)
+    ref = (*attention(*one, 0.3), *attention(*two, 0.3))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, ref, strict=True))
 # the decoder's use: both parts with the kernel, merged, against the plain path
 g, mm, hkv, gq, d, w, t = 3, 4, 2, 3, 16, 70, 64
 q = torch.randn(g * mm, hkv, gq, d)
@@ -230,7 +239,8 @@ def test_the_triton_kernel_is_attention_with_its_log_sum_exp() -> None:
     """hf_triton's kernel in Triton's interpreter (CPU; float32 and float16 - the interpreter
     has no bfloat16): output and log-sum-exp against float64 attention, for both parts' shapes
     (3, 17, 30 queries, and 150: split over programs), shared and per-row key masks, a fully masked block, a sliced key buffer;
-    and the decoder's fused parts with it equal the plain path."""
+    two attentions of different shapes in one launch equal to one launch each; and the
+    decoder's fused parts with it equal the plain path."""
     import subprocess
     import sys
 
@@ -258,7 +268,7 @@ def test_a_failing_triton_kernel_falls_back_to_pytorchs(
     def broken_kernel() -> Any:
         raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
 
-    monkeypatch.setattr(hf_triton, "_kernel", broken_kernel)
+    monkeypatch.setattr(hf_triton, "_kernels", broken_kernel)
     calls = []
 
     def step(*args: Any) -> None:

@@ -1,7 +1,8 @@
 """The Triton sampling kernel of the shared decoder (``sampler: triton``, hf_nucleus.py), run
 in Triton's interpreter on the CPU: the same token as the full-vocabulary path of
 hf_sampling.select for every row (flat and peaked rows, ties, -inf logits, temperatures,
-top_p 1.0, rows whose first draw falls outside the nucleus), the raw log-probabilities, and the
+top_p 1.0, rows whose first draw falls outside the nucleus, rows whose token is not among the
+four best noisy scores), the raw log-probabilities, and the
 shared decoder with the kernel equal to the loop decoder; plus when the kernel is chosen and
 its fallback."""
 
@@ -27,7 +28,7 @@ from selflearn.builtin.backends.hf_sampling import SamplingConfig, select, unifo
 
 torch.manual_seed(0)
 rows, vocab = 48, 3000
-outside = 0
+outside = beyond = 0
 for temp, top_p, spread, ties in ((1.0, 0.9, 1.0, False), (0.7, 0.9, 4.0, True), (1.3, 0.3, 2.0, False),
                                   (1.0, 1.0, 3.0, False), (1.0, 0.95, 9.0, True)):
     logits = torch.randn(rows, vocab) * spread
@@ -46,7 +47,9 @@ for temp, top_p, spread, ties in ((1.0, 0.9, 1.0, False), (0.7, 0.9, 4.0, True),
     first = (scores + g).argmax(-1)
     kept = top_p_filter(scores, top_p) > float("-inf")
     outside += int((~kept.gather(1, first[:, None])).sum())
-assert outside >= 10, outside
+    # rows whose token is not among the four best noisy scores: the kernel's fallback passes
+    beyond += int((~((scores + g).topk(4, dim=-1).indices == ref[:, None]).any(-1)).sum())
+assert outside >= 10 and beyond >= 3, (outside, beyond)
 # with the repetition penalty and raw log-probabilities, through the decoder's entry point
 logits = torch.randn(rows, vocab) * 3
 keys = torch.randint(0, 2**62, (rows,))
@@ -71,7 +74,7 @@ assert tokens(a) == tokens(b)
 for ra, rb in zip(a, b):
     for x, y in zip(ra, rb):
         assert max(abs(p - q) for p, q in zip(x.logprobs, y.logprobs)) < 1e-4
-print("ok", outside)
+print("ok", outside, beyond)
 """
 
 

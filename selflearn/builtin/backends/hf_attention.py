@@ -133,11 +133,9 @@ def fused_parts(
     Triton kernel of :mod:`.hf_triton` (``st.triton``) or PyTorch's memory-efficient kernel.
     :func:`merge_parts` combines them."""
     if st.triton:
-        from .hf_triton import attention
+        from .hf_triton import attention_pair
 
-        o1, l1 = attention(q_pre, pk, pv, st.prefix_bias, scale)
-        o2, l2 = attention(q_gen, key, value, st.gen_bias, scale)
-        return o1, l1, o2, l2
+        return attention_pair((q_pre, pk, pv, st.prefix_bias), (q_gen, key, value, st.gen_bias), scale)
     o1, l1 = _part(q_pre, pk, pv, st.prefix_bias_h[:, None, None, :], scale)
     o2, l2 = _part(q_gen, key, value, st.gen_bias_h[None, None, None, :], scale)
     return o1, l1, o2, l2

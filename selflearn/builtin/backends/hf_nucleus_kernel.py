@@ -33,23 +33,78 @@ def _gumbel(step_key, ids, LIBDEVICE: tl.constexpr):
 
 
 @triton.jit
+def _insert(z0, z1, z2, z3, i0, i1, i2, i3, zb, ib):
+    # (zb, ib) into the list z0 >= z1 >= z2 >= z3 of the best noisy scores so far and their ids
+    # (strictly greater only: of equal scores the earlier id stays first, as argmax's)
+    n3 = tl.where(zb > z2, z2, tl.where(zb > z3, zb, z3))
+    j3 = tl.where(zb > z2, i2, tl.where(zb > z3, ib, i3))
+    n2 = tl.where(zb > z1, z1, tl.where(zb > z2, zb, z2))
+    j2 = tl.where(zb > z1, i1, tl.where(zb > z2, ib, i2))
+    n1 = tl.where(zb > z0, z0, tl.where(zb > z1, zb, z1))
+    j1 = tl.where(zb > z0, i0, tl.where(zb > z1, ib, i1))
+    n0 = tl.where(zb > z0, zb, z0)
+    j0 = tl.where(zb > z0, ib, i0)
+    return n0, n1, n2, n3, j0, j1, j2, j3
+
+
+@triton.jit
+def _mass_above(base, tok, s_tok, lse, temperature, VOCAB: tl.constexpr, BLOCK: tl.constexpr):
+    # probability mass of the tokens ranked above tok (higher score; equal score and higher id)
+    lanes = tl.arange(0, BLOCK)
+    mass = tl.zeros([], tl.float32)
+    for start in range(0, VOCAB, BLOCK):
+        ids = start + lanes
+        inside = ids < VOCAB
+        s = tl.load(base + ids, mask=inside, other=float("-inf")) / temperature
+        above = inside & ((s > s_tok) | ((s == s_tok) & (ids > tok)))
+        mass += tl.sum(tl.where(above, tl.exp(s - lse), 0.0), 0)
+    return mass
+
+
+@triton.jit
+def _try_entry(base, out_ptr, row, tok, s_tok, mass, cand, lse, top_p, temperature,
+               VOCAB: tl.constexpr, BLOCK: tl.constexpr):
+    # tok was rejected (mass >= top_p): the next list entry ranked above it, if any, is the
+    # Gumbel argmax over the tokens ranked above tok; check it
+    if mass >= top_p:
+        s_c = tl.load(base + cand) / temperature
+        if (s_c > s_tok) | ((s_c == s_tok) & (cand > tok)):
+            tok = cand
+            s_tok = s_c
+            tl.store(out_ptr + row, tok.to(tl.int64))
+            mass = _mass_above(base, tok, s_tok, lse, temperature, VOCAB, BLOCK)
+    return tok, s_tok, mass
+
+
+@triton.jit
 def nucleus_sample(
     s_ptr, stride_s, keys_ptr, step_ptr, out_ptr,
     top_p, temperature,
     VOCAB: tl.constexpr, FILTER: tl.constexpr, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr,
 ):
-    """One program per row; see hf_nucleus's module docstring for the passes."""
+    """One program per row; see hf_nucleus's module docstring for the passes.
+
+    The answer is stored as soon as a candidate is known and again at each later candidate:
+    on the GPU, a value reassigned inside a while loop was not seen after it (Triton 3.6, found
+    on an H100; the interpreter does not show it)."""
     row = tl.program_id(0)
     base = s_ptr + row.to(tl.int64) * stride_s
     key = tl.load(keys_ptr + row).to(tl.uint64, bitcast=True)
     step = tl.load(step_ptr).to(tl.uint64, bitcast=True)
     step_key = _mix64(key + (step + 1) * 0x9E3779B97F4A7C15)
     lanes = tl.arange(0, BLOCK)
-    # pass 1: log-sum-exp and the Gumbel argmax over every token
+    # pass 1: log-sum-exp, and the four best noisy scores s + g over every token (the first
+    # is the Gumbel argmax; the others are the next candidates should it be outside the nucleus)
     top = tl.full([], float("-inf"), tl.float32)
     total = tl.zeros([], tl.float32)
-    best = tl.full([], float("-inf"), tl.float32)
-    cand = tl.zeros([], tl.int32)
+    z0 = tl.full([], float("-inf"), tl.float32)
+    z1 = z0
+    z2 = z0
+    z3 = z0
+    i0 = tl.zeros([], tl.int32)
+    i1 = i0
+    i2 = i0
+    i3 = i0
     for start in range(0, VOCAB, BLOCK):
         ids = start + lanes
         inside = ids < VOCAB
@@ -59,35 +114,44 @@ def nucleus_sample(
         total = total * tl.exp(top - shift) + tl.sum(tl.exp(s - shift), 0)
         top = new_top
         z = tl.where(inside, s + _gumbel(step_key, ids, LIBDEVICE), float("-inf"))
-        zb = tl.max(z, 0)
-        ib = start + tl.argmax(z, 0, tie_break_left=True)
-        cand = tl.where(zb > best, ib, cand)
-        best = tl.maximum(zb, best)
-    # the answer is stored as soon as it is known, and again by each check below: on the GPU a
-    # value reassigned inside the while loop was not seen after it (Triton 3.6; found on an H100)
-    tl.store(out_ptr + row, cand.to(tl.int64))
-    if FILTER:
-        lse = top + tl.log(total)
-        mass = tl.full([], 2.0, tl.float32)  # anything >= top_p: the check runs at least once
-        moved = cand == cand
-        while (mass >= top_p) & moved:
-            # is tok in the nucleus? (mass ranked above it); and the argmax over the tokens
-            # ranked above it, the next candidate should it not be
-            tok = cand
-            tl.store(out_ptr + row, tok.to(tl.int64))
-            s_tok = tl.load(base + tok) / temperature
-            mass = tl.zeros([], tl.float32)
-            best = tl.full([], float("-inf"), tl.float32)
-            for start in range(0, VOCAB, BLOCK):
-                ids = start + lanes
-                inside = ids < VOCAB
-                s = tl.load(base + ids, mask=inside, other=float("-inf")) / temperature
-                above = inside & ((s > s_tok) | ((s == s_tok) & (ids > tok)))
-                mass += tl.sum(tl.where(above, tl.exp(s - lse), 0.0), 0)
-                z = tl.where(above, s + _gumbel(step_key, ids, LIBDEVICE), float("-inf"))
+        if tl.max(z, 0) > z3:  # this block holds at least one of the four best so far
+            for _ in tl.static_range(4):
                 zb = tl.max(z, 0)
                 ib = start + tl.argmax(z, 0, tie_break_left=True)
-                cand = tl.where(zb > best, ib, cand)
-                best = tl.maximum(zb, best)
-            # no token above tok can be drawn (all -inf): tok stays
-            moved = cand != tok
+                z0, z1, z2, z3, i0, i1, i2, i3 = _insert(z0, z1, z2, z3, i0, i1, i2, i3, zb, ib)
+                z = tl.where(ids == ib, float("-inf"), z)
+    tl.store(out_ptr + row, i0.to(tl.int64))
+    if FILTER:
+        lse = top + tl.log(total)
+        # is the argmax in the nucleus? (one pass, no noise)
+        tok = i0
+        s_tok = tl.load(base + tok) / temperature
+        mass = _mass_above(base, tok, s_tok, lse, temperature, VOCAB, BLOCK)
+        # if not, the next candidates from the list (about 1 - top_p of the rows)
+        tok, s_tok, mass = _try_entry(base, out_ptr, row, tok, s_tok, mass, i1, lse, top_p, temperature, VOCAB, BLOCK)
+        tok, s_tok, mass = _try_entry(base, out_ptr, row, tok, s_tok, mass, i2, lse, top_p, temperature, VOCAB, BLOCK)
+        tok, s_tok, mass = _try_entry(base, out_ptr, row, tok, s_tok, mass, i3, lse, top_p, temperature, VOCAB, BLOCK)
+        if mass >= top_p:
+            # the list ran out (rare): from tok on, passes that check a candidate and find the
+            # argmax over the tokens ranked above it (the noise computed again)
+            cand = tok
+            moved = cand == cand
+            while (mass >= top_p) & moved:
+                tok = cand
+                tl.store(out_ptr + row, tok.to(tl.int64))
+                s_tok = tl.load(base + tok) / temperature
+                mass = tl.zeros([], tl.float32)
+                best = tl.full([], float("-inf"), tl.float32)
+                for start in range(0, VOCAB, BLOCK):
+                    ids = start + lanes
+                    inside = ids < VOCAB
+                    s = tl.load(base + ids, mask=inside, other=float("-inf")) / temperature
+                    above = inside & ((s > s_tok) | ((s == s_tok) & (ids > tok)))
+                    mass += tl.sum(tl.where(above, tl.exp(s - lse), 0.0), 0)
+                    z = tl.where(above, s + _gumbel(step_key, ids, LIBDEVICE), float("-inf"))
+                    zb = tl.max(z, 0)
+                    ib = start + tl.argmax(z, 0, tie_break_left=True)
+                    cand = tl.where(zb > best, ib, cand)
+                    best = tl.maximum(zb, best)
+                # no token above tok can be drawn (all -inf): tok stays
+                moved = cand != tok

@@ -1,0 +1,93 @@
+"""The Triton code of :mod:`.hf_triton` (imported only when a kernel runs: it needs Triton,
+which CPU installs may lack; Triton resolves the helper below as a module global)."""
+
+# mypy: ignore-errors
+# ruff: noqa: ANN001, ANN202
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _attend(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, lse_ptr, b, h, zq,
+            sq_b, sq_h, sq_m, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sbias_b,
+            so_b, so_h, so_m, sl_b, sl_h, n_queries, scale,
+            N_KEYS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD: tl.constexpr):
+    # queries zq*BLOCK_M.. of (batch b, head h) against all N_KEYS keys: online softmax over
+    # blocks of BLOCK_N keys, float32 output and log-sum-exp
+    rm = zq * BLOCK_M + tl.arange(0, BLOCK_M)
+    rd = tl.arange(0, HEAD)
+    rn = tl.arange(0, BLOCK_N)
+    q = tl.load(q_ptr + b * sq_b + h * sq_h + rm[:, None] * sq_m + rd[None, :],
+                mask=rm[:, None] < n_queries, other=0.0)
+    top = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    total = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD], tl.float32)
+    for start in range(0, N_KEYS, BLOCK_N):
+        n = start + rn
+        inside = n < N_KEYS
+        k = tl.load(k_ptr + b * sk_b + h * sk_h + n[:, None] * sk_n + rd[None, :],
+                    mask=inside[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale
+        bias = tl.load(bias_ptr + b * sbias_b + n, mask=inside, other=float("-inf"))
+        s = s + bias[None, :]
+        new_top = tl.maximum(top, tl.max(s, 1))
+        # a block with every key masked keeps -inf: shift by 0 instead (exp(-inf) = 0)
+        shift = tl.where(new_top == float("-inf"), 0.0, new_top)
+        p = tl.exp(s - shift[:, None])
+        alpha = tl.exp(top - shift)
+        total = total * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptr + b * sv_b + h * sv_h + n[:, None] * sv_n + rd[None, :],
+                    mask=inside[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        top = new_top
+    out = acc / total[:, None]
+    keep = rm < n_queries
+    tl.store(o_ptr + b * so_b + h * so_h + rm[:, None] * so_m + rd[None, :], out, mask=keep[:, None])
+    tl.store(lse_ptr + b * sl_b + h * sl_h + rm, top + tl.log(total), mask=keep)
+
+
+@triton.jit
+def small_query_attention(
+    q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, lse_ptr,
+    sq_b, sq_h, sq_m, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sbias_b,
+    so_b, so_h, so_m, sl_b, sl_h,
+    n_queries, scale,
+    N_KEYS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD: tl.constexpr,
+):
+    """One attention: a program per (batch, head, query block)."""
+    _attend(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, lse_ptr, tl.program_id(0), tl.program_id(1), tl.program_id(2),
+            sq_b, sq_h, sq_m, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sbias_b, so_b, so_h, so_m, sl_b, sl_h,
+            n_queries, scale, N_KEYS, BLOCK_M, BLOCK_N, HEAD)
+
+
+@triton.jit
+def two_attentions(
+    q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, lse_ptr,
+    sq_b, sq_h, sq_m, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sbias_b,
+    so_b, so_h, so_m, sl_b, sl_h, n_queries,
+    q2_ptr, k2_ptr, v2_ptr, bias2_ptr, o2_ptr, lse2_ptr,
+    sq2_b, sq2_h, sq2_m, sk2_b, sk2_h, sk2_n, sv2_b, sv2_h, sv2_n, sbias2_b,
+    so2_b, so2_h, so2_m, sl2_b, sl2_h, n_queries2,
+    scale,
+    HEADS: tl.constexpr, Z: tl.constexpr, PROGRAMS: tl.constexpr,
+    HEADS2: tl.constexpr, Z2: tl.constexpr,
+    N_KEYS: tl.constexpr, BLOCK_M: tl.constexpr, N_KEYS2: tl.constexpr, BLOCK_M2: tl.constexpr,
+    BLOCK_N: tl.constexpr, HEAD: tl.constexpr,
+):
+    """Two independent attentions in one launch: programs 0..PROGRAMS-1 do the first (a
+    program per (batch, head, query block)), the rest the second; both run side by side."""
+    pid = tl.program_id(0)
+    if pid < PROGRAMS:
+        b = pid // (HEADS * Z)
+        h = (pid // Z) % HEADS
+        _attend(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, lse_ptr, b, h, pid % Z,
+                sq_b, sq_h, sq_m, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, sbias_b, so_b, so_h, so_m, sl_b, sl_h,
+                n_queries, scale, N_KEYS, BLOCK_M, BLOCK_N, HEAD)
+    else:
+        p = pid - PROGRAMS
+        b = p // (HEADS2 * Z2)
+        h = (p // Z2) % HEADS2
+        _attend(q2_ptr, k2_ptr, v2_ptr, bias2_ptr, o2_ptr, lse2_ptr, b, h, p % Z2,
+                sq2_b, sq2_h, sq2_m, sk2_b, sk2_h, sk2_n, sv2_b, sv2_h, sv2_n, sbias2_b, so2_b, so2_h, so2_m,
+                sl2_b, sl2_h, n_queries2, scale, N_KEYS2, BLOCK_M2, BLOCK_N, HEAD)
