@@ -133,9 +133,12 @@ def fused_parts(
     Triton kernel of :mod:`.hf_triton` (``st.triton``) or PyTorch's memory-efficient kernel.
     :func:`merge_parts` combines them."""
     if st.triton:
-        from .hf_triton import attention_pair
+        from .hf_triton import attention, attention_pair, default_warps
 
-        return attention_pair((q_pre, pk, pv, st.prefix_bias), (q_gen, key, value, st.gen_bias), scale)
+        if default_warps(q_pre.shape[2]) == default_warps(q_gen.shape[2]):
+            # one launch for both (its warps suit both parts); else each its own launch
+            return attention_pair((q_pre, pk, pv, st.prefix_bias), (q_gen, key, value, st.gen_bias), scale)
+        return (*attention(q_pre, pk, pv, st.prefix_bias, scale), *attention(q_gen, key, value, st.gen_bias, scale))
     o1, l1 = _part(q_pre, pk, pv, st.prefix_bias_h[:, None, None, :], scale)
     o2, l2 = _part(q_gen, key, value, st.gen_bias_h[None, None, None, :], scale)
     return o1, l1, o2, l2

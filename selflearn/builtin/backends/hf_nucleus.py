@@ -50,9 +50,10 @@ from .hf_sampling import SamplingConfig
 if TYPE_CHECKING:
     import torch
 
-#: logits per block of the kernel's passes (a power of two)
-BLOCK = 2048
-#: warps per program (one program per row)
+#: logits per block of the kernel's passes (a power of two) and warps per program (one program
+#: per row): the best of 9 launch configurations on an H100 for 640 rows of 49,152 and 32,000
+#: logits (benchmarks/profile_step.py, part select)
+BLOCK = 4096
 WARPS = 8
 
 
