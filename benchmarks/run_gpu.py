@@ -652,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
                     "reference; add 'real' to --models)")
     ap.add_argument("--older", action="store_true", help="also the older decoder configurations (fuse: off with "
                     "PyTorch's attention; full-vocabulary sampling) at 640 sequences")
+    ap.add_argument("--merge", nargs="*", default=[], help="bench.json files of earlier runs whose generation and "
+                    "NLI figures join this run's (for the estimate: e.g. --sections '' --merge gen.json nli.json)")
     ap.add_argument("--deadline-s", type=float, default=0, help="skip long runs past this many seconds (0: never)")
     args = ap.parse_args(argv)
     if args.deadline_s > 0:
@@ -667,9 +669,15 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS["args"] = {k: v for k, v in vars(args).items()}
     work = tempfile.mkdtemp(prefix="selflearn-bench-")
     corpus = texts(args)
+    for path in args.merge:
+        with open(path) as f:
+            earlier = json.load(f)
+        for key in ("generation", "nli"):
+            RESULTS.setdefault(key, {}).update(earlier.get(key, {}))
+        RESULTS.setdefault("merged", []).append(os.path.basename(path))
     sections = {"gen": gen_section, "greedy": greedy_section, "nli": nli_section, "dpo": dpo_section}
     failed = []
-    for name in args.sections.split(","):
+    for name in filter(None, args.sections.split(",")):
         t0 = time.perf_counter()
         if time_left() < 20:
             RESULTS.setdefault("skipped", []).append(name)
