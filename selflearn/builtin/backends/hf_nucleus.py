@@ -116,6 +116,7 @@ def select_nucleus(
     if raw_lse is None or raw_seen is None:
         return tokens, None
     raw = scores.gather(1, tokens[:, None])[:, 0]
-    hit = seen_ids == tokens[:, None]
-    raw = torch.where(hit.any(dim=1), raw_seen.gather(1, hit.to(torch.int8).argmax(dim=1, keepdim=True))[:, 0], raw)
+    hit = seen_ids == tokens[:, None]  # every copy of a seen id holds the same raw value
+    from_seen = raw_seen.masked_fill(~hit, float("-inf")).amax(dim=1)
+    raw = torch.where(hit.any(dim=1), from_seen, raw)
     return tokens, raw - raw_lse
