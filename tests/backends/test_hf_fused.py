@@ -212,11 +212,15 @@ for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
 for (b1, h1, m1, n1), (b2, h2, m2, n2) in (((3, 2, 30, 128), (12, 2, 3, 64)), ((2, 1, 150, 64), (5, 3, 8, 192))):
     one = (torch.randn(b1, h1, m1, 16), torch.randn(b1, h1, n1, 16), torch.randn(b1, h1, n1, 16), torch.zeros(b1, n1))
     two = (torch.randn(b2, h2, m2, 16), torch.randn(b2, h2, n2, 16), torch.randn(b2, h2, n2, 16), torch.zeros(n2))
-    one[3][:, :5] = float("-inf")
-    two[3][n2 // 3:] = float("-inf")
-    got = attention_pair(one, two, 0.3)
+    pad = torch.randint(0, n1 - 1, (b1,))  # left padding per batch item, whole blocks of it skipped
+    one[3][torch.arange(n1)[None, :] < pad[:, None]] = float("-inf")
+    step = n2 // 3  # keys after the current step are masked and their blocks skipped
+    two[3][step + 1:] = float("-inf")
+    got = attention_pair((*one, pad, None), (*two, None, torch.tensor([step])), 0.3)
     ref = (*attention(*one, 0.3), *attention(*two, 0.3))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, ref, strict=True))
+    skip = (*attention(*one, 0.3, first=pad), *attention(*two, 0.3, last=torch.tensor([step]), block_n=32))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(skip, ref, strict=True))
 # the decoder's use: both parts with the kernel, merged, against the plain path
 for mm in (4, 12):  # 12 prompts' queries per program (36) take other warps: two launches
     g, hkv, gq, d, w, t = 3, 2, 3, 16, 70, 64
@@ -227,7 +231,8 @@ for mm in (4, 12):  # 12 prompts' queries per program (36) take other warps: two
     gen_bias[9:] = float("-inf")
     prefix_bias = torch.zeros(g, w)
     prefix_bias[1, :20] = float("-inf")
-    st = Shared([pk], [pv], prefix_bias, prefix_bias, gen_bias, gen_bias, True, True)
+    st = Shared([pk], [pv], prefix_bias, prefix_bias, gen_bias, gen_bias, True, True,
+                prefix_first=torch.tensor([0, 20, 0]), gen_last=torch.tensor([8]))
     parts = fused_parts(prefix_queries(q, g), q, k, v, pk, pv, st, 0.25)
     got = merge_parts(*parts, torch.float32).reshape(g * mm, 1, hkv * gq, d)
     ref = plain_attention(q.reshape(g * mm, hkv * gq, 1, d), k, v, pk, pv, st, 0.25)

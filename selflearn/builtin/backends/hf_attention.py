@@ -22,19 +22,24 @@ _OUT_DTYPE_OK: dict[str, bool] = {}
 class Shared:
     """What the attention function reads besides q/k/v: per layer the prompt prefix's keys and
     values (G, kv heads, W, head dim), the prefix mask (G, W) and the generated-token mask (T,)
-    as additive biases (float32, and in the model's dtype for the fused kernels)."""
+    as additive biases (float32, and in the model's dtype for the fused kernels); for the Triton
+    kernel, optionally the first unpadded prefix key of each prompt (G,) and the current step
+    (one element): key blocks wholly outside are not read."""
 
-    __slots__ = ("fused", "gen_bias", "gen_bias_h", "prefix_bias", "prefix_bias_h", "prefix_k", "prefix_v", "triton")
+    __slots__ = ("fused", "gen_bias", "gen_bias_h", "gen_last", "prefix_bias", "prefix_bias_h", "prefix_first",
+                 "prefix_k", "prefix_v", "triton")
 
     def __init__(
         self, prefix_k: list[Any], prefix_v: list[Any], prefix_bias: Any, prefix_bias_h: Any,
         gen_bias: Any, gen_bias_h: Any, fused: bool, triton: bool = False,
+        prefix_first: Any = None, gen_last: Any = None,
     ) -> None:
         self.prefix_k, self.prefix_v = prefix_k, prefix_v
         self.prefix_bias, self.prefix_bias_h = prefix_bias, prefix_bias_h
         self.gen_bias, self.gen_bias_h = gen_bias, gen_bias_h
         #: the fused parts: True: :mod:`.hf_triton`'s kernel; False: PyTorch's memory-efficient one
         self.fused, self.triton = fused, triton
+        self.prefix_first, self.gen_last = prefix_first, gen_last
 
 
 def _scores(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -133,12 +138,15 @@ def fused_parts(
     Triton kernel of :mod:`.hf_triton` (``st.triton``) or PyTorch's memory-efficient kernel.
     :func:`merge_parts` combines them."""
     if st.triton:
-        from .hf_triton import attention, attention_pair, default_warps
+        from .hf_triton import OWN_BLOCK_N, attention, attention_pair, default_warps
 
+        pre = (q_pre, pk, pv, st.prefix_bias, st.prefix_first, None)
+        own = (q_gen, key, value, st.gen_bias, None, st.gen_last)
         if default_warps(q_pre.shape[2]) == default_warps(q_gen.shape[2]):
             # one launch for both (its warps suit both parts); else each its own launch
-            return attention_pair((q_pre, pk, pv, st.prefix_bias), (q_gen, key, value, st.gen_bias), scale)
-        return (*attention(q_pre, pk, pv, st.prefix_bias, scale), *attention(q_gen, key, value, st.gen_bias, scale))
+            return attention_pair(pre, own, scale)
+        return (*attention(*pre[:4], scale, first=pre[4]),
+                *attention(*own[:4], scale, last=own[5], block_n=OWN_BLOCK_N))
     o1, l1 = _part(q_pre, pk, pv, st.prefix_bias_h[:, None, None, :], scale)
     o2, l2 = _part(q_gen, key, value, st.gen_bias_h[None, None, None, :], scale)
     return o1, l1, o2, l2

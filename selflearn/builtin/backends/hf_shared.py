@@ -125,6 +125,8 @@ class _State:
         self.gen_k = [x[0] for x in self.gen_kv]
         self.gen_v = [x[1] for x in self.gen_kv]
         self.prefix_bias = torch.zeros(groups, width, dtype=torch.float32, device=dev)
+        #: each prompt's first key after its left padding (the Triton kernel skips the blocks before)
+        self.prefix_first = torch.zeros(groups, dtype=torch.int32, device=dev)
         self.gen_bias = torch.zeros(gen_len, dtype=torch.float32, device=dev)
         # the same masks in the model's dtype (the fused kernels take a bias of the query's dtype)
         self.prefix_bias_h = torch.zeros(groups, width, dtype=dtype, device=dev)
@@ -261,7 +263,8 @@ class SharedPrefixDecoder:
         hidden = inner.embed_tokens(tok[:, None])
         rotary = inner.rotary_emb(hidden, pos)
         shared = Shared(st.prefix_k, st.prefix_v, st.prefix_bias, st.prefix_bias_h,
-                        st.gen_bias[:t_eff], st.gen_bias_h[:t_eff], self.fused, self.triton)
+                        st.gen_bias[:t_eff], st.gen_bias_h[:t_eff], self.fused, self.triton,
+                        prefix_first=st.prefix_first, gen_last=st.t_index)
         if self.layers is not None:
             self._fused_forward(st, hidden[:, 0], rotary, shared, t_eff)
             st.t.add_(1)
@@ -386,6 +389,7 @@ class SharedPrefixDecoder:
                 pv[lo:hi].copy_(kv.layers[layer].values)
         st.prefix_bias.copy_(torch.where(mask.bool(), 0.0, float("-inf")))
         st.prefix_bias_h.copy_(st.prefix_bias)
+        st.prefix_first.copy_(width - mask.sum(-1))
         group_of = torch.arange(st.rows, device=dev) // st.m
         st.logits.copy_(last.index_select(0, group_of))
         st.plen.copy_(mask.sum(-1).index_select(0, group_of))
