@@ -14,18 +14,21 @@ one token, checkable in one pass: ``mass_above(v) = sum of softmax(s)_u over the
 ranked above v`` (higher score, or equal score and a higher id: the order of the full path's
 stable ascending sort). So, per row (one program per row):
 
-1. one pass: the log-sum-exp of the row and ``v = argmax_u (s_u + g_u)`` over *all* tokens;
-2. one pass: ``mass_above(v)``; if it is below ``top_p``, v is in N and is the answer (every
-   token of N competes in the same argmax with the same noise). If not, v and every token
-   ranked below it are outside N, so the answer is the argmax over the tokens ranked above v;
-   the same pass computes that argmax, and step 2 repeats with it.
+1. one pass: the log-sum-exp of the row and the four best noisy scores ``s_u + g_u`` over
+   *all* tokens (the first, v, is the Gumbel argmax);
+2. one pass of plain sums (no noise): ``mass_above(v)``; if it is below ``top_p``, v is in N
+   and is the answer (every token of N competes in the same argmax with the same noise). If
+   not, v and every token ranked below it are outside N, so the answer is the argmax over the
+   tokens ranked above v: the first of the other three best that is ranked above v, if any
+   (the noisy scores between them belong to tokens ranked below v); step 2 repeats with it.
+3. Only when the four are used up (rare) do passes compute the noise again: each checks a
+   candidate and finds the argmax over the tokens ranked above it.
 
-Each repetition succeeds with probability at least ``mass(N) >= top_p`` (Gumbel-max over the
+Each check succeeds with probability at least ``mass(N) >= top_p`` (Gumbel-max over the
 tokens above v picks a token of N with probability ``mass(N) / mass(above v)``), so a row
-takes about two passes over its logits on average (three with probability <= 1 - top_p, four
-with probability <= (1 - top_p)^2, ...), whatever the shape of its distribution: flat rows
-with huge nuclei cost the same as peaked ones. Nothing is truncated and nothing depends on
-the other rows.
+takes about two passes over its logits on average (one with noise, about 1.1 without),
+whatever the shape of its distribution: flat rows with huge nuclei cost the same as peaked
+ones. Nothing is truncated and nothing depends on the other rows.
 
 **Exactness.** The chosen token is the full path's token, up to float rounding: the mass sums
 are added in another order than the full path's cumulative sum (a token whose ranked-above
