@@ -37,3 +37,23 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
     table = (out / "table.md").read_text()
     assert "greedy == generate, tiny float32 | 4/4 identical" in table
     assert table.strip() in proc.stdout
+
+
+def test_the_paper_scale_estimate_from_recorded_runs(tmp_path: Path) -> None:
+    """``--sections '' --merge GEN NLI``: the estimate of docs/performance.md from the recorded
+    JSON of runs 14 (generation) and 12 (NLI), without running anything."""
+    results = ROOT / "benchmarks" / "results"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_gpu.py"), "--sections", "", "--out", str(tmp_path),
+         "--merge", str(results / "h100-run14-gen.json"), str(results / "h100-run12-nli-dpo-greedy.json")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    est = json.loads((tmp_path / "bench.json").read_text())["estimate_paper_scale_1.1b"]
+    # 46.6 M tokens: 5,780 x 20 x 384 sampled at the 2,560-row rate, 5,780 x 384 greedy
+    assert est["generated_tokens"] == 5780 * 21 * 384
+    gen = 5780 * 20 * 384 / 129289.2 + 5780 * 384 / 60372.7
+    assert abs(est["generation_s"] - gen) < 0.1
+    nli = 5780 * 2 * 10 * 3 / 1628.2  # the scorer's rate of run 12 on ~128-token pairs
+    assert est["total_minutes, NLI ~128-token pairs"] == round((gen + nli) / 60, 1) == 9.9
