@@ -347,9 +347,7 @@ def resolve(mode: FuseMode, model: Any) -> Literal["compile", "eager", "off"]:
     if mode == "auto":
         if not str(model.device).startswith("cuda"):
             return "off"
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "eager"
-        return "compile"
+        from .hf_triton import importable
+
+        return "compile" if importable() else "eager"
     return mode

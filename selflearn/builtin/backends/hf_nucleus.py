@@ -60,16 +60,6 @@ BLOCK = 4096
 WARPS = 8
 
 
-def available() -> bool:
-    """Whether Triton imports (the kernel itself runs on CUDA, or on the CPU in Triton's
-    interpreter for the tests)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @functools.cache
 def _kernel() -> Any:
     from .hf_nucleus_kernel import nucleus_sample

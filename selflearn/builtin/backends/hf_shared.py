@@ -49,10 +49,10 @@ from .hf_attention import ATTN_NAME, Shared, fused_parts, plain_attention, regis
 from .hf_candidates import full_rows_uncompiled, select_candidates
 from .hf_decode import DecodeBatch, RowOutput, StopCheck, _round_up
 from .hf_fused import FusedLayers, FuseMode, resolve
-from .hf_nucleus import available as nucleus_available
 from .hf_nucleus import select_nucleus
 from .hf_sampling import SamplingConfig, vocab_keys
 from .hf_triton import available as triton_available
+from .hf_triton import importable as triton_importable
 
 if TYPE_CHECKING:
     import torch
@@ -214,7 +214,7 @@ class SharedPrefixDecoder:
         if sampler == "candidates":
             return False
         runs = str(self.model.device).startswith("cuda") or os.environ.get("TRITON_INTERPRET") == "1"
-        if runs and nucleus_available():
+        if runs and triton_importable():
             return True
         if sampler == "triton":
             log.warning("hf: the Triton sampling kernel needs CUDA and Triton; sampling on top-k candidates")
