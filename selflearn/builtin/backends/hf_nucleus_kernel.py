@@ -48,15 +48,27 @@ def _insert(z0, z1, z2, z3, i0, i1, i2, i3, zb, ib):
 
 
 @triton.jit
+def _scores(base, start, temperature, VOCAB: tl.constexpr, BLOCK: tl.constexpr):
+    # the block of scores s = logit / T from token id start on (-inf past the vocabulary)
+    ids = start + tl.arange(0, BLOCK)
+    inside = ids < VOCAB
+    return ids, inside, tl.load(base + ids, mask=inside, other=float("-inf")) / temperature
+
+
+@triton.jit
+def _ranked_above(s, ids, s_tok, tok):
+    # the full path's order (a stable ascending sort): a higher score, or an equal score and a
+    # higher id, ranks above
+    return (s > s_tok) | ((s == s_tok) & (ids > tok))
+
+
+@triton.jit
 def _mass_above(base, tok, s_tok, lse, temperature, VOCAB: tl.constexpr, BLOCK: tl.constexpr):
-    # probability mass of the tokens ranked above tok (higher score; equal score and higher id)
-    lanes = tl.arange(0, BLOCK)
+    # probability mass of the tokens ranked above tok
     mass = tl.zeros([], tl.float32)
     for start in range(0, VOCAB, BLOCK):
-        ids = start + lanes
-        inside = ids < VOCAB
-        s = tl.load(base + ids, mask=inside, other=float("-inf")) / temperature
-        above = inside & ((s > s_tok) | ((s == s_tok) & (ids > tok)))
+        ids, inside, s = _scores(base, start, temperature, VOCAB, BLOCK)
+        above = inside & _ranked_above(s, ids, s_tok, tok)
         mass += tl.sum(tl.where(above, tl.exp(s - lse), 0.0), 0)
     return mass
 
@@ -68,7 +80,7 @@ def _try_entry(base, out_ptr, row, tok, s_tok, mass, cand, lse, top_p, temperatu
     # Gumbel argmax over the tokens ranked above tok; check it
     if mass >= top_p:
         s_c = tl.load(base + cand) / temperature
-        if (s_c > s_tok) | ((s_c == s_tok) & (cand > tok)):
+        if _ranked_above(s_c, cand, s_tok, tok):
             tok = cand
             s_tok = s_c
             tl.store(out_ptr + row, tok.to(tl.int64))
@@ -92,7 +104,6 @@ def nucleus_sample(
     key = tl.load(keys_ptr + row).to(tl.uint64, bitcast=True)
     step = tl.load(step_ptr).to(tl.uint64, bitcast=True)
     step_key = _mix64(key + (step + 1) * 0x9E3779B97F4A7C15)
-    lanes = tl.arange(0, BLOCK)
     # pass 1: log-sum-exp, and the four best noisy scores s + g over every token (the first
     # is the Gumbel argmax; the others are the next candidates should it be outside the nucleus)
     top = tl.full([], float("-inf"), tl.float32)
@@ -106,9 +117,7 @@ def nucleus_sample(
     i2 = i0
     i3 = i0
     for start in range(0, VOCAB, BLOCK):
-        ids = start + lanes
-        inside = ids < VOCAB
-        s = tl.load(base + ids, mask=inside, other=float("-inf")) / temperature
+        ids, inside, s = _scores(base, start, temperature, VOCAB, BLOCK)
         new_top = tl.maximum(top, tl.max(s, 0))
         shift = tl.where(new_top == float("-inf"), 0.0, new_top)
         total = total * tl.exp(top - shift) + tl.sum(tl.exp(s - shift), 0)
@@ -143,10 +152,8 @@ def nucleus_sample(
                 mass = tl.zeros([], tl.float32)
                 best = tl.full([], float("-inf"), tl.float32)
                 for start in range(0, VOCAB, BLOCK):
-                    ids = start + lanes
-                    inside = ids < VOCAB
-                    s = tl.load(base + ids, mask=inside, other=float("-inf")) / temperature
-                    above = inside & ((s > s_tok) | ((s == s_tok) & (ids > tok)))
+                    ids, inside, s = _scores(base, start, temperature, VOCAB, BLOCK)
+                    above = inside & _ranked_above(s, ids, s_tok, tok)
                     mass += tl.sum(tl.where(above, tl.exp(s - lse), 0.0), 0)
                     z = tl.where(above, s + _gumbel(step_key, ids, LIBDEVICE), float("-inf"))
                     zb = tl.max(z, 0)
