@@ -31,6 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--until", metavar="STAGE", help="stop after this stage")
     run.add_argument("--run-dir", metavar="DIR", help="run directory (path or fsspec URL)")
     run.add_argument("--dry-run", action="store_true", help="show the plan and estimated calls")
+    run.add_argument(
+        "--rerun",
+        metavar="STAGE",
+        action="append",
+        help="run this stage and every stage that depends on it again, even if nothing "
+        "changed (repeatable); the per-call cache still saves unchanged model calls",
+    )
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     plugins = sub.add_parser("plugins", help="list installed plugins")
@@ -104,13 +111,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         config["run_dir"] = args.run_dir
     pipeline = Pipeline(config)
     if args.dry_run:
-        plan = pipeline.plan(args.until)
+        plan = pipeline.plan(args.until, rerun=args.rerun)
         print(f"run directory: {pipeline.run_dir}")
         for row in plan:
             est = ", ".join(f"{k}: {v}" for k, v in row["estimate"].items())
             print(f"  {row['stage']:<12} {row['status']:<8} {est}")
         return 0
-    outcomes = pipeline.run(args.until)
+    outcomes = pipeline.run(args.until, rerun=args.rerun)
     print(f"run directory: {pipeline.run_dir}")
     for o in outcomes:
         brief = ", ".join(

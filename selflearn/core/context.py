@@ -43,6 +43,8 @@ class RunContext:
         self.model: str | None = config.get("model")
         self._components: dict[str, Any] = {}
         self._caches: dict[str, JsonlCache] = {}
+        #: one-time warnings already given in this run (e.g. "source-fingerprint")
+        self.warned: set[str] = set()
         cache_dir = config.get("cache_dir")
         if cache_dir:
             self.cache_dir = os.path.expanduser(str(cache_dir))

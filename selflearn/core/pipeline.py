@@ -158,6 +158,26 @@ class Pipeline:
             )
         return list(STAGE_NAMES[: STAGE_NAMES.index(until) + 1])
 
+    def _forced(self, rerun: str | Iterable[str] | None, names: list[str]) -> set[str]:
+        """The stages ``rerun`` names and every selected stage that reads their outputs,
+        directly or through another stage: these run again even when their fingerprint
+        matches (the per-call caches still answer every unchanged model call)."""
+        if rerun is None:
+            return set()
+        wanted = [rerun] if isinstance(rerun, str) else list(rerun)
+        unknown = [w for w in wanted if w not in STAGE_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"unknown stage {', '.join(map(repr, unknown))} to re-run; stages are: "
+                + ", ".join(STAGE_NAMES),
+                "--rerun",
+            )
+        forced = set(wanted)
+        for name in names:
+            if forced.intersection(self._stage_classes[name].requires):
+                forced.add(name)
+        return forced.intersection(names)
+
     def _manifest(self) -> dict[str, Any]:
         if self.store.exists(MANIFEST):
             try:
@@ -187,17 +207,24 @@ class Pipeline:
                 return False
         return True
 
-    def plan(self, until: str | None = None) -> list[dict[str, Any]]:
+    def plan(
+        self, until: str | None = None, rerun: str | Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
         """What :meth:`run` would do: per stage, done or pending, and its estimated calls."""
         manifest = self._manifest()
         rows = []
-        pending: set[str] = set()
-        for name in self._selected(until):
+        names = self._selected(until)
+        pending: set[str] = self._forced(rerun, names)
+        for name in names:
             stage = self.stage(name)
             stage.validate()
             fp, _ = self._fingerprint(stage)
             # a stage whose input will be rewritten by a pending stage will run again too
-            done = self._is_done(stage, fp, manifest) and not pending.intersection(stage.requires)
+            done = (
+                name not in pending
+                and self._is_done(stage, fp, manifest)
+                and not pending.intersection(stage.requires)
+            )
             if not done:
                 pending.add(name)
             rows.append(
@@ -210,9 +237,17 @@ class Pipeline:
         return rows
 
     # -- running -------------------------------------------------------------------------
-    def run(self, until: str | None = None) -> list[StageOutcome]:
-        """Run the stages in order up to ``until`` (inclusive), skipping finished ones."""
+    def run(
+        self, until: str | None = None, rerun: str | Iterable[str] | None = None
+    ) -> list[StageOutcome]:
+        """Run the stages in order up to ``until`` (inclusive), skipping finished ones.
+
+        ``rerun`` (a stage name or several) runs those stages and every stage that depends on
+        them again even if nothing changed, e.g. after editing a source that has no content
+        fingerprint; the per-call caches keep every unchanged model call from being redone.
+        """
         names = self._selected(until)
+        forced = self._forced(rerun, names)
         stages = [self.stage(n) for n in names]
         for stage in stages:
             stage.validate()
@@ -225,7 +260,7 @@ class Pipeline:
         try:
             for stage in stages:
                 fp, inputs = self._fingerprint(stage)
-                if self._is_done(stage, fp, manifest):
+                if stage.name not in forced and self._is_done(stage, fp, manifest):
                     summary = manifest["stages"][stage.name].get("summary", {})
                     outcome = StageOutcome(stage.name, "skipped", 0.0, summary)
                     log.info("stage %s: already done, skipped", stage.name)

@@ -61,6 +61,21 @@ class KnowledgeSource(Protocol):
 
 
 @runtime_checkable
+class FingerprintedSource(KnowledgeSource, Protocol):
+    """A knowledge source that can tell when its content changed (optional, recommended).
+
+    ``fingerprint()`` returns something JSON-able that changes whenever ``documents()``
+    would yield something else (file names, sizes and content hashes; a dataset revision;
+    a package version). The documents stage adds it to its fingerprint, so an edited corpus
+    re-runs that stage and the stages after it. It must be cheap: it is asked on every run
+    and dry-run. A source without it is named in a warning, since changes to its content
+    cannot be noticed (``selflearn run --rerun documents`` re-reads it).
+    """
+
+    def fingerprint(self) -> Any: ...
+
+
+@runtime_checkable
 class Chunker(Protocol):
     def chunk(self, document: Document, *, max_passages: int | None = None) -> list[Passage]:
         """Cut a document into passages, at most ``max_passages`` of them."""

@@ -21,6 +21,7 @@ from ..core.options import Options
 from ..core.protocols import (
     BackendCapabilities,
     Chunker,
+    FingerprintedSource,
     GenerationParams,
     InferenceBackend,
     Judge,
@@ -59,6 +60,7 @@ __all__ = [
     "InferenceBackend",
     "Judge",
     "JudgeItem",
+    "FingerprintedSource",
     "KnowledgeSource",
     "Message",
     "Options",

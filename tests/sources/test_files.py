@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import fsspec
@@ -140,3 +141,52 @@ def test_documents_stage_records_skips(tmp_path, run_dir):
     assert outcome.summary["source"]["invalid_json_lines"] == 1
     manifest = json.loads(Path(run_dir, "manifest.json").read_text())
     assert manifest["stages"]["documents"]["summary"]["source"]["empty_documents"] == 2
+
+
+def test_fingerprint_follows_names_sizes_and_content(tmp_path):
+    from selflearn.core.cache import JsonlCache
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/fp-corpus/a.md", b"# A\n\nAlpha text.")
+    fs.pipe("/fp-corpus/sub/b.txt", b"Beta text.")
+    cache = JsonlCache(str(tmp_path / "sources.jsonl"))
+    src = FilesSource(Options(url="memory://fp-corpus"), seed=1, cache=cache)
+    first = src.fingerprint()
+    assert src.fingerprint() == first
+    assert len(cache) == 2  # one digest per file, kept under (path, size, stamp)
+
+    fs.pipe("/fp-corpus/a.md", b"# A\n\nAlpha text!")  # same size, other bytes
+    edited = src.fingerprint()
+    assert edited != first
+    fs.pipe("/fp-corpus/c.md", b"Gamma.")
+    added = src.fingerprint()
+    assert added not in (first, edited)
+    fs.rm("/fp-corpus/c.md")
+    assert src.fingerprint() == edited
+    fs.rm("/fp-corpus", recursive=True)
+
+
+def test_fingerprint_does_not_reread_unchanged_files(tmp_path, monkeypatch):
+    from fsspec.implementations.local import LocalFileSystem
+
+    from selflearn.core.cache import JsonlCache
+
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"f{i}.md").write_text(f"Text number {i}.")
+    cache = JsonlCache(str(tmp_path / "sources.jsonl"))
+    src = FilesSource(Options(url=str(corpus)), seed=1, cache=cache)
+    first = src.fingerprint()
+    reads: list[str] = []
+    real = LocalFileSystem._open
+
+    def counting_open(self, path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reads.append(path)
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "_open", counting_open)
+    assert src.fingerprint() == first and reads == []
+    stat = (corpus / "f1.md").stat()
+    os.utime(corpus / "f1.md", (stat.st_atime, stat.st_mtime + 5))  # touched: hashed again, same digest
+    assert src.fingerprint() == first and len(reads) == 1

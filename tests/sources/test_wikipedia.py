@@ -139,3 +139,16 @@ def test_unreachable_hub_is_a_clear_error(monkeypatch):
     src = WikipediaSource(Options(train_per_category=1), 1, None)
     with pytest.raises(Exception, match="cannot list the files of 'wikimedia/wikipedia'.*local copy"):
         list(src.documents())
+
+
+def test_fingerprint_follows_the_dump_files_and_the_titles(tmp_path, small_dump_rows, small_titles):
+    dump = write_dump(tmp_path / "dump", small_dump_rows)
+    first = _source(tmp_path, dump, small_titles).fingerprint()
+    assert _source(tmp_path, dump, small_titles).fingerprint() == first
+    write_dump(tmp_path / "dump", small_dump_rows[:-3])  # the dump's files replaced
+    replaced = _source(tmp_path, dump, small_titles).fingerprint()
+    assert replaced["files"] != first["files"] and replaced["titles"] == first["titles"]
+    Path(small_titles).write_text(json.dumps({"alpha": ["Alpha 1"]}))
+    assert _source(tmp_path, dump, small_titles).fingerprint()["titles"] != first["titles"]
+    hub = WikipediaSource(Options(dataset="wikimedia/wikipedia"), 42, None).fingerprint()
+    assert hub["hub"] == {"dataset": "wikimedia/wikipedia", "config": "20231101.en"}  # no network call

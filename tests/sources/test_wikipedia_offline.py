@@ -76,3 +76,15 @@ def test_documents_stage_records_the_source_stats(run_dir):
     with open(f"{run_dir}/documents.jsonl") as f:
         rows = [json.loads(x) for x in f]
     assert len(rows) == 10 and all(r["metadata"]["category"] in ("History", "Arts") for r in rows)
+
+
+def test_fingerprint_names_the_package_and_follows_an_edited_file(tmp_path):
+    shipped = WikipediaOffline(Options(), seed=1).fingerprint()
+    assert shipped["package_version"] == "0.0.7" and len(shipped["sha256"]) == 64
+    path = tmp_path / "summaries.json"
+    path.write_text(json.dumps({"A": {"title": "A", "extract": "one two", "topic": "T"}}))
+    own = WikipediaOffline(Options(path=str(path)), seed=1)
+    first = own.fingerprint()
+    assert "package_version" not in first
+    path.write_text(json.dumps({"A": {"title": "A", "extract": "one three", "topic": "T"}}))
+    assert own.fingerprint()["sha256"] != first["sha256"]

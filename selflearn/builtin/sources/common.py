@@ -12,10 +12,12 @@ research code's title list allowed (method.md, section 2).
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from ...core.cache import JsonlCache
 from ...core.hashing import seed_from
 
 T = TypeVar("T")
@@ -108,3 +110,46 @@ def normalize_text(text: str) -> str:
     separate paragraphs and headings, which the chunker uses)."""
     lines = (" ".join(line.split()) for line in text.splitlines())
     return "\n".join(line for line in lines if line)
+
+
+def _stamp(info: dict[str, Any]) -> Any:
+    """What changes when a file changes, from its fsspec ``info``: an ETag, an MD5 or CRC a
+    remote store keeps, else the modification time (local files, memory://)."""
+    for key in ("ETag", "etag", "md5", "checksum", "crc32c", "sha256"):
+        if info.get(key):
+            return str(info[key])
+    for key in ("mtime", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return str(info[key])
+    return None
+
+
+def file_digests(fs: Any, files: Sequence[str], cache: Any = None, *, content: bool = True) -> list[list[Any]]:
+    """``[[path, size, digest]]`` of ``files``: the SHA-256 of each file's bytes.
+
+    Hashing a large tree on every run would be slow, so the digest is kept in ``cache`` (a
+    :class:`~selflearn.core.cache.JsonlCache`) under the file's path, size and modification
+    stamp: a file is read again only when it changed. Without a stamp, or with no cache, the
+    file is read every time. ``content=False`` records the stamp instead of reading the bytes
+    (for dumps of many gigabytes whose files are replaced, never edited in place).
+    """
+    out: list[list[Any]] = []
+    for path in sorted(files):
+        info = fs.info(path)
+        size = info.get("size")
+        stamp = _stamp(info)
+        if not content:
+            out.append([path, size, stamp])
+            continue
+        key = JsonlCache.key("file-digest", fs.protocol, path, size, stamp) if stamp is not None else None
+        digest = cache.get(key) if cache is not None and key is not None else None
+        if digest is None:
+            sha = hashlib.sha256()
+            with fs.open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    sha.update(block)
+            digest = sha.hexdigest()
+            if cache is not None and key is not None:
+                cache.put(key, digest)
+        out.append([path, size, digest])
+    return out

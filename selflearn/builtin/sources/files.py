@@ -33,8 +33,9 @@ from typing import Any
 import attrs
 
 from ...core.errors import ConfigError, StageError
+from ...core.hashing import content_hash
 from ...core.records import Document
-from .common import normalize_text, round_robin, seeded_order, take_split
+from .common import file_digests, normalize_text, round_robin, seeded_order, take_split
 
 log = logging.getLogger("selflearn.sources")
 
@@ -80,14 +81,25 @@ class Options:
 class FilesSource:
     """See the module docstring. ``stats`` is filled while :meth:`documents` runs."""
 
-    def __init__(self, options: Options, seed: int, path: str = "source") -> None:
+    def __init__(self, options: Options, seed: int, path: str = "source", cache: Any = None) -> None:
         self.options = options
         self.seed = options.seed if options.seed is not None else seed
         self.config_path = path
+        self.cache = cache
         self.stats: dict[str, Any] = {}
 
     def identity(self) -> dict[str, Any]:
         return {"source": "files", **attrs.asdict(self.options), "seed": self.seed}
+
+    def fingerprint(self) -> str:
+        """The names, sizes and SHA-256 digests of the files read, so that an edited, added
+        or removed file re-runs the documents stage. A digest is recomputed only for files
+        whose size or modification time changed (the digests are kept in the run's cache)."""
+        fs, base, files = self._list()
+        rows = file_digests(fs, files, self.cache)
+        for row in rows:
+            row[0] = row[0][len(base) + 1 :] if base and row[0].startswith(base + "/") else posixpath.basename(row[0])
+        return content_hash(rows)
 
     # -- listing -------------------------------------------------------------------------
     def _list(self) -> tuple[Any, str, list[str]]:
@@ -316,4 +328,5 @@ class FilesSource:
 
 
 def create(options: Options, context: Any) -> FilesSource:
-    return FilesSource(options, context.seed, getattr(context, "path", "source"))
+    cache = context.cache("sources") if hasattr(context, "cache") else None
+    return FilesSource(options, context.seed, getattr(context, "path", "source"), cache)

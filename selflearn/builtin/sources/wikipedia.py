@@ -35,9 +35,11 @@ import attrs
 
 from ...core.cache import JsonlCache
 from ...core.errors import ConfigError, SelflearnError
+from ...core.hashing import content_hash
 from ...core.records import Document
 from .common import (
     dedupe_across,
+    file_digests,
     normalize_text,
     resolve_categories,
     round_robin,
@@ -221,6 +223,31 @@ class WikipediaSource:
 
     def identity(self) -> dict[str, Any]:
         return {"source": "wikipedia", **attrs.asdict(self.options), "seed": self.seed}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The title list's content, and for a local or fsspec copy of the dump its files'
+        names, sizes and modification stamps (dumps are gigabytes, replaced rather than
+        edited, so their bytes are not hashed). A hub dump is named by its dated ``config``
+        (``20231101.en``), a snapshot that does not change, so no network call is made."""
+        o = self.options
+        out: dict[str, Any] = {"titles": content_hash(self._titles())}
+        local = os.path.exists(os.path.expanduser(o.dataset))
+        if not (local or "://" in o.dataset):
+            out["hub"] = {"dataset": o.dataset, "config": o.config}
+            return out
+        import fsspec
+
+        try:
+            fs, root = fsspec.core.url_to_fs(os.path.expanduser(o.dataset) if local else o.dataset)
+            files = [root] if fs.isfile(root) else [
+                f for f in fs.find(root) if f.endswith((".parquet", *_TEXT_EXT))
+            ]
+            out["files"] = file_digests(fs, files, content=False)
+        except (OSError, ValueError, ImportError) as exc:
+            raise ConfigError(
+                f"cannot list the files of {o.dataset!r}: {exc}", f"{self.config_path}.options.dataset"
+            ) from exc
+        return out
 
     def _titles(self) -> dict[str, list[str]]:
         o = self.options

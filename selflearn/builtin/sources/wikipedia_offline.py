@@ -26,6 +26,7 @@ import attrs
 from ...core.errors import ConfigError
 from ...core.records import Document
 from .common import (
+    file_digests,
     normalize_text,
     resolve_categories,
     round_robin,
@@ -71,7 +72,7 @@ def package_path() -> str:
 class WikipediaOffline:
     """See the module docstring. ``stats`` is filled while :meth:`documents` runs."""
 
-    def __init__(self, options: Options, seed: int, path: str = "source") -> None:
+    def __init__(self, options: Options, seed: int, path: str = "source", cache: Any = None) -> None:
         for name in ("train_per_category", "test_per_category", "min_words"):
             value = getattr(options, name)
             if value is not None and value < 0:
@@ -79,10 +80,31 @@ class WikipediaOffline:
         self.options = options
         self.seed = options.seed if options.seed is not None else seed
         self.config_path = path
+        self.cache = cache
         self.stats: dict[str, Any] = {}
 
     def identity(self) -> dict[str, Any]:
         return {"source": "wikipedia-offline", **attrs.asdict(self.options), "seed": self.seed}
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The summaries file's size and SHA-256 (kept in the run's cache while its size and
+        modification time stay), and the package version when the file is the package's:
+        upgrading the package or editing ``path`` re-runs the documents stage."""
+        import fsspec
+
+        file = os.path.expanduser(self.options.path) if self.options.path else package_path()
+        if not os.path.exists(file):
+            raise ConfigError(f"{file!r} does not exist", f"{self.config_path}.options.path")
+        _, size, digest = file_digests(fsspec.filesystem("file"), [file], self.cache)[0]
+        out: dict[str, Any] = {"size": size, "sha256": digest}
+        if not self.options.path:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                out["package_version"] = version(SOURCE)
+            except PackageNotFoundError:
+                out["package_version"] = None
+        return out
 
     def _load(self) -> dict[str, dict[str, Any]]:
         file = os.path.expanduser(self.options.path) if self.options.path else package_path()
@@ -164,4 +186,5 @@ class WikipediaOffline:
 
 
 def create(options: Options, context: Any) -> WikipediaOffline:
-    return WikipediaOffline(options, context.seed, getattr(context, "path", "source"))
+    cache = context.cache("sources") if hasattr(context, "cache") else None
+    return WikipediaOffline(options, context.seed, getattr(context, "path", "source"), cache)
