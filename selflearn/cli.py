@@ -67,6 +67,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             "hooks": list(i.hooks),
             "status": i.status,
             **({"error": i.error} if i.error else {}),
+            **({"warnings": list(i.warnings)} if i.warnings else {}),
         }
         for i in host.infos
     ]
@@ -79,13 +80,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(textwrap.indent(textwrap.fill(", ".join(r["hooks"]), 88), "    hooks: "))
         if r.get("error"):
             print(f"    error: {r['error']}")
+        for warning in r.get("warnings", ()):
+            print(textwrap.indent(textwrap.fill(warning, 88), "    warning: "))
     return 0
 
 
 def cmd_components(args: argparse.Namespace) -> int:
     host = _host()
     rows = [
-        {"kind": s.kind, "name": s.name, "provider": s.provider, "description": s.description}
+        {"kind": s.kind, "name": s.name, "provider": s.provider, "description": s.description,
+         **({"replaces": s.replaces} if s.replaces else {})}
         for s in host.components()
         if not args.kind or s.kind == args.kind
     ]
@@ -98,7 +102,8 @@ def cmd_components(args: argparse.Namespace) -> int:
         if r["kind"] != kind:
             kind = r["kind"]
             print(f"{kind}:")
-        print(f"  {r['name']:<{width}}  {r['description']}  [{r['provider']}]")
+        replaced = f", replaces {r['replaces']}" if r.get("replaces") else ""
+        print(f"  {r['name']:<{width}}  {r['description']}  [{r['provider']}{replaced}]")
     return 0
 
 

@@ -22,6 +22,7 @@ from .config import (
 from .context import RunContext
 from .errors import ConfigError, StageError
 from .hashing import content_hash
+from .hookspecs import RunInfo
 from .options import build_options
 from .plugins import PluginHost
 from .registry import load_object
@@ -31,15 +32,6 @@ from .store import ArtifactStore
 log = logging.getLogger("selflearn")
 
 MANIFEST = "manifest.json"
-
-
-@attrs.frozen
-class RunInfo:
-    """What lifecycle hooks receive about the run."""
-
-    run_dir: str
-    config: dict[str, Any]
-    stages: tuple[str, ...]
 
 
 @attrs.frozen
@@ -255,7 +247,7 @@ class Pipeline:
         manifest = self._manifest()
         manifest.setdefault("created", _now())
         info = RunInfo(self.store.url, self.describe(), tuple(names))
-        self.host.pm.hook.on_run_start(run=info)
+        self.host.lifecycle.run_start(info)
         outcomes: list[StageOutcome] = []
         try:
             for stage in stages:
@@ -284,12 +276,10 @@ class Pipeline:
                     self.store.write_json(MANIFEST, manifest)
                     outcome = StageOutcome(stage.name, "ran", seconds, summary)
                 outcomes.append(outcome)
-                self.host.pm.hook.on_stage_end(run=info, stage=stage.name, summary=outcome.summary)
+                self.host.lifecycle.stage_end(info, stage.name, outcome.summary)
         finally:
             self.ctx.close()
-        self.host.pm.hook.on_run_end(
-            run=info, summary={o.name: o.summary for o in outcomes}
-        )
+        self.host.lifecycle.run_end(info, {o.name: o.summary for o in outcomes})
         return outcomes
 
     def describe(self) -> dict[str, Any]:

@@ -45,6 +45,10 @@ class ComponentSpec:
     options: Any = None  # attrs options class, "module:attr", or None (no options)
     description: str = ""
     provider: str = "?"
+    #: registered with ``replace=True``: meant to take the place of another plugin's component
+    replace: bool = False
+    #: the provider whose registration of the same name this one replaced ("" if none)
+    replaces: str = ""
 
     def load_factory(self) -> Factory:
         factory = load_object(self.factory, f"{self.kind} {self.name!r}")
@@ -68,31 +72,28 @@ class Registry:
         self.failed_plugins: dict[str, str] = dict(failed_plugins or {})
 
     def add(self, spec: ComponentSpec) -> None:
+        """Add one registration; a name already taken is replaced only on explicit request.
+
+        The outcome does not depend on the order plugins load in: a registration made with
+        ``replace=True`` wins over one without, whichever came first; two registrations of
+        the same name that both (or neither) ask to replace are an error naming both.
+        """
         by_name = self._specs.setdefault(spec.kind, {})
-        if spec.name in by_name:
-            other = by_name[spec.name]
+        other = by_name.get(spec.name)
+        if other is None:
+            by_name[spec.name] = spec
+        elif spec.replace and not other.replace:
+            by_name[spec.name] = attrs.evolve(spec, replaces=other.provider)
+        elif other.replace and not spec.replace:
+            by_name[spec.name] = attrs.evolve(other, replaces=spec.provider)
+        else:
+            both = "both ask to replace it" if spec.replace else "neither asks to replace it"
             raise PluginError(
                 f"{spec.kind} {spec.name!r} is registered twice: by plugin {other.provider!r} "
-                f"and by plugin {spec.provider!r}. Disable one of them (plugins.disable in the "
-                "config, or SELFLEARN_DISABLE_PLUGINS) or rename the component."
+                f"and by plugin {spec.provider!r} ({both}). Disable one of them "
+                "(plugins.disable in the config, or SELFLEARN_DISABLE_PLUGINS), rename the "
+                "component, or register it with replace=True in the plugin meant to win."
             )
-        by_name[spec.name] = spec
-
-    def register_function(self, kind: str, provider: str) -> Callable[..., None]:
-        """The ``register`` callable handed to a plugin's registration hook."""
-
-        def register(
-            name: str,
-            factory: Any,
-            *,
-            options: Any = None,
-            description: str = "",
-        ) -> None:
-            if not isinstance(name, str) or not name:
-                raise PluginError(f"plugin {provider!r} registered a {kind} with no name")
-            self.add(ComponentSpec(kind, name, factory, options, description, provider))
-
-        return register
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._specs.get(kind, {}))
@@ -121,6 +122,31 @@ class Registry:
     def check_kind(self, kind: str) -> None:
         if kind not in self._specs and kind not in _KNOWN_KINDS:
             raise ConfigError(f"unknown component kind {kind!r}")
+
+
+def collector(kind: str, provider: str) -> tuple[Callable[..., None], list[ComponentSpec]]:
+    """The ``register`` callable handed to one plugin's registration hook, and the list it
+    fills; the host adds the list only once the plugin's hooks all succeeded, so a plugin
+    that fails half-way registers nothing."""
+    specs: list[ComponentSpec] = []
+
+    def register(
+        name: str,
+        factory: Any,
+        *,
+        options: Any = None,
+        description: str = "",
+        replace: bool = False,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {provider!r} registered a {kind} with no name")
+        if factory is None:
+            raise PluginError(f"plugin {provider!r} registered {kind} {name!r} with no factory")
+        specs.append(
+            ComponentSpec(kind, name, factory, options, description, provider, bool(replace))
+        )
+
+    return register, specs
 
 
 from .hookspecs import REGISTRATION_HOOKS  # noqa: E402

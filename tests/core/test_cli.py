@@ -37,10 +37,12 @@ def test_components_json_lists_all_six_kinds(capsys):
 def test_plugins_listing(capsys):
     assert main(["plugins", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    builtin = next(r for r in rows if r["name"] == "selflearn.builtin")
-    assert builtin["status"] == "loaded" and "register_judges" in builtin["hooks"]
+    judge = next(r for r in rows if r["name"] == "selflearn.builtin.judges.openai_judge")
+    assert judge["status"] == "loaded" and judge["hooks"] == ["register_judges"]
+    names = [r["name"] for r in rows]
+    assert len(names) == len(set(names)), "a plugin is listed more than once"
     assert main(["plugins"]) == 0
-    assert "selflearn.builtin" in capsys.readouterr().out
+    assert "selflearn.builtin.backends.tgi" in capsys.readouterr().out
 
 
 def test_user_error_exits_2_with_one_paragraph(tmp_path, capsys):

@@ -13,6 +13,7 @@ import pytest
 from selflearn import Pipeline
 from selflearn.core.errors import ConfigError, PluginError, UnknownComponentError
 from selflearn.core.plugins import PluginHost
+from selflearn.plugins import hookimpl
 
 SOURCE_PLUGIN = '''
 from selflearn.plugins import hookimpl
@@ -51,8 +52,10 @@ def test_builtins_cover_all_kinds():
     host = PluginHost(load_entry_points=False)
     kinds = {s.kind for s in host.components()}
     assert {"knowledge_source", "question_generator", "inference_backend", "scorer", "trainer", "judge"} <= kinds
-    assert host.infos[0].name == "selflearn.builtin" and host.infos[0].status == "loaded"
-    assert "register_scorers" in host.infos[0].hooks
+    assert all(i.name.startswith("selflearn.builtin.") and i.status == "loaded" for i in host.infos)
+    nli = next(i for i in host.infos if i.name == "selflearn.builtin.scorers.nli")
+    assert nli.hooks == ("register_scorers",)
+    assert host.registry.get("scorer", "selfcheck-nli").provider == nli.name
 
 
 def test_entry_point_plugin_is_discovered_and_used(plugin_path, run_dir):
@@ -91,7 +94,7 @@ def test_plugin_raising_in_registration_hook_is_skipped(plugin_path):
     make_dist(plugin_path, "badhook-dist", "badhook", "badhook_mod", code)
     host = PluginHost()
     info = [i for i in host.infos if i.name == "badhook"]
-    assert any(i.status == "failed" and "bad hook" in i.error for i in info)
+    assert len(info) == 1 and info[0].status == "failed" and "bad hook" in info[0].error
 
 
 def test_disable_by_config_and_env(plugin_path, monkeypatch, run_dir):
@@ -115,13 +118,12 @@ def test_duplicate_component_names_an_error_naming_both(plugin_path):
 
 def test_duplicate_of_builtin_name(plugin_path):
     make_dist(plugin_path, "dup-files", "dupfiles", "dup_files_mod", SOURCE_PLUGIN.format(name="files", module="dup_files_mod"))
-    with pytest.raises(PluginError, match="selflearn.builtin"):
+    with pytest.raises(PluginError, match="selflearn.builtin.sources.files") as err:
         PluginHost()
+    assert "replace=True" in str(err.value)
 
 
 def test_in_process_plugin_object(run_dir):
-    from selflearn.plugins import hookimpl
-
     class MyPlugin:
         @hookimpl
         def register_knowledge_sources(self, register):
@@ -185,3 +187,221 @@ def test_example_plugin_package_pip_installed(tmp_path, run_dir):
 
 def test_config_error_type_is_config_error():
     assert issubclass(UnknownComponentError, ConfigError)
+
+
+# -- the pluggy way: argument handling, pending hooks, attribution ----------------------------
+
+FEWER_ARGS_PLUGIN = '''
+from selflearn.plugins import hookimpl
+
+@hookimpl
+def on_run_start():
+    import os
+    open(os.environ["FEWER_ARGS_LOG"], "a").write("started\\n")
+
+@hookimpl
+def register_scorers(register):
+    register("fewer", "selflearn.builtin.scorers.lexical:create")
+'''
+
+
+def test_hook_implementation_with_fewer_arguments_works(plugin_path, run_dir, monkeypatch):
+    """pluggy passes an implementation only the arguments it declares (how specs grow)."""
+    make_dist(plugin_path, "fewer-dist", "fewer", "fewer_mod", FEWER_ARGS_PLUGIN)
+    log_file = plugin_path / "log.txt"
+    monkeypatch.setenv("FEWER_ARGS_LOG", str(log_file))
+    host = PluginHost()
+    infos = [i for i in host.infos if i.name == "fewer"]
+    assert [(i.status, i.hooks) for i in infos] == [("loaded", ("on_run_start", "register_scorers"))]
+    assert host.registry.get("scorer", "fewer").provider == "fewer"
+    Pipeline(run_dir=run_dir, source="wikipedia-offline", documents={"limit": 2}).run(until="documents")
+    assert log_file.read_text() == "started\n"
+
+
+MISSPELT_PLUGIN = '''
+from selflearn.plugins import hookimpl
+
+@hookimpl
+def register_scorer(register):
+    register("never", "selflearn.builtin.scorers.lexical:create")
+'''
+
+
+def test_misspelt_hook_is_reported_naming_plugin_and_hook(plugin_path, caplog):
+    make_dist(plugin_path, "typo-dist", "typo", "typo_mod", MISSPELT_PLUGIN)
+    with caplog.at_level("WARNING", logger="selflearn.plugins"):
+        host = PluginHost()
+    info = next(i for i in host.infos if i.name == "typo")
+    assert info.status == "loaded" and len(info.warnings) == 1
+    assert "'typo'" in info.warnings[0] and "'register_scorer'" in info.warnings[0]
+    assert "did you mean 'register_scorers'" in info.warnings[0]
+    assert info.warnings[0] in caplog.text
+    with pytest.raises(PluginError, match="'typo' implements 'register_scorer'"):
+        PluginHost(strict=True)
+
+
+def test_optional_unknown_hook_is_not_reported(plugin_path):
+    code = "from selflearn.plugins import hookimpl\n@hookimpl(optionalhook=True)\ndef on_future_event():\n    pass\n"
+    make_dist(plugin_path, "opt-dist", "opt", "opt_mod", code)
+    assert next(i for i in PluginHost(strict=True).infos if i.name == "opt").warnings == ()
+
+
+def test_disable_a_builtin(run_dir):
+    host = PluginHost(disable=["selflearn.builtin.backends.tgi"], load_entry_points=False)
+    assert "tgi" not in host.registry.names("inference_backend")
+    assert "hf" in host.registry.names("inference_backend")
+    assert next(i for i in host.infos if i.name.endswith("backends.tgi")).status == "disabled"
+    with pytest.raises(UnknownComponentError, match="valid names are"):
+        Pipeline(run_dir=run_dir, source="wikipedia-offline",
+                 plugins={"disable": ["selflearn.builtin.sources.wikipedia_offline"]},
+                 load_entry_points=False).run(until="documents")
+
+
+REPLACING_PLUGIN = '''
+from selflearn.plugins import hookimpl
+
+class Src:
+    def __init__(self, options, context):
+        pass
+    def documents(self):
+        from selflearn import Document
+        yield Document(id="mine", title="Mine", text="A replacement document.")
+
+@hookimpl
+def register_knowledge_sources(register):
+    register("files", "{module}:Src", description="our files", replace={replace})
+'''
+
+
+def test_replace_builtin_explicitly(plugin_path, run_dir):
+    make_dist(plugin_path, "rep-dist", "rep", "rep_mod",
+              REPLACING_PLUGIN.format(module="rep_mod", replace=True))
+    spec = PluginHost().registry.get("knowledge_source", "files")
+    assert (spec.provider, spec.replaces) == ("rep", "selflearn.builtin.sources.files")
+    Pipeline(run_dir=run_dir, source="files").run(until="documents")
+    assert '"id": "mine"' in Path(run_dir, "documents.jsonl").read_text()
+
+
+def test_two_replacements_of_one_name_name_both(plugin_path):
+    for p in ("ra", "rb"):
+        make_dist(plugin_path, f"{p}-dist", p, f"{p}_mod", REPLACING_PLUGIN.format(module=f"{p}_mod", replace=True))
+    with pytest.raises(PluginError, match="both ask to replace it") as err:
+        PluginHost()
+    assert "'ra'" in str(err.value) and "'rb'" in str(err.value)
+
+
+def test_replacement_wins_whatever_the_load_order():
+    from selflearn.core.registry import ComponentSpec, Registry
+
+    for order in ((False, True), (True, False)):
+        registry = Registry()
+        for replace in order:
+            registry.add(ComponentSpec("scorer", "x", "m:f", provider=f"p{int(replace)}", replace=replace))
+        assert registry.get("scorer", "x").provider == "p1"
+        assert registry.get("scorer", "x").replaces == "p0"
+
+
+def test_plugin_failing_half_way_registers_nothing(plugin_path):
+    code = '''
+from selflearn.plugins import hookimpl
+
+@hookimpl
+def register_knowledge_sources(register):
+    register("half", "m:f")
+
+@hookimpl
+def register_scorers(register):
+    raise RuntimeError("second hook fails")
+
+@hookimpl
+def on_run_start(run):
+    raise AssertionError("a failed plugin's lifecycle hook must not run")
+'''
+    make_dist(plugin_path, "half-dist", "half", "half_mod", code)
+    host = PluginHost()
+    assert "half" not in host.registry.names("knowledge_source")
+    assert [i.status for i in host.infos if i.name == "half"] == ["failed"]
+    host.lifecycle.run_start(_run_info())  # does not raise: the plugin was unregistered
+
+
+# -- lifecycle hooks and secrets ---------------------------------------------------------------
+
+
+def _run_info():
+    from selflearn.core.hookspecs import RunInfo
+
+    return RunInfo("/tmp/x", {}, ("documents",))
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def on_run_start(self, run):
+        self.calls.append(("start", run.stages))
+
+    @hookimpl
+    def on_stage_end(self, run, stage, summary):
+        self.calls.append(("stage", stage, sorted(summary)))
+
+    @hookimpl
+    def on_run_end(self, run, summary):
+        self.calls.append(("end", sorted(summary)))
+
+
+def test_lifecycle_hooks_called_in_order_with_summaries(run_dir):
+    rec = _Recorder()
+    pipe = Pipeline(run_dir=run_dir, source="wikipedia-offline", documents={"limit": 2},
+                    plugin_objects=[rec], load_entry_points=False)
+    pipe.run(until="passages")
+    assert rec.calls[0] == ("start", ("documents", "passages"))
+    assert [c[1] for c in rec.calls[1:3]] == ["documents", "passages"]
+    assert rec.calls[1][2] and rec.calls[2][2]  # each stage's own (non-empty) summary
+    assert rec.calls[3] == ("end", ["documents", "passages"])
+    rec.calls.clear()
+    Pipeline(run_dir=run_dir, source="wikipedia-offline", documents={"limit": 2},
+             plugin_objects=[rec], load_entry_points=False).run(until="passages")
+    assert [c[0] for c in rec.calls] == ["start", "stage", "stage", "end"]  # skipped stages too
+
+
+def test_lifecycle_hook_error_names_the_plugin(run_dir):
+    class Broken:
+        __name__ = "broken-tracker"
+
+        @hookimpl
+        def on_stage_end(self, stage):
+            raise ValueError(f"tracker down after {stage}")
+
+    pipe = Pipeline(run_dir=run_dir, source="wikipedia-offline", documents={"limit": 1},
+                    plugin_objects=[Broken()], load_entry_points=False)
+    with pytest.raises(PluginError, match="'broken-tracker' failed in its on_stage_end hook") as err:
+        pipe.run(until="documents")
+    assert "tracker down after documents" in str(err.value)
+
+
+def test_resolve_secret_first_plugin_wins_then_environment(monkeypatch):
+    class Vault:
+        __name__ = "vault"
+
+        @hookimpl
+        def resolve_secret(self, name):
+            return "from-vault" if name == "VAULT_KEY" else None
+
+    class Bad:
+        __name__ = "bad-vault"
+
+        @hookimpl
+        def resolve_secret(self, name):
+            return 123 if name == "BAD_KEY" else None
+
+    monkeypatch.setenv("VAULT_KEY", "from-env")
+    monkeypatch.setenv("ENV_ONLY", "env-value")
+    monkeypatch.delenv("NOWHERE", raising=False)
+    host = PluginHost(extra_plugins=[Vault(), Bad()], load_entry_points=False)
+    assert host.resolve_secret("VAULT_KEY") == "from-vault"
+    assert host.resolve_secret("ENV_ONLY") == "env-value"
+    assert host.resolve_secret("NOWHERE") is None
+    with pytest.raises(PluginError, match="must return the secret as a string"):
+        host.resolve_secret("BAD_KEY")
+    assert PluginHost(load_entry_points=False).resolve_secret("VAULT_KEY") == "from-env"
