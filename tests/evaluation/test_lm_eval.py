@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,39 @@ def test_adapter_folder_loads_on_its_base(tmp_path: Path, tiny_llama: str) -> No
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": tiny_llama}))
     assert model_args(str(adapter), "auto") == {"pretrained": tiny_llama, "peft": str(adapter), "dtype": "auto"}
+    (adapter / "tokenizer_config.json").write_text("{}")
+    assert model_args(str(adapter), "auto")["tokenizer"] == str(adapter)
     assert model_args(tiny_llama, "float32") == {"pretrained": tiny_llama, "dtype": "float32"}
+
+
+@pytest.mark.parametrize("pad_token", ["[PAD]", "auto"])
+def test_lm_eval_runs_on_a_trained_adapter_folder(
+    tiny_llama: str, tiny_task: str, tmp_path: Path, pad_token: str
+) -> None:
+    """A real lm-eval run on a LoRA adapter folder, trained with a new pad token (embeddings one
+    row longer than the base's) and with an existing one (same vocabulary)."""
+    import json as _json
+
+    from selflearn.builtin.trainers import sft
+    from selflearn.core.protocols import TrainRequest
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama, base)
+    cfg = _json.loads((base / "tokenizer_config.json").read_text())
+    cfg.pop("pad_token", None)  # a base checkpoint without a pad token, as SmolLM2's
+    (base / "tokenizer_config.json").write_text(_json.dumps(cfg))
+    out = tmp_path / "adapter"
+    opts = sft.Options(max_steps=1, per_device_train_batch_size=2, logging_steps=1, eval_fraction=0.0,
+                       save_steps=0, max_length=48, gradient_checkpointing=False, use_lora=True,
+                       lora_r=2, lora_alpha=4, merge_adapters=False, learning_rate=1e-3, pad_token=pad_token)
+    rows = [{"prompt": [{"role": "user", "content": r["question"]}],
+             "completion": [{"role": "assistant", "content": r["choices"][r["label"]]}]} for r in ROWS]
+    sft.SFTTrainer(opts).train(TrainRequest(rows=rows, model=str(base), output_dir=str(out)))
+    assert model_args(str(out), "float32")["tokenizer"] == str(out)
+    res = run_lm_eval(str(out), ForgettingOptions(
+        tasks={"selflearn_tiny_mc": 0}, include_path=tiny_task, device="cpu", batch_size=4,
+        dtype="float32", bootstrap_iters=0), seed=1)
+    assert 0.0 <= res["tasks"]["selflearn_tiny_mc"]["value"] <= 1.0
 
 
 def test_stage_forgetting_section(run_dir: str, tiny_llama: str, tiny_task: str) -> None:

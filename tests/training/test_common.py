@@ -101,3 +101,35 @@ def test_out_of_memory_becomes_an_actionable_error() -> None:
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 GB")
     with pytest.raises(RuntimeError, match="unrelated"), common.memory_errors("m", opts, "SFT"):
         raise RuntimeError("unrelated failure")
+
+
+def _tokenizer(special: list[str], **named: str) -> object:
+    """A fast tokenizer over a few words whose special tokens are ``special``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate([*special, "hello", "world"])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=named.get("unk_token", "hello")))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **named)
+    fast.add_special_tokens({"additional_special_tokens": [t for t in special if t not in named.values()]})
+    return fast
+
+
+@pytest.mark.parametrize(
+    ("special", "named", "expected"),
+    [
+        (["</s>", "<unk>", "<|finetune_right_pad_id|>"], {"eos_token": "</s>", "unk_token": "<unk>"},
+         "<|finetune_right_pad_id|>"),
+        (["</s>", "<unk>", "<|reserved_special_token_0|>"], {"eos_token": "</s>", "unk_token": "<unk>"}, "<unk>"),
+        (["<|endoftext|>", "<|reserved_special_token_3|>"],
+         {"eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}, "<|reserved_special_token_3|>"),
+        (["<|endoftext|>", "<|im_start|>"], {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"},
+         "<|endoftext|>"),
+    ],
+)
+def test_pad_token_reuses_an_existing_token(special: list[str], named: dict[str, str], expected: str) -> None:
+    tok = _tokenizer(special, **named)
+    n = len(tok)  # type: ignore[arg-type]
+    assert common.choose_pad_token(tok) == expected
+    assert len(tok) == n  # type: ignore[arg-type]

@@ -78,7 +78,7 @@ def test_base_model_gets_zephyr_template_and_a_pad_token(tiny_base: str, tmp_pat
     from transformers import AutoTokenizer
 
     out = tmp_path / "sft"
-    sft.SFTTrainer(sft_options(max_steps=2)).train(
+    sft.SFTTrainer(sft_options(max_steps=2, pad_token="[PAD]")).train(
         TrainRequest(rows=sft_rows(4), model=tiny_base, output_dir=str(out))
     )
     tok = AutoTokenizer.from_pretrained(str(out))
@@ -103,7 +103,7 @@ def test_new_pad_rows_are_mean_embeddings(tiny_base: str) -> None:
 
     from selflearn.builtin.trainers.common import load_model, prepare_tokenizer, resolve_precision
 
-    opts = sft_options()
+    opts = sft_options(pad_token="[PAD]")
     tok, added = prepare_tokenizer(tiny_base, opts)
     assert added and tok.pad_token == "[PAD]"
     model = load_model(tiny_base, tok, opts, resolve_precision("fp32"))
@@ -114,6 +114,40 @@ def test_new_pad_rows_are_mean_embeddings(tiny_base: str) -> None:
         assert module.weight[:-1].equal(base[name])
         assert module.weight[-1].detach().allclose(base[name].mean(0))
     assert model.config.pad_token_id == tok.pad_token_id
+
+
+def _adapter_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_lora_pads_with_an_existing_token_and_saves_no_embeddings(tiny_base: str, tmp_path: Path) -> None:
+    """pad_token auto reuses the base's reserved ``<pad>``: same vocabulary as the base, and the
+    adapter holds only LoRA matrices; an explicit new token resizes and saves the embeddings."""
+    from transformers import AutoTokenizer
+
+    lora = {"use_lora": True, "lora_r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "merge_adapters": False}
+    sizes = {}
+    for pad in ("auto", "[PAD]"):
+        out = tmp_path / pad.strip("[]")
+        sft.SFTTrainer(sft_options(max_steps=1, pad_token=pad, **lora)).train(
+            TrainRequest(rows=sft_rows(4), model=tiny_base, output_dir=str(out))
+        )
+        tensors = _adapter_tensors(out)
+        sizes[pad] = sum(t.numel() for t in tensors.values())
+        tok = AutoTokenizer.from_pretrained(str(out))
+        lineage = json.loads((out / "selflearn-lineage.json").read_text())
+        if pad == "auto":
+            assert tok.pad_token == "<pad>" and tok.pad_token_id != tok.eos_token_id
+            assert len(tok) == len(AutoTokenizer.from_pretrained(tiny_base))
+            assert all("lora_" in name for name in tensors)
+            assert lineage["training"]["pad_token_added"] is False
+        else:
+            assert len(tok) == len(AutoTokenizer.from_pretrained(tiny_base)) + 1
+            assert any("embed_tokens" in name for name in tensors)
+            assert lineage["training"]["pad_token_added"] is True
+    assert sizes["auto"] < sizes["[PAD]"]
 
 
 def test_dpo_loss_falls_on_a_fittable_set(tiny_llama: str, tmp_path: Path) -> None:

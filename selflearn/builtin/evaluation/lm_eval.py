@@ -90,9 +90,18 @@ def require_lm_eval(path: str = "evaluate.forgetting") -> None:
         )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
 def model_args(ref: str, dtype: str) -> dict[str, Any]:
     """lm-eval HF model arguments for a model reference (a LoRA adapter folder loads on its
-    base model through ``peft``)."""
+    base model through ``peft``).
+
+    An adapter folder's own tokenizer goes with it: a run that added a pad token trained
+    embeddings one row longer than the base's, and lm-eval grows the base to the tokenizer it
+    is given before it loads the adapter (with the base's tokenizer the load fails with a
+    size mismatch).
+    """
     from ...core.models import resolve
 
     path = resolve(ref)
@@ -104,6 +113,8 @@ def model_args(ref: str, dtype: str) -> dict[str, Any]:
         if not base:
             raise StageError(f"LoRA adapter {path!r} does not name its base model")
         args = {"pretrained": resolve(base), "peft": path, "dtype": dtype}
+        if any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+            args["tokenizer"] = path
     return args
 
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -106,8 +107,8 @@ class CommonOptions:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     #: auto: the model's own template, Zephyr-style when it has none; zephyr: always Zephyr-style; anything else: a Jinja chat template
     chat_template: str = "auto"
-    #: added when the tokenizer has no pad token or pads with EOS (new rows = mean embedding)
-    pad_token: str = "[PAD]"
+    #: auto: an existing special token (a pad-named token, unk, a reserved/unused token, else EOS), so the vocabulary is not resized; another value: that token, added if missing (new rows = mean embedding)
+    pad_token: str = "auto"
     #: keep the checkpoints folder after a successful run (default: delete it)
     keep_checkpoints: bool = False
     #: where TRL reports metrics ("none", "tensorboard", "wandb", ...)
@@ -207,11 +208,41 @@ def prepare_tokenizer(path: str, options: CommonOptions) -> tuple[Any, bool]:
         )
     added = False
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        # Padding with EOS hides the end of answers from collators that mask pad ids; the
-        # research code added a dedicated pad token (method.md 6.2).
-        added = tok.add_special_tokens({"pad_token": options.pad_token}) > 0
-        tok.pad_token = options.pad_token
+        if options.pad_token == "auto":
+            tok.pad_token = choose_pad_token(tok)
+            log.info("%s: padding with the existing token %r (vocabulary unchanged)", path, tok.pad_token)
+        else:
+            # an explicit token (the research code added "[PAD]", method.md 6.2): new rows
+            added = tok.add_special_tokens({"pad_token": options.pad_token}) > 0
+            tok.pad_token = options.pad_token
     return tok, added
+
+
+#: names of special tokens that a tokenizer reserves and ordinary text never produces
+_RESERVED = re.compile(r"reserved|unused", re.IGNORECASE)
+
+
+def choose_pad_token(tok: Any) -> str:
+    """An existing token to pad with, so the vocabulary (and a LoRA adapter) stays the base's.
+
+    In order: a special token named like a pad token, the unknown token, a reserved or unused
+    special token, else EOS. Any of them is safe with TRL, whose collators mask padding by
+    length (labels padded with -100), never by token id, so even EOS as the pad token still
+    teaches the model to end its answers.
+    """
+    taken = {tok.eos_token, tok.bos_token}
+    special = [str(t) for t in getattr(tok, "all_special_tokens", [])]
+    added = [str(t.content) for t in getattr(tok, "added_tokens_decoder", {}).values() if t.special]
+    candidates = list(dict.fromkeys(special + added))
+    for name in candidates:
+        if "pad" in name.lower() and name not in taken:
+            return name
+    if tok.unk_token is not None and tok.unk_token not in taken:
+        return str(tok.unk_token)
+    for name in candidates:
+        if _RESERVED.search(name) and name not in taken:
+            return name
+    return str(tok.eos_token)
 
 
 def _adapter_only(path: str) -> bool:
