@@ -2,7 +2,9 @@
 
 ``FakeServer`` runs a handler in a thread and injects faults on request: queue them with
 ``server.faults.append(...)``: ``("status", 429, {"Retry-After": "0"})`` answers that status,
-``("sleep", 2.0)`` delays the answer, ``("drop",)`` closes the connection without answering.
+``("sleep", 2.0)`` delays the answer, ``("drop",)`` closes the connection without answering,
+``("raw", 200, b"<html>...", {"Content-Type": "text/html"})`` answers those exact bytes (a
+non-JSON, wrong-shape or truncated body; the headers are optional, JSON's by default).
 Every request is recorded in ``server.requests`` as ``(path, json_body, headers)`` (header names lower-cased).
 """
 
@@ -50,18 +52,27 @@ class FakeServer:
                         return
                     if fault[0] == "sleep":
                         time.sleep(float(fault[1]))
+                    elif fault[0] == "raw":
+                        headers = fault[3] if len(fault) > 3 else {}
+                        self._send_bytes(int(fault[1]), bytes(fault[2]), headers)
+                        return
                     elif fault[0] == "status":
                         headers = fault[2] if len(fault) > 2 else {}
                         self._send(int(fault[1]), {"error": {"message": f"injected {fault[1]}"}}, headers)
                         return
                 status, payload, headers = outer.handler(self.path, body)
-                self._send(status, payload, headers)
+                if isinstance(payload, bytes):  # a handler may answer raw bytes too
+                    self._send_bytes(status, payload, headers)
+                else:
+                    self._send(status, payload, headers)
 
             def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
-                data = json.dumps(payload).encode()
+                self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+            def _send_bytes(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+                headers = {"Content-Type": "application/json", **headers}
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     for k, v in headers.items():
                         self.send_header(k, v)

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from ..core.errors import AuthenticationError, BackendError, BudgetExceededError, ConfigError
-from .backends._remote import backoff_delay, bounded_map, parse_retry_after
+from .backends._remote import (
+    MalformedReply,
+    backoff_delay,
+    bounded_map,
+    excerpt,
+    json_body,
+    parse_retry_after,
+    server_reason,
+)
 
 if TYPE_CHECKING:
     from ..core.context import ComponentContext
@@ -128,6 +136,8 @@ class ChatClient:
                     "api_key_env",
                 )
             key = "not-needed"
+        #: values redacted from anything quoted from the server
+        self._secrets: tuple[str, ...] = (key,)
         self.url = options.base_url or "https://api.openai.com/v1"
         self._client = openai.OpenAI(
             api_key=key, base_url=options.base_url, timeout=options.timeout, max_retries=0
@@ -163,61 +173,87 @@ class ChatClient:
             )
 
     # -- calls ---------------------------------------------------------------------------
-    def _with_retries(self, call: Callable[[], Any], est_tokens: int) -> Any:
-        import openai
-
-        o = self.options
+    def _with_retries(self, call: Callable[[], T], est_tokens: int, endpoint: str) -> T:
+        """Run ``call`` (one request and the parsing of its reply) with the retry policy:
+        429, 408, 5xx, timeouts, dropped connections and malformed 200 replies are retried
+        with backoff (Retry-After wins); other 4xx and refused keys fail at once."""
         attempt = 0
         while True:
             self._check_budget()
             self._limiter.acquire(est_tokens)
             try:
                 return call()
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-                raise AuthenticationError(
-                    f"{self.url} refused the API key from {o.api_key_env} "
-                    f"(HTTP {exc.status_code}); check the key and its access to model {o.model!r}"
-                ) from None
-            except openai.NotFoundError:
+            except Exception as exc:  # classified below; anything unknown propagates
+                what, delay = self._retryable(exc, endpoint)
+                failure = exc
+            attempt += 1
+            if attempt >= self.options.max_retries:
+                raise self._gave_up(failure, what, attempt, endpoint) from None
+            if delay is None:
+                delay = backoff_delay(attempt, self.options.backoff, self.options.max_backoff)
+            with self._lock:
+                self.usage["retries"] += 1
+            log.warning(
+                "%s%s: %s, retrying in %.1fs (attempt %d/%d)", self.url, endpoint, what,
+                delay, attempt + 1, self.options.max_retries,
+            )
+            time.sleep(min(delay, self.options.max_backoff))
+
+    def _retryable(self, exc: Exception, endpoint: str) -> tuple[str, float | None]:
+        """(what failed, Retry-After seconds) of a failure worth retrying; any other failure
+        is raised here as a clear :class:`BackendError` carrying the server's reason."""
+        import openai
+
+        o = self.options
+        if isinstance(exc, MalformedReply):
+            return f"malformed reply ({exc.what})", None
+        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            raise AuthenticationError(
+                f"{self.url} refused the API key from {o.api_key_env} "
+                f"(HTTP {exc.status_code}: {self._reason(exc)}); check the key and its access "
+                f"to model {o.model!r}"
+            ) from None
+        if isinstance(exc, openai.NotFoundError):
+            raise BackendError(
+                f"{self.url} answered 404 for model {o.model!r} on {endpoint} "
+                f"({self._reason(exc)}): wrong model name or URL (the base_url usually ends in /v1)"
+            ) from None
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            if status < 500 and status not in (408, 429):
                 raise BackendError(
-                    f"{self.url} answered 404 for model {o.model!r}: wrong model name or URL "
-                    "(the base_url usually ends in /v1)"
+                    f"{self.url} rejected the request on {endpoint} for model {o.model!r} "
+                    f"(HTTP {status}): {self._reason(exc)}. Fix the option the server names, or "
+                    "leave it out for this server"
                 ) from None
-            except openai.BadRequestError as exc:
-                raise BackendError(
-                    f"{self.url} rejected the request for model {o.model!r} (HTTP 400): "
-                    f"{_brief(exc)}"
-                ) from None
-            except (
-                openai.RateLimitError,
-                openai.InternalServerError,
-                openai.APITimeoutError,
-                openai.APIConnectionError,
-                openai.APIStatusError,
-            ) as exc:
-                status = getattr(exc, "status_code", None)
-                if isinstance(exc, openai.APIStatusError) and status is not None and status < 500 and status != 429 and status != 408:
-                    raise BackendError(
-                        f"{self.url} answered HTTP {status} for model {o.model!r}: {_brief(exc)}"
-                    ) from None
-                attempt += 1
-                if attempt >= o.max_retries:
-                    what = f"HTTP {status}" if status else type(exc).__name__
-                    raise BackendError(
-                        f"{self.url} kept failing for model {o.model!r} ({what}) after "
-                        f"{attempt} attempts; finished calls are cached, run again to resume"
-                    ) from None
-                delay = _retry_after(exc)
-                if delay is None:
-                    delay = backoff_delay(attempt, o.backoff, o.max_backoff)
-                with self._lock:
-                    self.usage["retries"] += 1
-                log.warning(
-                    "%s: %s, retrying in %.1fs (attempt %d/%d)",
-                    self.url, f"HTTP {status}" if status else type(exc).__name__,
-                    delay, attempt + 1, o.max_retries,
-                )
-                time.sleep(min(delay, o.max_backoff))
+            return f"HTTP {status}", _retry_after(exc)
+        if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+            return type(exc).__name__, None
+        raise exc
+
+    def _gave_up(self, exc: Exception, what: str, attempts: int, endpoint: str) -> BackendError:
+        """The error after the last attempt: a malformed reply is quoted (redacted)."""
+        where = f"{self.url} (POST {endpoint}, model {self.options.model!r})"
+        if isinstance(exc, MalformedReply):
+            return BackendError(
+                f"{where} answered {attempts} times with a reply that is not an OpenAI-style "
+                f"{endpoint} response: {exc.what}; the last reply was "
+                f"{excerpt(exc.body, secrets=self._secrets)}. Check that base_url points at an "
+                "OpenAI-compatible server (it usually ends in /v1) and that no proxy answers in "
+                "its place; nothing from these replies was stored, finished calls are cached"
+            )
+        return BackendError(
+            f"{where} kept failing ({what}) after {attempts} attempts; finished calls are "
+            "cached, run again to resume"
+        )
+
+    def _reason(self, exc: Any) -> str:
+        """The reason text of a refused request's body, secrets redacted."""
+        response = getattr(exc, "response", None)
+        text = getattr(response, "text", None)
+        if not isinstance(text, str):
+            text = str(getattr(exc, "message", exc))
+        return server_reason(text, self._secrets)
 
     def chat(
         self,
@@ -231,23 +267,21 @@ class ChatClient:
         stop: Sequence[str] | None = None,
         logprobs: bool = False,
         extra_body: dict[str, Any] | None = None,
+        require_text: bool = False,
     ) -> ChatResult:
-        """One chat-completions request (``n`` choices)."""
+        """One chat-completions request (``n`` choices). ``require_text``: an empty answer is
+        a malformed reply (retried), for callers to whom an empty text is never an answer."""
         kwargs = self._request_kwargs(
             temperature, max_tokens, n, top_p, seed, stop, True if logprobs else None, extra_body
         )
         kwargs["messages"] = [dict(m) for m in messages]
         est = sum(len(str(m.get("content", ""))) for m in kwargs["messages"]) // 4 + max_tokens * n
-        resp = self._with_retries(lambda: self._client.chat.completions.create(**kwargs), est)
-        choices = []
-        for c in resp.choices:
-            lp = toks = None
-            if logprobs and getattr(c, "logprobs", None) is not None and c.logprobs.content:
-                lp = [float(t.logprob) for t in c.logprobs.content]
-                toks = [str(t.token) for t in c.logprobs.content]
-            text = c.message.content or "" if c.message is not None else ""
-            choices.append(Choice(text, c.finish_reason or "stop", lp, toks))
-        return self._result(resp, choices)
+
+        def call() -> ChatResult:
+            raw = self._client.chat.completions.with_raw_response.create(**kwargs)
+            return parse_reply(raw.http_response.text, "chat", logprobs, require_text)
+
+        return self._accounted(self._with_retries(call, est, "/chat/completions"))
 
     def complete(
         self,
@@ -261,6 +295,7 @@ class ChatClient:
         stop: Sequence[str] | None = None,
         logprobs: bool = False,
         extra_body: dict[str, Any] | None = None,
+        require_text: bool = False,
     ) -> ChatResult:
         """One legacy completions request (raw text prompt, ``n`` choices)."""
         # the legacy endpoint's logprobs is the number of alternatives per token, not a flag
@@ -269,15 +304,12 @@ class ChatClient:
         )
         kwargs["prompt"] = prompt
         est = len(prompt) // 4 + max_tokens * n
-        resp = self._with_retries(lambda: self._client.completions.create(**kwargs), est)
-        choices = []
-        for c in resp.choices:
-            lp = toks = None
-            if logprobs and getattr(c, "logprobs", None) is not None:
-                lp = [float(x) for x in (c.logprobs.token_logprobs or []) if x is not None]
-                toks = list(c.logprobs.tokens or [])
-            choices.append(Choice(c.text or "", c.finish_reason or "stop", lp, toks))
-        return self._result(resp, choices)
+
+        def call() -> ChatResult:
+            raw = self._client.completions.with_raw_response.create(**kwargs)
+            return parse_reply(raw.http_response.text, "completions", logprobs, require_text)
+
+        return self._accounted(self._with_retries(call, est, "/completions"))
 
     def _request_kwargs(
         self,
@@ -310,11 +342,10 @@ class ChatClient:
             kwargs["extra_body"] = dict(extra_body)
         return kwargs
 
-    def _result(self, resp: Any, choices: list[Choice]) -> ChatResult:
-        """Account a response's token usage and wrap its parsed choices."""
-        pt, ct = _usage(resp)
-        self._account(pt, ct)
-        return ChatResult(choices, pt, ct)
+    def _accounted(self, result: ChatResult) -> ChatResult:
+        """Account a parsed reply's token usage."""
+        self._account(result.prompt_tokens, result.completion_tokens)
+        return result
 
     def map(self, fn: Callable[[T], U], items: Iterable[T]) -> list[U]:
         """Apply ``fn`` to every item with at most ``concurrency`` calls in flight.
@@ -328,20 +359,57 @@ class ChatClient:
         self._client.close()
 
 
-def _usage(resp: Any) -> tuple[int, int]:
-    usage = getattr(resp, "usage", None)
-    if usage is None:
-        return 0, 0
-    return int(getattr(usage, "prompt_tokens", 0) or 0), int(getattr(usage, "completion_tokens", 0) or 0)
+def parse_reply(text: str, endpoint: str, logprobs: bool, require_text: bool) -> ChatResult:
+    """Parse a 200 reply of the ``chat`` or ``completions`` endpoint, checking its shape.
+
+    Raises :class:`MalformedReply` (retried by the client) when the body is not JSON, has no
+    ``choices`` list, a choice has no text (``message.content`` / ``text``) or, with
+    ``require_text``, an empty one: a reply of another shape must never become an empty answer.
+    """
+    data = json_body(text)
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise MalformedReply("no non-empty `choices` list", text)
+    field = "message.content" if endpoint == "chat" else "text"
+    parsed = []
+    for c in choices:
+        if not isinstance(c, dict):
+            raise MalformedReply("a choice that is not an object", text)
+        message = c.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if endpoint != "chat":
+            content = c.get("text")
+        if not isinstance(content, str):
+            raise MalformedReply(f"a choice without a `{field}` string", text)
+        if require_text and not content.strip():
+            raise MalformedReply(f"an empty `{field}`", text)
+        lp, toks = _logprobs(c.get("logprobs"), endpoint, text) if logprobs else (None, None)
+        parsed.append(Choice(content, str(c.get("finish_reason") or "stop"), lp, toks))
+    usage = data.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    return ChatResult(parsed, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
 
 
-def _brief(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and "message" in err:
-            return str(err["message"])[:300]
-    return str(getattr(exc, "message", exc))[:300]
+def _logprobs(lp: Any, endpoint: str, text: str) -> tuple[list[float] | None, list[str] | None]:
+    """(log-probabilities, tokens) of one choice; (None, None) when the server sent none."""
+    if not lp:
+        return None, None
+    try:
+        if endpoint == "chat":
+            content = lp.get("content") or []
+            return [float(t["logprob"]) for t in content], [str(t["token"]) for t in content]
+        values = [float(x) for x in (lp.get("token_logprobs") or []) if x is not None]
+        return values, [str(t) for t in lp.get("tokens") or []]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise MalformedReply("log-probabilities of an unknown shape", text) from None
+
+
+def _count(value: Any) -> int:
+    """A token count from a usage block (0 when absent or not a number)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _retry_after(exc: Any) -> float | None:

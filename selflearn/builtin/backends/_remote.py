@@ -13,8 +13,10 @@ propagates, so the next run asks only for what is still missing.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
+import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -108,6 +110,84 @@ def bounded_map(fn: Callable[[T], U], items: Iterable[T], concurrency: int) -> l
             wait(pending)
             raise failed[0].exception()  # type: ignore[misc]
         return [f.result() for f in futures]
+
+
+class MalformedReply(BackendError):
+    """A server answered 200 with a body that is not what its protocol promises: not JSON, JSON
+    of another shape, a required field missing, or empty text where text is required.
+
+    The clients treat it like a failed call (a proxy's error page, a half-started server or a
+    server of another kind answers this way): retried with the retry policy, then turned into a
+    clear error naming the server, the endpoint and an excerpt of what was received. Nothing
+    parsed from such a body is ever returned, so no empty answer reaches a cache.
+    """
+
+    def __init__(self, what: str, body: str) -> None:
+        self.what = what
+        self.body = body
+        super().__init__(f"{what}; received {excerpt(body)}")
+
+
+def excerpt(text: str, limit: int = 160, secrets: Sequence[str] = ()) -> str:
+    """A short one-line quote of a server's body for an error message (secrets redacted)."""
+    flat = " ".join(redact(str(text), secrets).split())
+    if not flat:
+        return "an empty body"
+    return repr(flat[:limit] + ("..." if len(flat) > limit else ""))
+
+
+#: what API keys and tokens look like (OpenAI, Hugging Face, bearer headers, key=... pairs)
+_SECRET_PATTERNS = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{6,}|hf_[A-Za-z0-9]{6,}|(?i:bearer)\s+\S+"
+    r"|(?i:api[_-]?key|token|secret|password)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)"
+)
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with the given secret values and anything shaped like a key replaced by
+    ``[redacted]``: server bodies sometimes echo the request's headers or the key."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return _SECRET_PATTERNS.sub("[redacted]", text)
+
+
+def json_body(text: str) -> Any:
+    """The JSON value of a 200 reply's body, or :class:`MalformedReply`."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise MalformedReply("the body is not JSON", text) from None
+
+
+def server_reason(text: str, secrets: Sequence[str] = ()) -> str:
+    """The reason a server gives in an error body, in one line, secrets redacted.
+
+    Understands OpenAI's ``{"error": {"message": ...}}``, TGI's ``{"error": "..."}``, FastAPI /
+    pydantic's ``{"detail": [{"loc": [...], "msg": ...}]}`` (vLLM, ``transformers serve``) and
+    plain text, so a 422 says which field was refused instead of only its status code.
+    """
+    try:
+        body: Any = json.loads(text)
+    except ValueError:
+        body = text
+    reason = _reason_of(body)
+    flat = " ".join(redact(reason, secrets).split())
+    return (flat[:300] + ("..." if len(flat) > 300 else "")) or "(no reason given in the body)"
+
+
+def _reason_of(body: Any) -> str:
+    """The human part of a parsed error body (see :func:`server_reason`)."""
+    if isinstance(body, dict):
+        if "loc" in body and "msg" in body:  # one pydantic validation error
+            return f"{'.'.join(str(x) for x in body['loc'] or [])}: {body['msg']}"
+        for key in ("error", "detail", "message", "msg"):
+            if key in body and body[key]:
+                return _reason_of(body[key])
+        return json.dumps(body)
+    if isinstance(body, list):
+        return "; ".join(_reason_of(x) for x in body[:5])
+    return str(body)
 
 
 def backoff_delay(attempt: int, backoff: float, max_backoff: float) -> float:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import attrs
 
@@ -35,14 +35,19 @@ from ...core.records import Completion
 from ._remote import (
     ChatRenderer,
     Job,
+    MalformedReply,
     backoff_delay,
     cut_at_stop,
+    excerpt,
     gather_samples,
+    json_body,
     parse_retry_after,
     sample_seed,
+    server_reason,
 )
 
 log = logging.getLogger("selflearn.tgi")
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -104,6 +109,8 @@ class TGIBackend:
         self._http = httpx.Client(timeout=options.timeout, headers=headers, limits=limits)
         self._info: dict[str, Any] | None = None
         self._tokenizer_ref = tokenizer
+        #: values redacted from anything quoted from the server
+        self._secrets: tuple[str, ...] = (token,) if token else ()
         self._renderer: ChatRenderer | None = None
         self._lock = threading.Lock()
         self.usage_counts: dict[str, int] = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
@@ -183,7 +190,11 @@ class TGIBackend:
             return dict(self.usage_counts)
 
     # -- HTTP with retries ----------------------------------------------------------------
-    def _post(self, path: str, payload: dict[str, Any]) -> Any:
+    def _post(self, path: str, payload: dict[str, Any], parse: Callable[[str], T]) -> T:
+        """POST ``payload`` and ``parse`` the 200 reply's body, with the retry policy: 429,
+        408, 5xx, timeouts, dropped connections and malformed replies (``parse`` raised
+        :class:`MalformedReply`) are retried with backoff (Retry-After wins), then a clear
+        error; 401/403 and other 4xx fail at once with the server's reason."""
         import httpx
 
         o = self.options
@@ -191,33 +202,23 @@ class TGIBackend:
         while True:
             attempt += 1
             retry_after: float | None = None
+            malformed: MalformedReply | None = None
             try:
                 resp = self._http.post(f"{self.url}{path}", json=payload)
             except httpx.HTTPError as exc:  # timeouts, refused or dropped connections
                 what = type(exc).__name__
             else:
-                status = resp.status_code
-                if status == 200:
-                    with self._lock:
-                        self.usage_counts["requests"] += 1
-                    return resp.json()
-                if status in (401, 403):
-                    raise AuthenticationError(
-                        f"the TGI server at {self.url} refused the request (HTTP {status}); "
-                        "check backend.options.api_key_env"
-                    )
-                if status != 429 and status < 500 and status != 408:
-                    raise BackendError(
-                        f"the TGI server at {self.url} rejected POST {path} (HTTP {status}): "
-                        f"{_error_text(resp)}"
-                    )
-                what = f"HTTP {status}"
-                retry_after = parse_retry_after(resp.headers.get("retry-after"))
+                if resp.status_code == 200:
+                    try:
+                        return self._parsed(resp.text, parse)
+                    except MalformedReply as exc:
+                        malformed, what = exc, f"malformed reply ({exc.what})"
+                else:
+                    self._refused(path, resp)
+                    what = f"HTTP {resp.status_code}"
+                    retry_after = parse_retry_after(resp.headers.get("retry-after"))
             if attempt >= o.max_retries:
-                raise BackendError(
-                    f"the TGI server at {self.url} kept failing on POST {path} ({what}) after "
-                    f"{attempt} attempts; finished samples are cached, run again to resume"
-                )
+                raise self._gave_up(path, what, attempt, malformed)
             delay = retry_after
             if delay is None:
                 delay = backoff_delay(attempt, o.backoff, o.max_backoff)
@@ -226,6 +227,43 @@ class TGIBackend:
             log.warning("%s%s: %s, retrying in %.1fs (attempt %d/%d)",
                         self.url, path, what, delay, attempt + 1, o.max_retries)
             time.sleep(min(delay, o.max_backoff))
+
+    def _parsed(self, text: str, parse: Callable[[str], T]) -> T:
+        """``parse(text)``, counting the request once it parsed."""
+        value = parse(text)
+        with self._lock:
+            self.usage_counts["requests"] += 1
+        return value
+
+    def _refused(self, path: str, resp: Any) -> None:
+        """Raise for a status that retrying cannot fix (401/403, 4xx other than 408/429)."""
+        status = resp.status_code
+        if status in (401, 403):
+            raise AuthenticationError(
+                f"the TGI server at {self.url} refused the request (HTTP {status}: "
+                f"{server_reason(resp.text, self._secrets)}); check backend.options.api_key_env"
+            )
+        if status != 429 and status < 500 and status != 408:
+            raise BackendError(
+                f"the TGI server at {self.url} rejected POST {path} (HTTP {status}): "
+                f"{server_reason(resp.text, self._secrets)}"
+            )
+
+    def _gave_up(self, path: str, what: str, attempts: int, malformed: MalformedReply | None) -> BackendError:
+        """The error after the last attempt; a malformed reply is quoted (redacted)."""
+        if malformed is not None:
+            return BackendError(
+                f"the TGI server at {self.url} answered POST {path} {attempts} times with a "
+                f"reply that is not TGI's: {malformed.what}; the last reply was "
+                f"{excerpt(malformed.body, secrets=self._secrets)}. Check that backend.options.url "
+                "points at text-generation-inference (for an OpenAI-compatible server use the "
+                "`openai` backend) and that no proxy answers in its place; nothing from these "
+                "replies was stored, finished samples are cached"
+            )
+        return BackendError(
+            f"the TGI server at {self.url} kept failing on POST {path} ({what}) after "
+            f"{attempts} attempts; finished samples are cached, run again to resume"
+        )
 
     # -- one request ------------------------------------------------------------------------
     def _generate_request(
@@ -251,14 +289,10 @@ class TGIBackend:
             p["best_of"] = best_of
         if self.options.truncate is not None:
             p["truncate"] = self.options.truncate
-        data = self._post("/generate", {"inputs": text, "parameters": p})
-        if isinstance(data, list):  # some versions answer a one-element list
-            data = data[0] if data else {}
-        details = data.get("details") or {}
+        data = self._post("/generate", {"inputs": text, "parameters": p}, parse_generate)
+        details = data[0][1]
         prefill = len(details.get("prefill") or []) or self._chat_count(text)
-        seqs = [(data.get("generated_text", ""), details)]
-        seqs += [(s.get("generated_text", ""), s) for s in details.get("best_of_sequences") or []]
-        return [self._completion(t, d, params, prefill) for t, d in seqs]
+        return [self._completion(t, d, params, prefill) for t, d in data]
 
     def _chat_count(self, text: str) -> int:
         return self._renderer.count(text) if self._renderer is not None else 0
@@ -299,16 +333,7 @@ class TGIBackend:
             body["stop"] = list(params.stop)
         if params.logprobs:
             body["logprobs"] = True
-        data = self._post("/v1/chat/completions", body)
-        choice = (data.get("choices") or [{}])[0]
-        text = str((choice.get("message") or {}).get("content") or "")
-        content = (choice.get("logprobs") or {}).get("content") or []
-        d = {
-            "finish_reason": choice.get("finish_reason"),
-            "tokens": [{"text": c.get("token", ""), "logprob": c.get("logprob")} for c in content],
-            "generated_tokens": (data.get("usage") or {}).get("completion_tokens", 0),
-        }
-        pt = int((data.get("usage") or {}).get("prompt_tokens") or 0)
+        text, d, pt = self._post("/v1/chat/completions", body, parse_messages)
         return self._completion(text, d, params, pt)
 
     # -- the protocol ------------------------------------------------------------------------
@@ -365,17 +390,72 @@ class TGIBackend:
         self._http.close()
 
 
-def _error_text(resp: Any) -> str:
+def parse_generate(body: str) -> list[tuple[str, dict[str, Any]]]:
+    """The sequences of a ``/generate`` reply: (generated text, its details), the main one
+    first, then ``details.best_of_sequences``. Raises :class:`MalformedReply` for a body of
+    another shape (a reply without ``generated_text`` must never become an empty sample)."""
+    data = json_body(body)
+    if isinstance(data, list) and len(data) == 1:  # some versions answer a one-element list
+        data = data[0]
+    if not isinstance(data, dict) or not isinstance(data.get("generated_text"), str):
+        raise MalformedReply("no `generated_text` string", body)
+    details = data.get("details") or {}
+    if not isinstance(details, dict):
+        raise MalformedReply("`details` is not an object", body)
+    seqs = [(data["generated_text"], _checked_details(details, body))]
+    others = details.get("best_of_sequences") or []
+    if not isinstance(others, list):
+        raise MalformedReply("`details.best_of_sequences` is not a list", body)
+    for seq in others:
+        if not isinstance(seq, dict) or not isinstance(seq.get("generated_text"), str):
+            raise MalformedReply("a best_of sequence without a `generated_text` string", body)
+        seqs.append((seq["generated_text"], _checked_details(seq, body)))
+    return seqs
+
+
+def parse_messages(body: str) -> tuple[str, dict[str, Any], int]:
+    """(text, details in ``/generate``'s form, prompt tokens) of a Messages API reply, or
+    :class:`MalformedReply`."""
+    data = json_body(body)
+    choices = data.get("choices") if isinstance(data, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = choice.get("message") if isinstance(choice, dict) else None
+    text = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(choice, dict) or not isinstance(text, str):
+        raise MalformedReply("no `choices[0].message.content` string", body)
+    logprobs = choice.get("logprobs") or {}
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    tokens = [
+        {"text": c.get("token", ""), "logprob": c.get("logprob")} if isinstance(c, dict) else c
+        for c in content or []
+    ]
+    d = _checked_details({
+        "finish_reason": choice.get("finish_reason"),
+        "tokens": tokens,
+        "generated_tokens": usage.get("completion_tokens", 0),
+    }, body)
+    return text, d, _int(usage.get("prompt_tokens"), body)
+
+
+def _checked_details(d: dict[str, Any], body: str) -> dict[str, Any]:
+    """``d`` when its tokens and counts have TGI's shape, else :class:`MalformedReply`."""
+    tokens = d.get("tokens") or []
+    if not isinstance(tokens, list) or not all(
+        isinstance(t, dict) and isinstance(t.get("text", ""), str)
+        and isinstance(t.get("logprob") or 0.0, (int, float)) for t in tokens
+    ):
+        raise MalformedReply("`tokens` of an unknown shape", body)
+    _int(d.get("generated_tokens"), body)
+    return d
+
+
+def _int(value: Any, body: str) -> int:
+    """A count from a reply (absent: 0), or :class:`MalformedReply`."""
     try:
-        body = resp.json()
-    except ValueError:
-        return str(resp.text)[:300]
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict):
-            err = err.get("message", err)
-        return str(err)[:300]
-    return str(body)[:300]
+        return int(value or 0)
+    except (TypeError, ValueError):
+        raise MalformedReply(f"a token count that is not a number ({value!r})", body) from None
 
 
 def create(options: Options, context: Any) -> TGIBackend:

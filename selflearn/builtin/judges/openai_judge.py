@@ -98,8 +98,9 @@ class OpenAIJudge:
                 temperature=o.temperature,
                 max_tokens=o.max_tokens,
                 seed=self.seed + req.attempt,
+                require_text=True,  # an empty or shapeless reply is retried, never recorded
             )
-            on_result(index, res.choices[0].text if res.choices else "")
+            on_result(index, res.choices[0].text)
 
         self.client.map(one, range(len(requests)))
 

@@ -78,13 +78,15 @@ class OpenAIQuestions(QuestionWriter):
                 with self._lock:
                     self.cached_calls += 1
                 return Reply(**hit)
+            # require_text: an empty or shapeless reply is retried, then an error; never cached
             result = self.client.chat(
-                request.messages, temperature=request.temperature, max_tokens=o.max_new_tokens
+                request.messages, temperature=request.temperature, max_tokens=o.max_new_tokens,
+                require_text=True,
             )
-            choice = result.choices[0] if result.choices else None
+            choice = result.choices[0]
             value: dict[str, Any] = {
-                "text": choice.text if choice else "",
-                "finish_reason": choice.finish_reason if choice else "stop",
+                "text": choice.text,
+                "finish_reason": choice.finish_reason,
                 "prompt_tokens": result.prompt_tokens,
                 "completion_tokens": result.completion_tokens,
             }
