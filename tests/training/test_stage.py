@@ -133,3 +133,10 @@ def test_wrong_trainer_kind_and_remote_run_dir_are_clear_errors(tiny_llama: str,
     write_datasets(remote)
     with pytest.raises(ArtifactError, match="local filesystem"):
         pipeline(remote, tiny_llama).stage("train").run()
+
+
+def test_selection_carries_the_pushed_dataset_to_the_card() -> None:
+    from selflearn.core.stages.train import selection
+
+    assert selection({"tau_l": 0.5, "hub_dataset": "me/rows"})["hub_dataset"] == "me/rows"
+    assert "hub_dataset" not in selection({"tau_l": 0.5})

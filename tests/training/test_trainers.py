@@ -285,3 +285,35 @@ def test_qlora_sft_then_dpo_on_gpu(tiny_llama: str, tmp_path: Path) -> None:
     losses = [e["loss"] for e in result.log_history if "loss" in e]
     assert losses[0] == pytest.approx(0.6931, abs=2e-2)
     generate(tmp_path / "dpo")
+
+
+def test_model_card_front_matter_loads_with_huggingface_hub(tiny_llama: str, tmp_path: Path) -> None:
+    """The card names its base model (a hub-cache folder's repo id), the pushed dataset, the
+    base card's license, the pipeline tag and tags, as huggingface_hub parses them."""
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    snapshot = tmp_path / "hub" / "models--HuggingFaceTB--SmolLM2-135M" / "snapshots" / "abc123"
+    shutil.copytree(tiny_llama, snapshot)
+    (snapshot / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base\n")
+    out = tmp_path / "sft"
+    lineage = {"hub_dataset": "me/selflearn-rows", "thresholds": {"tau_l": 0.5}}
+    sft.SFTTrainer(sft_options(max_steps=1)).train(
+        TrainRequest(rows=sft_rows(4), model=str(snapshot), output_dir=str(out), lineage=lineage)
+    )
+    data = ModelCard.load(str(out / "README.md")).data
+    assert data.base_model == "HuggingFaceTB/SmolLM2-135M"
+    assert data.datasets == ["me/selflearn-rows"] and data.license == "apache-2.0"
+    assert data.pipeline_tag == "text-generation" and data.library_name == "transformers"
+    assert {"selflearn", "trl", "sft"} <= set(data.tags)
+    # the license option wins; a local base with no hub id names none, and DPO from that folder
+    # links the run's original base from the upstream lineage
+    from selflearn.builtin.trainers import lineage as lin
+
+    record = json.loads((out / "selflearn-lineage.json").read_text())
+    record["training"]["license"] = "mit"
+    assert "license: mit" in lin.model_card(record)
+    local = {"base_model": str(out), "resolved_base": str(out), "lineage": {"base_model": "org/base"}}
+    assert lin.card_base_model(local) == "org/base"
+    assert lin.card_base_model({"base_model": tiny_llama, "resolved_base": tiny_llama}) is None

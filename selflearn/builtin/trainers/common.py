@@ -109,6 +109,8 @@ class CommonOptions:
     chat_template: str = "auto"
     #: auto: an existing special token (a pad-named token, unk, a reserved/unused token, else EOS), so the vocabulary is not resized; another value: that token, added if missing (new rows = mean embedding)
     pad_token: str = "auto"
+    #: the model card's license (a hub license id such as apache-2.0); null: the base model's card's license when that card is on this machine
+    license: str | None = None
     #: keep the checkpoints folder after a successful run (default: delete it)
     keep_checkpoints: bool = False
     #: where TRL reports metrics ("none", "tensorboard", "wandb", ...)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from importlib import metadata
@@ -102,22 +103,85 @@ def _table(mapping: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+_HUB_CACHE = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\]")
+
+
+def hub_id(ref: str | None) -> str | None:
+    """The hub repository a model reference stands for: the id itself, or the id that a folder
+    of the Hugging Face cache (``.../models--ORG--NAME/snapshots/SHA``) was downloaded from."""
+    if not ref:
+        return None
+    ref = str(ref)
+    if _is_hub_id(ref):
+        return ref
+    match = _HUB_CACHE.search(os.path.abspath(os.path.expanduser(ref)) + os.sep)
+    return f"{match.group(1)}/{match.group(2)}" if match else None
+
+
+def card_base_model(lineage: dict[str, Any]) -> str | None:
+    """The hub id the card links as ``base_model``: the model trained from, else the run's
+    original base (DPO starts from the local SFT folder, whose own base is on the hub)."""
+    upstream = lineage.get("lineage") or {}
+    for ref in (lineage.get("base_model"), lineage.get("resolved_base"), upstream.get("base_model")):
+        found = hub_id(ref)
+        if found:
+            return found
+    return None
+
+
+def base_license(lineage: dict[str, Any]) -> str | None:
+    """The license named in the base model's own card, when its README is on this machine
+    (a local folder, or the hub cache); the hub is never asked."""
+    from huggingface_hub import ModelCard, try_to_load_from_cache
+
+    candidates = [os.path.join(str(lineage.get("resolved_base", "")), "README.md")]
+    base = card_base_model(lineage)
+    if base:
+        cached = try_to_load_from_cache(base, "README.md")
+        if isinstance(cached, str):
+            candidates.append(cached)
+    for path in candidates:
+        if os.path.isfile(path):
+            try:
+                found = ModelCard.load(path).data.license
+            except Exception:  # noqa: BLE001 - a malformed card only loses its license
+                continue
+            if found:
+                return str(found)
+    return None
+
+
+def front_matter(lineage: dict[str, Any]) -> str:
+    """The card's YAML metadata, which the hub reads to link the model to its base and data.
+
+    ``license``: the trainer's ``license`` option, else the base model's card's license.
+    """
+    from huggingface_hub import ModelCardData
+
+    upstream = lineage.get("lineage") or {}
+    tags = ["selflearn", "trl", str(lineage.get("method", "training"))]
+    if lineage.get("adapter"):
+        tags.append("lora")
+    data = ModelCardData(
+        base_model=card_base_model(lineage),
+        datasets=[upstream["hub_dataset"]] if upstream.get("hub_dataset") else None,
+        license=(lineage.get("training") or {}).get("license") or base_license(lineage),
+        library_name="peft" if lineage.get("adapter") == "." else "transformers",
+        pipeline_tag="text-generation",
+        tags=tags,
+    )
+    return f"---\n{data.to_yaml()}\n---"
+
+
 def model_card(lineage: dict[str, Any]) -> str:
     """A Hugging Face model card: YAML front matter, then what the lineage file holds."""
     base = str(lineage.get("base_model", ""))
-    front = ["---", "library_name: transformers", "tags:", "- selflearn", "- trl"]
-    front.append(f"- {lineage.get('method', 'training')}")
-    if lineage.get("adapter"):
-        front.append("- lora")
-    if _is_hub_id(base):
-        front.append(f"base_model: {base}")
-    front.append("---")
     upstream = lineage.get("lineage") or {}
     selection = {
         k: upstream[k] for k in ("thresholds", "scorer", "filters", "would_fail") if k in upstream
     }
     parts = [
-        "\n".join(front),
+        front_matter(lineage),
         f"# {lineage.get('method', 'model').upper()} model trained by selflearn",
         "Self-training through knowledge detection (Yeo et al., 2024): trained with "
         f"`{lineage.get('trainer')}` from `{base}`. The machine-readable record is "

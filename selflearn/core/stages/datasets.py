@@ -388,6 +388,8 @@ class DatasetsStage(Stage):
             "s_k": describe_scores([s.s_k for s in scored]),
             "sft": {"rows": len(sft_rows), "by_origin": dict(Counter(r.origin for r in sft_rows)), **sft_stats},
         }
+        if o.push_to_hub:  # the trained models' cards link it (train stage)
+            summary["hub_dataset"] = o.hub_repo
         if o.consistency_filter and scored and all(s.s_l is None for s in scored):
             log.warning(
                 "datasets: no question has an S_L, so the consistency filter removes them all; "

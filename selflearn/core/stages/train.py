@@ -85,6 +85,8 @@ def selection(summary: dict[str, Any]) -> dict[str, Any]:
             break
     if "would_fail" in summary:  # rows each filter alone would remove
         out["would_fail"] = summary["would_fail"]
+    if summary.get("hub_dataset"):  # the model card links the pushed dataset
+        out["hub_dataset"] = summary["hub_dataset"]
     return out
 
 
