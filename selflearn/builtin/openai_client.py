@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from ..core.errors import AuthenticationError, BackendError, BudgetExceededError, ConfigError
+from ..core.options import bounded
 from .backends._remote import (
     MalformedReply,
     backoff_delay,
@@ -50,25 +51,25 @@ class ClientOptions:
     #: need no key accept any value, and a missing key is only an error for api.openai.com
     api_key_env: str = "OPENAI_API_KEY"
     #: seconds before one request times out
-    timeout: float = 60.0
+    timeout: float = bounded(60.0, gt=0)
     #: attempts per request on 429 / 5xx / timeouts / dropped connections
-    max_retries: int = 6
+    max_retries: int = bounded(6, ge=1)
     #: first backoff in seconds (doubles each attempt, with jitter; Retry-After wins)
-    backoff: float = 1.0
+    backoff: float = bounded(1.0, ge=0)
     #: longest single wait in seconds
-    max_backoff: float = 60.0
+    max_backoff: float = bounded(60.0, ge=0)
     #: requests in flight at once
-    concurrency: int = 8
+    concurrency: int = bounded(8, ge=1)
     #: requests per minute (None: unlimited)
-    requests_per_minute: int | None = None
+    requests_per_minute: int | None = bounded(None, ge=1)
     #: tokens per minute, prompt + completion estimate (None: unlimited)
-    tokens_per_minute: int | None = None
+    tokens_per_minute: int | None = bounded(None, ge=1)
     #: USD per million prompt tokens (for the cost estimate and the spend cap)
-    price_input_per_mtok: float = 0.0
+    price_input_per_mtok: float = bounded(0.0, ge=0)
     #: USD per million completion tokens
-    price_output_per_mtok: float = 0.0
+    price_output_per_mtok: float = bounded(0.0, ge=0)
     #: stop cleanly once the estimated spend reaches this many USD (None: no cap)
-    max_cost_usd: float | None = None
+    max_cost_usd: float | None = bounded(None, ge=0)
 
 
 @attrs.frozen

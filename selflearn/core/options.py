@@ -5,6 +5,11 @@ mapping is checked field by field against the class's annotations, so a mistake 
 with its config path: ``backend.options.max_new_tokens: expected an integer, got 'ten'``.
 We check types ourselves instead of pulling in a validation framework: the annotations we
 accept are few (scalars, Optional, Literal, lists, dicts, nested options classes).
+
+Every numeric option declares its range with :func:`bounded` (``k: int = bounded(10, ge=1,
+le=10_000)``); :func:`check_bounds` checks a mapping of already-typed values against them, so a
+value out of range is an error naming its path (``generations.k: must be >= 1, got 0``) when
+the configuration is validated, before any work.
 """
 
 from __future__ import annotations
@@ -27,6 +32,83 @@ class Options:
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=True)
+
+
+#: the attrs field metadata key holding an option's declared range
+BOUNDS = "bounds"
+_RELATIONS = {
+    "ge": (lambda v, b: v >= b, ">="),
+    "gt": (lambda v, b: v > b, ">"),
+    "le": (lambda v, b: v <= b, "<="),
+    "lt": (lambda v, b: v < b, "<"),
+}
+
+
+def bounded(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    **field_kwargs: Any,
+) -> Any:
+    """An attrs field with ``default`` whose numeric values must lie in the declared range
+    (``ge``: >=, ``gt``: >, ``le``: <=, ``lt``: <). The range is checked by
+    :func:`check_bounds` when a configuration is validated and shown in the generated reference;
+    ``None`` (for ``int | None`` options) and non-numeric alternatives are not range-checked.
+    Other ``attrs.field`` arguments (``validator``, ...) pass through."""
+    limits = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    if not limits:
+        raise TypeError("bounded() needs at least one of ge, gt, le, lt")
+    metadata = {**field_kwargs.pop("metadata", {}), BOUNDS: limits}
+    return attrs.field(default=default, metadata=metadata, **field_kwargs)
+
+
+def bounds_of(field: Any) -> dict[str, float]:
+    """The declared range of an attrs field ({} when it declares none)."""
+    return dict(field.metadata.get(BOUNDS, {}))
+
+
+def describe_bounds(limits: Mapping[str, float]) -> str:
+    """``>= 0 and <= 1`` for ``{"ge": 0, "le": 1}``."""
+    return " and ".join(f"{_RELATIONS[k][1]} {_number(v)}" for k, v in limits.items())
+
+
+def _number(value: float) -> str:
+    """A bound as written in a config (``1``, ``0.5``, ``10000``)."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def check_bounds(cls: type, values: Mapping[str, Any], path: str) -> None:
+    """Check typed option ``values`` (a subset of ``cls``'s fields, already coerced to their
+    types) against the ranges the fields declare with :func:`bounded`; raise a
+    :class:`ConfigError` naming ``path.field`` for the first value out of range. Kept apart
+    from the type coercion so any converter can call it after converting."""
+    for field in attrs.fields(cls):
+        limits = bounds_of(field)
+        if limits and field.name in values:
+            _check_value(values[field.name], limits, f"{path}.{field.name}")
+
+
+def _check_value(value: Any, limits: Mapping[str, float], path: str) -> None:
+    """One value (each item of a list) against ``limits``."""
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_value(item, limits, f"{path}[{i}]")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return  # None, "auto", ...: not a number to range-check
+    if value != value:  # NaN compares false with everything
+        raise ConfigError(f"must be a number {describe_bounds(limits)}, got nan", path)
+    for key, bound in limits.items():
+        ok, _ = _RELATIONS[key]
+        if not ok(value, bound):
+            raise ConfigError(
+                f"must be {describe_bounds(limits)}, got {value!r}; set it within that range "
+                "(see docs/configuration.md)",
+                path,
+            )
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -67,6 +149,9 @@ def coerce(value: Any, tp: Any, path: str) -> Any:
                 return coerce(value, arg, path)
             except ConfigError as exc:
                 errors.append(exc)
+        deeper = [e for e in errors if e.path.startswith((f"{path}.", f"{path}["))]
+        if deeper:  # the value had the right kind (a mapping of options) but a bad entry
+            raise deeper[0]
         raise ConfigError(f"expected {_describe(tp)}, got {value!r}", path)
     if origin is Literal:
         if value in typing.get_args(tp):
@@ -141,6 +226,7 @@ def build_options(cls: type[T], data: Mapping[str, Any] | None, path: str = "opt
             raise ConfigError(
                 f"required option missing ({_describe(hints.get(name, Any))})", f"{path}.{name}"
             )
+    check_bounds(cls, kwargs, path)
     try:
         return cls(**kwargs)  # type: ignore[return-value]
     except (ValueError, TypeError) as exc:

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from .options import bounds_of, describe_bounds
 from .plugins import PluginHost
 from .registry import load_object
 from .stages.base import STAGE_ORDER
@@ -92,7 +93,9 @@ def options_table(cls: type | None) -> str:
             continue
         tp = _type_name(hints.get(field.name, field.type))
         desc = docs.get(field.name, "").replace("|", "\\|")
-        rows.append(f"| `{field.name}` | `{tp}` | {_default(field)} | {desc} |")
+        limits = bounds_of(field)
+        rng = f" ({describe_bounds(limits)})" if limits else ""
+        rows.append(f"| `{field.name}` | `{tp}`{rng} | {_default(field)} | {desc} |")
     if len(rows) == 2:
         return "_No options._\n"
     return "\n".join(rows) + "\n"

@@ -41,7 +41,7 @@ def test_options_are_validated_with_config_paths() -> None:
         build_options(dpo.Options, {"max_prompt_length": 512, "max_length": 256}, "trainer.options")
     with pytest.raises(ConfigError, match="set use_lora: true"):
         build_options(sft.Options, {"load_in_4bit": True}, "sft_trainer.options")
-    with pytest.raises(ConfigError, match="eval_fraction must be in"):
+    with pytest.raises(ConfigError, match=r"eval_fraction: must be >= 0 and < 1, got 1.5"):
         build_options(sft.Options, {"eval_fraction": 1.5}, "sft_trainer.options")
     with pytest.raises(ConfigError, match="save_steps"):
         build_options(sft.Options, {"save_steps": 2.5}, "sft_trainer.options")

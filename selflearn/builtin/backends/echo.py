@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from ...core.hashing import seed_from
+from ...core.options import bounded
 from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ...core.records import Completion
 
@@ -25,7 +26,7 @@ from ...core.records import Completion
 @attrs.frozen
 class Options:
     #: words per sampled answer
-    sample_words: int = 12
+    sample_words: int = bounded(12, ge=1)
     #: model name reported in the identity (to tell two echo backends apart)
     model: str = "echo"
 

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import attrs
 
 from ...core.errors import BackendError, ConfigError
+from ...core.options import bounded
 from ...core.prompts import named_template
 from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ...core.records import Completion
@@ -59,21 +60,21 @@ class Options:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     #: most sequences (sample rows) per forward pass; None: sized from free GPU memory (16 on CPU).
     #: Halved automatically after an out-of-memory error.
-    batch_size: int | None = None
+    batch_size: int | None = bounded(None, ge=1)
     #: longest prompt in tokens (longer prompts keep their end); None: the model's context
     #: length minus max_new_tokens
-    max_input_tokens: int | None = None
+    max_input_tokens: int | None = bounded(None, ge=1)
     #: chat template for chat prompts when the tokenizer has none (or to override it): a Jinja
     #: string, or "zephyr" (the template the trainers give base models at SFT time)
     chat_template: str | None = None
     #: sampling seed (None: the run's seed); a call's params.seed wins when set
-    seed: int | None = None
+    seed: int | None = bounded(None, ge=0, le=2**63 - 1)
     #: "dynamic" KV cache (default) or "static" (fixed shapes; the compiled GPU path)
     cache: Literal["dynamic", "static"] = "dynamic"
     #: torch.compile the decode step (CUDA graphs); implies cache: static. GPU only in practice
     compile: bool = False
     #: the host checks for finished rows and stop strings every this many tokens
-    sync_every: int = 8
+    sync_every: int = bounded(8, ge=1)
     #: which distribution log-probabilities are taken from: "model" (raw) or "sampling"
     logprobs: Literal["model", "sampling"] = "model"
     #: transformers attention implementation ("sdpa", "eager", "flash_attention_2"; None: default)
@@ -90,11 +91,11 @@ class Options:
     sampler: Literal["auto", "triton", "candidates"] = "auto"
     #: shared decoder, sampler candidates: top-p sampling over each row's top-k candidates
     #: (exact whenever the nucleus fits in them, see hf_candidates.py); 0: the whole vocabulary
-    candidates: int = 1024
+    candidates: int = bounded(1024, ge=1)
     #: shared decoder, sampler candidates: share of a batch's rows per step that may take the
     #: exact full-vocabulary path when their nucleus is larger than the candidates (the rest are
     #: truncated, and counted)
-    overflow_share: float = 0.125
+    overflow_share: float = bounded(0.125, ge=0, le=1)
     #: shared decoder on CUDA: capture the decode step in CUDA graphs
     cuda_graphs: bool = True
     #: shared decoder: decoder layers as fused tensor functions over packed weights

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import attrs
 
 from ...core.errors import BackendError, ConfigError
+from ...core.options import bounded
 from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ...core.records import Completion
 from ..openai_client import ChatClient, ClientOptions, make_client
@@ -45,9 +46,9 @@ class Options(ClientOptions):
     #: one request per sample, seeded by its index (exact sample_offset semantics)
     seeded_samples: bool = False
     #: most choices per request (OpenAI allows 128; some servers only 1)
-    max_n: int = 128
+    max_n: int = bounded(128, ge=1)
     #: sampling seed (None: the run's seed); a call's params.seed wins when set
-    seed: int | None = None
+    seed: int | None = bounded(None, ge=0, le=2**63 - 1)
     #: tokenizer whose chat template renders chat prompts for the completions endpoint
     #: (None: the run's model)
     tokenizer: str | None = None

@@ -30,6 +30,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 
 from ...core.errors import AuthenticationError, BackendError, ConfigError
+from ...core.options import bounded
 from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ...core.records import Completion
 from ._remote import (
@@ -66,21 +67,21 @@ class Options:
     #: "seeded" (one seeded request per sample) or "best_of" (one request with best_of=K)
     samples: Literal["seeded", "best_of"] = "seeded"
     #: sampling seed (None: the run's seed); a call's params.seed wins when set
-    seed: int | None = None
+    seed: int | None = bounded(None, ge=0, le=2**63 - 1)
     #: requests in flight at once (the research code used 10 threads)
-    concurrency: int = 10
+    concurrency: int = bounded(10, ge=1)
     #: seconds before a request times out
-    timeout: float = 300.0
+    timeout: float = bounded(300.0, gt=0)
     #: attempts per request on 429 / 5xx / timeouts / dropped connections
-    max_retries: int = 6
+    max_retries: int = bounded(6, ge=1)
     #: first backoff in seconds (doubles each attempt, with jitter; Retry-After wins)
-    backoff: float = 1.0
+    backoff: float = bounded(1.0, ge=0)
     #: longest single wait in seconds
-    max_backoff: float = 60.0
+    max_backoff: float = bounded(60.0, ge=0)
     #: seconds to wait for a server that is still starting (GET /info) before giving up
-    wait_for_server: float = 0.0
+    wait_for_server: float = bounded(0.0, ge=0)
     #: TGI's ``truncate``: keep only the last N prompt tokens (None: the server's limits apply)
-    truncate: int | None = None
+    truncate: int | None = bounded(None, ge=1)
     #: ask for the prompt's tokens (decoder_input_details) to count prompt tokens exactly
     decoder_input_details: bool = False
     #: environment variable / secret with a bearer token (servers behind authentication)

@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol
 import attrs
 
 from ...core.errors import ConfigError
+from ...core.options import bounded
 from ...core.records import Document, Passage
 from ...core.text import split_sentences
 
@@ -50,21 +51,21 @@ _TERMINAL = (".", "!", "?", ":", ";", "\u2026", '"', "'", ")", "]")
 @attrs.frozen
 class Options:
     #: most tokens per passage (header included)
-    max_tokens: int = 512
+    max_tokens: int = bounded(512, ge=1)
     #: model reference whose tokenizer counts tokens; None: the pipeline's model
     tokenizer: str | None = None
     #: prefix every passage with the document's first sentence
     prefix_first_sentence: bool = True
     #: the header is not used when it takes more than this fraction of the budget
-    max_header_fraction: float = 0.5
+    max_header_fraction: float = bounded(0.5, ge=0, le=1)
     #: the final partial passage is kept only above this fraction of max_tokens
-    min_tail_fraction: float = 0.75
+    min_tail_fraction: float = bounded(0.75, ge=0, le=1)
     #: keep a document's only passage even when it is under the tail threshold
     keep_short_document: bool = True
     #: heading lines: keep (as text), drop, or split (start a new passage, dropped from text)
     headings: Literal["keep", "drop", "split"] = "keep"
     #: a non-first line with at most this many words and no final punctuation is a heading
-    heading_max_words: int = 10
+    heading_max_words: int = bounded(10, ge=0)
     #: sentences longer than the budget: split at word boundaries, or drop (counted)
     long_sentences: Literal["split", "drop"] = "split"
 

@@ -22,19 +22,20 @@ from typing import Any
 
 import attrs
 
+from ...core.options import bounded
 from .stats import percentile_interval
 
 
 @attrs.frozen
 class DetectionOptions:
     #: closed-book samples per question (the paper's K)
-    k: int = 10
+    k: int = bounded(10, ge=1, le=10_000)
     #: sampling temperature of the K samples (the paper: 1.0)
-    temperature: float = 1.0
+    temperature: float = bounded(1.0, ge=0)
     #: nucleus of the K samples
-    top_p: float = 0.9
+    top_p: float = bounded(0.9, gt=0, le=1)
     #: most new tokens per sample (None: evaluate.max_new_tokens)
-    max_new_tokens: int | None = None
+    max_new_tokens: int | None = bounded(None, ge=1)
     #: QA metric whose 0 marks a wrong answer ("contains", "exact"; "f1" counts F1 < 0.5)
     metric: str = "contains"
     #: other scorers to compare with the configured one on the same answers (names or

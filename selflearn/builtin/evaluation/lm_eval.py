@@ -35,6 +35,7 @@ import attrs
 
 from ...core.errors import ConfigError, StageError
 from ...core.models import folder_files
+from ...core.options import bounded
 
 PIP_HINT = "pip install lm-eval==0.4.13"
 
@@ -63,11 +64,11 @@ class ForgettingOptions:
     #: task -> the metric compared before/after (a task not listed uses "acc")
     metrics: dict[str, Any] = attrs.field(factory=lambda: dict(DEFAULT_METRICS))
     #: flag a task whose metric falls by more than this (absolute, 0..1 scale)
-    margin: float = 0.02
+    margin: float = bounded(0.02, ge=0, le=1)
     #: examples per task (an int, or a fraction < 1); None: all (use only for smoke tests)
-    limit: float | None = None
+    limit: float | None = bounded(None, gt=0)
     #: lm-eval's batch size (an integer or "auto")
-    batch_size: int | str = 8
+    batch_size: int | str = bounded(8, ge=1)
     #: torch device ("cpu", "cuda", "cuda:0"); None: cuda when available, else cpu
     device: str | None = None
     #: model dtype passed to lm-eval's HF model ("auto", "bfloat16", "float32", ...)
@@ -77,7 +78,7 @@ class ForgettingOptions:
     #: render prompts with the model's chat template (the leaderboard did not)
     apply_chat_template: bool = False
     #: bootstrap resamples lm-eval uses for standard errors
-    bootstrap_iters: int = 1000
+    bootstrap_iters: int = bounded(1000, ge=0)
 
 
 def require_lm_eval(path: str = "evaluate.forgetting") -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ...core.errors import ConfigError
+from ...core.options import bounded
 from ...core.protocols import GenerationParams, JudgeItem, Message
 from ...core.records import Verdict
 from .common import DEFAULT_MAX_ATTEMPTS, JudgeRequest, PairwiseProtocol
@@ -29,18 +30,18 @@ class Options:
     #: pipeline's backend
     backend: str | dict[str, Any] | None = None
     #: sampling temperature (the paper's judge: 0.3)
-    temperature: float = 0.3
+    temperature: float = bounded(0.3, ge=0)
     #: most new tokens of the answer (small chat models often say "Response A": 5 leaves room)
-    max_new_tokens: int = 5
+    max_new_tokens: int = bounded(5, ge=1)
     #: calls per order before an unparseable order makes the item "unjudged"
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_attempts: int = bounded(DEFAULT_MAX_ATTEMPTS, ge=1)
     #: seed of the sampled answers; None: the run's seed
-    seed: int | None = None
+    seed: int | None = bounded(None, ge=0, le=2**63 - 1)
     #: send the judge's instructions as a system message; false folds them into the user
     #: message (for chat templates that reject the system role)
     system_message: bool = True
     #: judge calls per backend batch
-    batch_size: int = 32
+    batch_size: int = bounded(32, ge=1)
 
 
 def _fold_system(messages: Sequence[Message]) -> list[dict[str, str]]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ...core.options import bounded
 from ...core.protocols import JudgeItem
 from ...core.records import Verdict
 from ..openai_client import ChatClient, ClientOptions, make_client
@@ -33,17 +34,17 @@ class Options(ClientOptions):
     #: the judge model (the research code's judge)
     model: str = "gpt-4o"
     #: sampling temperature of the judge (the paper: 0.3)
-    temperature: float = 0.3
+    temperature: float = bounded(0.3, ge=0)
     #: most tokens of the judge's answer (the paper: 3; the answer is one letter)
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_tokens: int = bounded(DEFAULT_MAX_TOKENS, ge=1)
     #: calls per order before an unparseable order makes the item "unjudged"
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_attempts: int = bounded(DEFAULT_MAX_ATTEMPTS, ge=1)
     #: base seed sent with each call (attempt k sends seed + k); None: the run's seed
-    seed: int | None = None
+    seed: int | None = bounded(None, ge=0, le=2**63 - 1)
     #: USD per million prompt tokens (gpt-4o's list price; set your model's)
-    price_input_per_mtok: float = 2.5
+    price_input_per_mtok: float = bounded(2.5, ge=0)
     #: USD per million completion tokens (gpt-4o's list price; set your model's)
-    price_output_per_mtok: float = 10.0
+    price_output_per_mtok: float = bounded(10.0, ge=0)
 
 
 def client_options(options: Options) -> ClientOptions:

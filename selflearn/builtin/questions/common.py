@@ -23,6 +23,7 @@ import attrs
 
 from ...core.errors import ConfigError
 from ...core.hashing import seed_from
+from ...core.options import bounded
 from ...core.protocols import Message
 from ...core.records import Passage, Question
 from .prompts import (
@@ -42,16 +43,16 @@ class QuestionOptions:
     """Options shared by the ``openai`` and ``local`` question generators."""
 
     #: few-shot examples per call, drawn from our pool of 12
-    shots: int = 3
+    shots: int = bounded(3, ge=0)
     #: sampling temperature of the first attempt (0: greedy)
-    temperature: float = 0.5
+    temperature: float = bounded(0.5, ge=0)
     #: most tokens of one generated question
-    max_new_tokens: int = 64
+    max_new_tokens: int = bounded(64, ge=1)
     #: calls per question before the passage is given up (invalid or duplicate outputs retry)
-    attempts: int = 3
+    attempts: int = bounded(3, ge=1)
     #: temperature of retries and extra questions when ``temperature`` is 0 (greedy would
     #: only repeat the rejected output)
-    retry_temperature: float = 0.7
+    retry_temperature: float = bounded(0.7, ge=0)
     #: whole words a question must not contain (plurals included, any case)
     banned_words: list[str] = attrs.field(factory=lambda: list(DEFAULT_BANNED_WORDS))
     #: system prompt (None: the built-in wording; "" for none)

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import attrs
 
 from ...core.errors import ConfigError
+from ...core.options import bounded
 from ...core.protocols import GenerationParams, ScoreItem, ScoreResult
 from ._nli import NLIEngine, engine_from_options
 from .nli import grid_scores, mean_or_none
@@ -70,23 +71,23 @@ def parse_reflection(reply: str) -> str | None:
 @attrs.frozen
 class Options:
     #: weight of observed consistency; 1 - beta goes to self-reflection (1.0: no reflection)
-    beta: float = 0.7
+    beta: float = bounded(0.7, ge=0, le=1)
     #: whose reflection enters the item confidence: the reference only, or reference and samples
     reflection_scope: Literal["reference", "all"] = "reference"
     #: also ask for a reflection on each sample (needed for reflection-aware per-sample scores)
     reflect_samples: bool = True
     #: new tokens of a reflection reply (greedy)
-    reflection_max_new_tokens: int = 5
-    reflection_repetition_penalty: float = 1.1
+    reflection_max_new_tokens: int = bounded(5, ge=1)
+    reflection_repetition_penalty: float = bounded(1.1, gt=0)
     #: NLI model and engine options, as in selfcheck-nli
     model: str = "potsawee/deberta-v3-large-mnli"
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_length: int = 512
-    batch_size: int = 256
-    max_tokens_per_batch: int = 32768
-    entailment_label: int | None = None
-    contradiction_label: int | None = None
+    max_length: int = bounded(512, ge=1)
+    batch_size: int = bounded(256, ge=1)
+    max_tokens_per_batch: int = bounded(32768, ge=1)
+    entailment_label: int | None = bounded(None, ge=0)
+    contradiction_label: int | None = bounded(None, ge=0)
 
 
 class BSDetector:

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import attrs
 
 from ...core.errors import ConfigError
+from ...core.options import bounded
 from ...core.protocols import ScoreItem, ScoreResult
 from ...core.text import split_sentences
 from ._encoder import Encoder
@@ -50,14 +51,14 @@ class Options:
     #: how a cosine similarity becomes a disagreement score in [0, 1] (see the module docstring)
     mapping: Literal["logistic", "linear"] = "logistic"
     #: logistic mapping: the cosine that scores 0.5 ...
-    midpoint: float = 0.85
+    midpoint: float = bounded(0.85, ge=-1, le=1)
     #: ... and how sharply the score falls around it
-    temperature: float = 0.05
+    temperature: float = bounded(0.05, gt=0)
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     #: tokens per text; None = the folder's max_seq_length (256 for all-MiniLM-L6-v2)
-    max_length: int | None = None
-    batch_size: int = 128
+    max_length: int | None = bounded(None, ge=1)
+    batch_size: int = bounded(128, ge=1)
 
 
 class SelfCheckEmbedding:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ...core.options import bounded
 from ...core.protocols import ScoreItem, ScoreResult
 from ...core.text import split_sentences
 from ._nli import NLIEngine, engine_from_options
@@ -40,14 +41,14 @@ class Options:
     #: "auto" = bfloat16 on CUDA, float32 on CPU
     dtype: Dtype = "auto"
     #: tokens per (sentence, sample) pair; longer pairs are truncated (longest first)
-    max_length: int = 512
+    max_length: int = bounded(512, ge=1)
     #: most pairs per forward pass
-    batch_size: int = 256
+    batch_size: int = bounded(256, ge=1)
     #: most padded tokens per forward pass (rows x longest row)
-    max_tokens_per_batch: int = 32768
+    max_tokens_per_batch: int = bounded(32768, ge=1)
     #: output index of "entailment" / "contradiction" when config.id2label does not name them
-    entailment_label: int | None = None
-    contradiction_label: int | None = None
+    entailment_label: int | None = bounded(None, ge=0)
+    contradiction_label: int | None = bounded(None, ge=0)
 
 
 def sentence_grid(items: Sequence[ScoreItem]) -> list[tuple[list[str], list[str | None]]]:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ...core.options import bounded
 from ...core.protocols import ScoreItem, ScoreResult
 from ._nli import NLIEngine, engine_from_options
 
@@ -46,11 +47,11 @@ class Options:
     model: str = "microsoft/deberta-large-mnli"
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    max_length: int = 512
-    batch_size: int = 256
-    max_tokens_per_batch: int = 32768
-    entailment_label: int | None = None
-    contradiction_label: int | None = None
+    max_length: int = bounded(512, ge=1)
+    batch_size: int = bounded(256, ge=1)
+    max_tokens_per_batch: int = bounded(32768, ge=1)
+    entailment_label: int | None = bounded(None, ge=0)
+    contradiction_label: int | None = bounded(None, ge=0)
 
 
 def logsumexp(values: Sequence[float]) -> float:

@@ -34,6 +34,7 @@ import attrs
 
 from ...core.errors import ConfigError, StageError
 from ...core.hashing import content_hash
+from ...core.options import bounded
 from ...core.records import Document
 from .common import file_digests, normalize_text, round_robin, seeded_order, take_split
 
@@ -69,11 +70,11 @@ class Options:
     #: category of documents that have none
     default_category: str | None = None
     #: seeded split of documents without a split field: per category, this many test docs
-    test_per_category: int = 0
+    test_per_category: int = bounded(0, ge=0)
     #: ... and this many training docs (None: all the rest)
-    train_per_category: int | None = None
+    train_per_category: int | None = bounded(None, ge=0)
     #: seed of the split; None: the pipeline's seed
-    seed: int | None = None
+    seed: int | None = bounded(None, ge=0, le=2**63 - 1)
     #: fsspec storage options (credentials stay in the environment where possible)
     storage_options: dict[str, Any] = attrs.field(factory=dict)
 

@@ -36,6 +36,7 @@ import attrs
 from ...core.cache import JsonlCache
 from ...core.errors import ConfigError, SelflearnError
 from ...core.hashing import content_hash
+from ...core.options import bounded
 from ...core.records import Document
 from .common import (
     dedupe_across,
@@ -66,15 +67,15 @@ class Options:
     #: a JSON file {category: [titles]} replacing the shipped list
     titles_file: str | None = None
     #: training documents per category (None: all eligible titles not taken for test)
-    train_per_category: int | None = 100
+    train_per_category: int | None = bounded(100, ge=0)
     #: held-out test documents per category
-    test_per_category: int = 10
+    test_per_category: int = bounded(10, ge=0)
     #: articles with fewer words (after cutting) are skipped
-    min_words: int = 512
+    min_words: int = bounded(512, ge=0)
     #: cut an article at the first line equal to one of these (stripped, lower-cased)
     cut_at: list[str] = attrs.field(factory=lambda: ["references", "see also"])
     #: seed of the split; None: the pipeline's seed
-    seed: int | None = None
+    seed: int | None = bounded(None, ge=0, le=2**63 - 1)
     #: how to read the dump: auto (parquet when the files are Parquet), parquet, datasets
     loader: Literal["auto", "parquet", "datasets"] = "auto"
 

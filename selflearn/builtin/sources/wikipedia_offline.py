@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from ...core.errors import ConfigError
+from ...core.options import bounded
 from ...core.records import Document
 from .common import (
     file_digests,
@@ -47,13 +48,13 @@ class Options:
     #: topics to use (case-insensitive), e.g. ["Geography", "History"]; None: all 12 topics
     categories: list[str] | None = None
     #: training documents per category; None: all the documents not taken for test
-    train_per_category: int | None = None
+    train_per_category: int | None = bounded(None, ge=0)
     #: held-out test documents per category
-    test_per_category: int = 0
+    test_per_category: int = bounded(0, ge=0)
     #: seed of the split; None: the pipeline's seed
-    seed: int | None = None
+    seed: int | None = bounded(None, ge=0, le=2**63 - 1)
     #: leads with fewer words are skipped (and counted in ``stats``)
-    min_words: int = 30
+    min_words: int = bounded(30, ge=0)
     #: another JSON file of the same shape (default: the one inside the package)
     path: str | None = None
 

@@ -19,6 +19,7 @@ import attrs
 
 from ...core.errors import ConfigError, StageError
 from ...core.models import load_causal_lm, load_tokenizer
+from ...core.options import bounded
 from ...core.prompts import ZEPHYR_TEMPLATE
 
 log = logging.getLogger("selflearn.trainers")
@@ -50,53 +51,53 @@ class CommonOptions:
     """Options shared by ``trl-sft`` and ``trl-dpo`` (documented in docs/training.md)."""
 
     #: epochs, used when max_steps <= 0
-    num_train_epochs: float = attrs.field(default=2.0, validator=_positive)
+    num_train_epochs: float = bounded(2.0, gt=0, validator=_positive)
     #: > 0: train this many optimizer steps (overrides num_train_epochs)
-    max_steps: int = -1
+    max_steps: int = bounded(-1, ge=-1)
     #: null: by model size (SFT 2e-5 below 3B parameters, 1e-5 above; DPO 1e-6 / 5e-7), times lora_lr_multiplier with LoRA
-    learning_rate: float | None = attrs.field(default=None, validator=_positive)
+    learning_rate: float | None = bounded(None, gt=0, validator=_positive)
     #: rows per device per step (the paper: 8 on each of 4 GPUs = 32)
-    per_device_train_batch_size: int = attrs.field(default=8, validator=_positive)
+    per_device_train_batch_size: int = bounded(8, ge=1, validator=_positive)
     #: rows per device per evaluation step
-    per_device_eval_batch_size: int = attrs.field(default=8, validator=_positive)
+    per_device_eval_batch_size: int = bounded(8, ge=1, validator=_positive)
     #: effective batch = batch size x accumulation x processes
-    gradient_accumulation_steps: int = attrs.field(default=1, validator=_positive)
+    gradient_accumulation_steps: int = bounded(1, ge=1, validator=_positive)
     #: a transformers scheduler name
     lr_scheduler_type: str = "cosine"
     #: warm-up as a share of the training steps
-    warmup_ratio: float = attrs.field(default=0.03, validator=_fraction)
+    warmup_ratio: float = bounded(0.03, ge=0, lt=1, validator=_fraction)
     #: AdamW weight decay
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, ge=0)
     #: gradient clipping norm
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = bounded(1.0, ge=0)
     #: a transformers optimizer name (e.g. paged_adamw_32bit for QLoRA)
     optim: str = "adamw_torch"
     #: prompt + answer tokens; longer rows are truncated at the end
-    max_length: int = attrs.field(default=1024, validator=_positive)
+    max_length: int = bounded(1024, ge=1, validator=_positive)
     #: share of rows held out for evaluation (0: none)
-    eval_fraction: float = attrs.field(default=0.05, validator=_fraction)
+    eval_fraction: float = bounded(0.05, ge=0, lt=1, validator=_fraction)
     #: no evaluation split when it would hold fewer rows than this
-    min_eval_rows: int = attrs.field(default=2, validator=_positive)
+    min_eval_rows: int = bounded(2, ge=1, validator=_positive)
     #: evaluation interval: < 1 a fraction of the training steps, >= 1 a number of steps
-    eval_steps: float = attrs.field(default=0.2, validator=_steps)
+    eval_steps: float = bounded(0.2, ge=0, validator=_steps)
     #: checkpoint interval, as eval_steps; 0: no intermediate checkpoints (no resume after a kill)
-    save_steps: float = attrs.field(default=0.2, validator=_steps)
+    save_steps: float = bounded(0.2, ge=0, validator=_steps)
     #: checkpoints kept (the best one is always kept)
-    save_total_limit: int = attrs.field(default=2, validator=_positive)
+    save_total_limit: int = bounded(2, ge=1, validator=_positive)
     #: logging interval, as eval_steps (the first step is always logged)
-    logging_steps: float = attrs.field(default=10, validator=_steps)
+    logging_steps: float = bounded(10, ge=0, validator=_steps)
     #: train a LoRA adapter on the frozen model instead of all weights
     use_lora: bool = False
     #: LoRA rank (the research code: 256)
-    lora_r: int = attrs.field(default=64, validator=_positive)
+    lora_r: int = bounded(64, ge=1, validator=_positive)
     #: LoRA scale numerator (alpha / r = 1, as in the research code)
-    lora_alpha: int = attrs.field(default=64, validator=_positive)
+    lora_alpha: int = bounded(64, ge=1, validator=_positive)
     #: dropout on the LoRA input
-    lora_dropout: float = attrs.field(default=0.05, validator=_fraction)
+    lora_dropout: float = bounded(0.05, ge=0, lt=1, validator=_fraction)
     #: "all-linear" or a list of module names
     lora_target_modules: str | list[str] = "all-linear"
     #: with LoRA and learning_rate null: the by-size rate times this (the research code: x10)
-    lora_lr_multiplier: float = attrs.field(default=10.0, validator=_positive)
+    lora_lr_multiplier: float = bounded(10.0, gt=0, validator=_positive)
     #: QLoRA: the frozen base in 4-bit NF4 (needs use_lora, bitsandbytes and a CUDA GPU)
     load_in_4bit: bool = False
     #: with LoRA: also save the adapter merged into the base weights (a plain checkpoint)

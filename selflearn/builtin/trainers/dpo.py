@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from ...core.hashing import seed_from
+from ...core.options import bounded
 from .common import CommonOptions, _fraction, _positive
 from .runner import TRLTrainer
 
@@ -34,22 +35,22 @@ def _probability(instance: Any, attribute: Any, value: float) -> None:
 @attrs.frozen
 class Options(CommonOptions):
     #: DPO temperature: higher keeps the model closer to the reference
-    beta: float = attrs.field(default=0.3, validator=_positive)
+    beta: float = bounded(0.3, gt=0, validator=_positive)
     #: optimizer steps, whatever the dataset size (the paper: 300)
-    max_steps: int = 300
+    max_steps: int = bounded(300, ge=-1)
     #: epochs, used when max_steps <= 0
-    num_train_epochs: float = attrs.field(default=1.0, validator=_positive)
+    num_train_epochs: float = bounded(1.0, gt=0, validator=_positive)
     #: warm-up as a share of the training steps (the paper: 10%)
-    warmup_ratio: float = attrs.field(default=0.1, validator=_fraction)
+    warmup_ratio: float = bounded(0.1, ge=0, lt=1, validator=_fraction)
     #: prompt tokens kept (the end of the prompt); the rest of max_length is for the answer
-    max_prompt_length: int = attrs.field(default=128, validator=_positive)
+    max_prompt_length: int = bounded(128, ge=1, validator=_positive)
     #: prompt + answer tokens
-    max_length: int = attrs.field(default=512, validator=_positive)
+    max_length: int = bounded(512, ge=1, validator=_positive)
     #: TRL loss type: "sigmoid" is the DPO loss of the paper; "ipo", "hinge", ... also work
     loss_type: str = "sigmoid"
     #: probability of dropping the EOS that ends a rejected answer (the research code used 0.5,
     #: so that ending an answer is not itself learnt as dispreferred); 0 keeps every EOS
-    rejected_eos_dropout: float = attrs.field(default=0.5, validator=_probability)
+    rejected_eos_dropout: float = bounded(0.5, ge=0, le=1, validator=_probability)
     #: compute the reference log-probabilities once before training (saves the reference
     #: model's memory with full fine-tuning)
     precompute_ref_log_probs: bool = False

@@ -30,6 +30,7 @@ import attrs
 
 from ..errors import ConfigError
 from ..hashing import content_hash
+from ..options import bounded
 from ..prompts import rc_messages
 from ..protocols import GenerationParams
 from ..records import Generations, Passage, PreferencePair, Question, Scores, SFTExample
@@ -62,14 +63,14 @@ OUTPUTS = (
 @attrs.frozen
 class DatasetsOptions:
     #: keep questions with S_L <= tau_l (consistency) and S_K > tau_k (knowledge, "unknown")
-    tau_l: float = 0.5
-    tau_k: float = 0.5
+    tau_l: float = bounded(0.5, ge=0, le=1)
+    tau_k: float = bounded(0.5, ge=0, le=1)
     #: each filter can be switched off without switching off the other
     consistency_filter: bool = True
     knowledge_filter: bool = True
     #: one pair per question, or up to max_pairs_per_question (method.md 9.2)
     pair_mode: Literal["single", "multiple"] = "single"
-    max_pairs_per_question: int = 4
+    max_pairs_per_question: int = bounded(4, ge=1)
     #: with_passage: chosen = y*; no_passage: chosen/rejected among Y_r only (method.md 9.4;
     #: needs scores.no_passage: true, and the consistency filter off)
     variant: Literal["with_passage", "no_passage"] = "with_passage"
@@ -81,19 +82,19 @@ class DatasetsOptions:
     #: filters (None: all). A size-matched control: an unfiltered run with max_questions set
     #: to a filtered run's count trains as many steps per pair, so the two differ only in
     #: which questions were picked
-    max_questions: int | None = attrs.field(default=None)
+    max_questions: int | None = bounded(None, ge=1)
     #: question splits that enter the datasets
     splits: list[str] = attrs.field(factory=lambda: ["train"])
     #: SFT rows: share of questions given as reading-comprehension rows (the paper: 1/3)
-    sft_rc_fraction: float = 1 / 3
+    sft_rc_fraction: float = bounded(1 / 3, ge=0, le=1)
     #: self-labelled rows for the other questions: "auto" = on when an sft_trainer is configured
     self_label: Literal["auto", "on", "off"] = "auto"
-    self_label_shots: int = 10
-    self_label_temperature: float = 0.3
-    self_label_repetition_penalty: float = 1.1
-    self_label_max_new_tokens: int = 384
-    self_label_retries: int = 5
-    histogram_bins: int = 20
+    self_label_shots: int = bounded(10, ge=0)
+    self_label_temperature: float = bounded(0.3, ge=0)
+    self_label_repetition_penalty: float = bounded(1.1, gt=0)
+    self_label_max_new_tokens: int = bounded(384, ge=1)
+    self_label_retries: int = bounded(5, ge=1)
+    histogram_bins: int = bounded(20, ge=1)
     #: push the DPO and SFT datasets to the Hugging Face hub (token: the HF_TOKEN secret)
     push_to_hub: bool = False
     hub_repo: str | None = None

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from ..errors import StageError
+from ..options import bounded
 from ..records import Document
 from .base import Stage
 
@@ -27,9 +28,9 @@ _UNSET = object()
 @attrs.frozen
 class DocumentsOptions:
     #: keep at most this many documents (None: all the source yields)
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=1)
     #: documents whose text has fewer words are skipped and counted
-    min_words: int = 1
+    min_words: int = bounded(1, ge=0)
 
 
 class DocumentsStage(Stage):

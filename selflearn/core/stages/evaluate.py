@@ -34,6 +34,7 @@ from ...builtin.evaluation.summaries import qa_summary, set_summary, stage_summa
 from ..config import SlotSpec
 from ..errors import ConfigError, StageError
 from ..generation import CachedBackend
+from ..options import bounded
 from ..prompts import closed_book_messages, rc_messages
 from ..protocols import GenerationParams, JudgeItem, ScoreItem
 from ..records import Completion, Passage, Question, Scores, Verdict
@@ -45,13 +46,13 @@ EVAL_DIR = "evaluation"
 @attrs.frozen
 class EvaluateOptions:
     #: most new tokens per answer (the paper: 384)
-    max_new_tokens: int = 384
+    max_new_tokens: int = bounded(384, ge=1)
     #: repetition penalty of the greedy answers (the paper: 1.1)
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = bounded(1.1, gt=0)
     #: prompts per backend call (also the granularity of progress and resume)
-    batch_size: int = 16
+    batch_size: int = bounded(16, ge=1)
     #: evaluate at most this many held-out questions (None: all)
-    test_limit: int | None = None
+    test_limit: int | None = bounded(None, ge=1)
     #: the model after training; None: train.json's models.dpo
     candidate_model: str | None = None
     #: the model to compare with; None: train.json's models.sft, else its base_model
@@ -59,15 +60,15 @@ class EvaluateOptions:
     #: score each closed-book answer against the passage-grounded reference with the scorer
     agreement: bool = True
     #: known training items (S_K <= known_threshold) to evaluate too (the paper: 200; 0: off)
-    known_items: int = 200
+    known_items: int = bounded(200, ge=0)
     #: S_K at or below which a training item counts as known
-    known_threshold: float = 0.5
+    known_threshold: float = bounded(0.5, ge=0, le=1)
     #: QA sets with gold answers: "fanoutqa", "trivia", "trivia:LIST[,LIST]", "trivia:all"
     qa: list[str] = attrs.field(factory=list)
     #: questions per QA set (a seeded sample; None: all)
-    qa_limit: int | None = 200
+    qa_limit: int | None = bounded(200, ge=1)
     #: bootstrap resamples for the 95% intervals
-    bootstrap_resamples: int = 1000
+    bootstrap_resamples: int = bounded(1000, ge=0)
     #: lm-evaluation-harness before/after (None: off)
     forgetting: ForgettingOptions | None = None
     #: knowledge detection quality on the QA sets (AUROC of S_K for wrong answers; None: off)

@@ -25,7 +25,7 @@ import attrs
 
 from ..errors import ConfigError, StageError
 from ..generation import CachedBackend
-from ..options import Options
+from ..options import Options, bounded
 from ..prompts import closed_book_messages, rc_messages
 from ..protocols import GenerationParams
 from ..records import Completion, Generations, Passage, Question
@@ -37,13 +37,13 @@ class ReferenceOptions(Options):
     """Decoding of y* (greedy with the passage)."""
 
     #: 0 = greedy (the paper); a positive value samples the reference instead
-    temperature: float = 0.0
+    temperature: float = bounded(0.0, ge=0)
     #: nucleus sampling mass (only used when sampling)
-    top_p: float = 1.0
+    top_p: float = bounded(1.0, gt=0, le=1)
     #: transformers-style repetition penalty (1.0: none)
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = bounded(1.1, gt=0)
     #: most new tokens per answer
-    max_new_tokens: int = 384
+    max_new_tokens: int = bounded(384, ge=1)
     #: stop strings: the answer is cut before the first one
     stop: list[str] = attrs.field(factory=list)
 
@@ -53,17 +53,17 @@ class WithPassageOptions(Options):
     """Decoding of Y_c (samples with the passage)."""
 
     #: 0.7 in the research code (method.md 7.1); the paper reports 1.0
-    temperature: float = 0.7
+    temperature: float = bounded(0.7, ge=0)
     #: nucleus sampling mass
-    top_p: float = 0.9
+    top_p: float = bounded(0.9, gt=0, le=1)
     #: transformers-style repetition penalty (1.0: none)
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = bounded(1.1, gt=0)
     #: most new tokens per answer
-    max_new_tokens: int = 384
+    max_new_tokens: int = bounded(384, ge=1)
     #: stop strings: answers are cut before the first one
     stop: list[str] = attrs.field(factory=list)
     #: samples per question (None: the stage's k); 0 skips Y_c
-    k: int | None = None
+    k: int | None = bounded(None, ge=1, le=10_000)
 
 
 @attrs.frozen
@@ -71,23 +71,23 @@ class WithoutPassageOptions(Options):
     """Decoding of Y_r (samples of the bare question)."""
 
     #: sampling temperature (the paper and the research code: 1.0)
-    temperature: float = 1.0
+    temperature: float = bounded(1.0, ge=0)
     #: nucleus sampling mass
-    top_p: float = 0.9
+    top_p: float = bounded(0.9, gt=0, le=1)
     #: transformers-style repetition penalty (1.0: none)
-    repetition_penalty: float = 1.1
+    repetition_penalty: float = bounded(1.1, gt=0)
     #: most new tokens per answer
-    max_new_tokens: int = 384
+    max_new_tokens: int = bounded(384, ge=1)
     #: stop strings: answers are cut before the first one
     stop: list[str] = attrs.field(factory=list)
     #: samples per question (None: the stage's k); 0 skips Y_r
-    k: int | None = None
+    k: int | None = bounded(None, ge=1, le=10_000)
 
 
 @attrs.frozen
 class GenerationsOptions(Options):
     #: K, samples per question with and without the passage (the paper: 10)
-    k: int = 10
+    k: int = bounded(10, ge=1, le=10_000)
     #: decoding of the reference y* (greedy, passage in context)
     reference: ReferenceOptions = ReferenceOptions()
     #: decoding of Y_c (K samples with the passage)
@@ -97,13 +97,13 @@ class GenerationsOptions(Options):
     #: ask for per-token log-probabilities (needed by the semantic-entropy scorer)
     logprobs: bool = False
     #: questions per backend call: the unit of progress and of work lost to a kill
-    chunk_size: int = 64
+    chunk_size: int = bounded(64, ge=1)
     #: question splits to answer (questions.jsonl holds training questions)
     splits: list[str] = attrs.field(factory=lambda: ["train"])
     #: answer at most this many questions (None: all)
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=1)
     #: sampling seed (None: the run's seed)
-    seed: int | None = None
+    seed: int | None = bounded(None, ge=0, le=2**63 - 1)
 
 
 class GenerationsStage(Stage):

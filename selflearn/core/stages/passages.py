@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from ..errors import StageError
+from ..options import bounded
 from ..records import Document, Passage
 from .base import Stage
 
@@ -15,9 +16,9 @@ from .base import Stage
 @attrs.frozen
 class PassagesOptions:
     #: most passages per training document (the paper: 8)
-    max_per_document_train: int = 8
+    max_per_document_train: int = bounded(8, ge=1)
     #: most passages per held-out document (the paper: 2)
-    max_per_document_test: int = 2
+    max_per_document_test: int = bounded(2, ge=0)
 
 
 class PassagesStage(Stage):

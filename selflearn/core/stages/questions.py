@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigError, StageError
+from ..options import bounded
 from ..records import Passage, Question
 from .base import Stage
 
@@ -34,17 +35,17 @@ TEST_FILE = "test_questions.jsonl"
 @attrs.frozen
 class QuestionsOptions:
     #: questions per training passage (the paper: 1)
-    per_passage: int = 1
+    per_passage: int = bounded(1, ge=1)
     #: questions per held-out passage (the paper: 1, with 2 passages per test document)
-    test_per_passage: int = 1
+    test_per_passage: int = bounded(1, ge=1)
     #: write the held-out test questions (when there are test passages)
     test_questions: bool = True
     #: at most this many training passages (None: all), for small runs
-    limit: int | None = None
+    limit: int | None = bounded(None, ge=1)
     #: at most this many held-out passages (None: all)
-    test_limit: int | None = None
+    test_limit: int | None = bounded(None, ge=1)
     #: passages per generator call (whole documents are never split across calls)
-    batch_size: int = 64
+    batch_size: int = bounded(64, ge=1)
 
 
 def _split(p: Passage) -> str:
