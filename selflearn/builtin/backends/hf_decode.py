@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
+from .hf_cache_api import cache_kwargs, returned_cache
 from .hf_sampling import SamplingConfig, select, vocab_keys
 
 if TYPE_CHECKING:
@@ -119,7 +120,7 @@ class Decoder:
         extra = {"logits_to_keep": 1} if self._keep_arg else {}
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=positions,
-            past_key_values=kv, use_cache=True, **extra,
+            use_cache=True, **cache_kwargs(self.model, kv), **extra,
         )
         logits = out.logits[:, -1, :].to(torch.float32, copy=True)
         vocab = logits.shape[-1]
@@ -128,7 +129,7 @@ class Decoder:
         seen = torch.zeros((len(prompts), vocab + 1), dtype=torch.bool, device=device)
         seen.scatter_(1, ids.masked_fill(mask == 0, vocab).clamp(max=vocab), True)
         lens = torch.tensor(lengths, dtype=torch.long, device=device)
-        return out.past_key_values, logits, seen[:, :vocab], mask, lens
+        return returned_cache(out), logits, seen[:, :vocab], mask, lens
 
     def _static_cache(self, dyn: Any, rows: torch.Tensor, width: int, cache_len: int) -> Any:
         from transformers import StaticCache
@@ -245,7 +246,7 @@ class Decoder:
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             out = forward(
                 input_ids=tok[:, None], attention_mask=mask, position_ids=pos[:, None],
-                past_key_values=kv, use_cache=True,
+                use_cache=True, **cache_kwargs(self.model, kv),
             )
             logits = out.logits[:, -1, :].to(torch.float32, copy=True)
             pos = pos + 1

@@ -34,7 +34,7 @@ Rows are independent of each other (the prefix of another prompt is masked out; 
 start finished), and sampling noise is the same counter-based hash as the ``loop`` decoder, so
 a row's sample is the same whatever else is in its batch (exactly in float32; in bfloat16 up to
 the rounding of batched kernels, as with any decoder). Architectures: decoder-only models whose
-layers use full attention through ``AttentionInterface`` and ``past_key_values.update`` (Llama,
+layers use full attention through ``AttentionInterface`` and the cache's ``update`` (Llama,
 Mistral without a sliding window, Qwen2, Qwen3); others fall back to the ``loop`` decoder.
 """
 
@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from .hf_attention import ATTN_NAME, Shared, fused_parts, plain_attention, register
+from .hf_cache_api import cache_kwargs
 from .hf_candidates import full_rows_uncompiled, select_candidates
 from .hf_decode import DecodeBatch, RowOutput, StopCheck, _round_up
 from .hf_fused import FusedLayers, FuseMode, resolve
@@ -89,7 +90,7 @@ def unsupported_reason(model: Any) -> str | None:
 
 
 class _RowCache:
-    """What the decoder layers see as ``past_key_values``: writes the step's key/value at slot
+    """What the decoder layers see as their cache: writes the step's key/value at slot
     ``t`` of each row's buffer and returns the buffers up to the current bucket."""
 
     def __init__(self, state: _State, t_eff: int) -> None:
@@ -272,8 +273,8 @@ class SharedPrefixDecoder:
         cache = _RowCache(st, t_eff)
         for layer in inner.layers[: self.model.config.num_hidden_layers]:
             hidden = layer(
-                hidden, attention_mask=None, position_ids=pos, past_key_values=cache,
-                use_cache=True, position_embeddings=rotary, selflearn_shared=shared,
+                hidden, attention_mask=None, position_ids=pos, use_cache=True,
+                position_embeddings=rotary, selflearn_shared=shared, **cache_kwargs(layer, cache),
             )
             if isinstance(hidden, tuple):  # older layers return (hidden, ...)
                 hidden = hidden[0]
@@ -381,7 +382,7 @@ class SharedPrefixDecoder:
             kv: Any = DynamicCache(config=self.model.config)
             out = self.model(
                 input_ids=ids[lo:hi], attention_mask=mask[lo:hi], position_ids=positions[lo:hi],
-                past_key_values=kv, use_cache=True, logits_to_keep=1,
+                use_cache=True, logits_to_keep=1, **cache_kwargs(self.model, kv),
             )
             last[lo:hi] = out.logits[:, -1, :].float()
             for layer, (pk, pv) in enumerate(zip(st.prefix_k, st.prefix_v, strict=True)):
