@@ -103,11 +103,40 @@ def parse_slot(value: Any, path: str) -> SlotSpec | None:
 def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a YAML config file, with errors that name the file and the line."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from exc
-    return parse_yaml(text, str(path))
+    return parse_yaml(decode_config(data, str(path)), str(path))
+
+
+def decode_config(data: bytes, origin: str) -> str:
+    """The text of a config file: UTF-8 (a byte-order mark is dropped), or UTF-16 with its
+    byte-order mark (what some Windows editors save). Anything else is a :class:`ConfigError`
+    naming the file, the byte offset, line and column of the first bad byte, and the fix,
+    instead of a UnicodeDecodeError traceback."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(data, exc, origin, "UTF-16") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(data, exc, origin, "UTF-8") from None
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError, origin: str, encoding: str) -> ConfigError:
+    """The error for a config file that is not valid ``encoding`` (see :func:`decode_config`)."""
+    offset = exc.start
+    line = data.count(b"\n", 0, offset) + 1
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return ConfigError(
+        f"config file {origin!r} is not valid {encoding} text: byte 0x{data[offset]:02x} at byte offset "
+        f"{offset} (line {line}, column {column}) cannot be decoded. Save the file as UTF-8 "
+        f"(in an editor: save with encoding UTF-8; from a shell, for a Latin-1 file: iconv -f "
+        f"latin1 -t utf-8 {origin} > fixed.yaml)"
+    )
 
 
 def parse_yaml(text: str, origin: str = "<config>") -> dict[str, Any]:

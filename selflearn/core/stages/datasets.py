@@ -310,9 +310,11 @@ class DatasetsStage(Stage):
     def run(self) -> dict[str, Any]:
         o: DatasetsOptions = self.options
         cfg = self.cfg
-        questions = [q for q in self.store.read_records("questions.jsonl", Question) if q.split in o.splits]
+        every = self.store.read_records("questions.jsonl", Question)
+        questions = [q for q in every if q.split in o.splits]
         passages = {p.id: p for p in self.store.read_records("passages.jsonl", Passage)}
         gens = {g.question_id: g for g in self.store.read_records("generations.jsonl", Generations)}
+        check_splits(o.splits, every, gens)
         scores = {s.question_id: s for s in self.store.read_records("scores.jsonl", Scores)}
         if o.variant == "no_passage" and any("no_passage" not in s.provenance for s in scores.values()):
             raise ConfigError(
@@ -422,3 +424,27 @@ class DatasetsStage(Stage):
         if o.push_to_hub:
             assert o.hub_repo is not None
             _export.push_to_hub(tables, o.hub_repo, o.hub_private, self.run_ctx.secret("HF_TOKEN"))
+
+
+def check_splits(splits: list[str], every: list[Question], gens: dict[str, Any]) -> None:
+    """Stop with a message that names the split when a split of ``datasets.splits`` has no
+    question in questions.jsonl or none of its questions has generations (otherwise the stage
+    would end with empty datasets and only "the filters kept no question")."""
+    held = sorted({q.split for q in every})
+    answered = sorted({q.split for q in every if q.id in gens})
+    for split in splits:
+        if split not in held:
+            raise ConfigError(
+                f"questions.jsonl has no question of split {split!r} (it holds split(s) "
+                f"{', '.join(map(repr, held)) or 'none'}); the test questions "
+                "(test_questions.jsonl) are held out for evaluation and never enter the datasets. "
+                f"Set datasets.splits to split(s) that questions.jsonl holds, e.g. [{held[0] if held else 'train'}]",
+                "datasets.splits",
+            )
+        if split not in answered:
+            raise ConfigError(
+                f"split {split!r} has questions but none has generations (the generations stage "
+                f"answered split(s) {', '.join(map(repr, answered)) or 'none'}); add {split!r} to "
+                f"generations.splits so it is answered and scored, or remove it from datasets.splits",
+                "datasets.splits",
+            )
