@@ -43,7 +43,11 @@ SLOT_DEFAULTS: dict[str, Any] = {
     "judge": None,  # None: no pairwise judging
 }
 
-GENERAL_KEYS = ("run_dir", "cache_dir", "seed", "model", "plugins", "name", "description")
+GENERAL_KEYS = ("run_dir", "cache_dir", "seed", "model", "plugins", "name", "description", "flow")
+
+#: the training orders: "current" generates the preference data with the configured model,
+#: "paper" trains SFT first and generates it with the SFT model (docs/training.md says why)
+FLOWS = ("current", "paper")
 
 
 @attrs.frozen

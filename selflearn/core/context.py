@@ -45,6 +45,8 @@ class RunContext:
         self._caches: dict[str, JsonlCache] = {}
         #: one-time warnings already given in this run (e.g. "source-fingerprint")
         self.warned: set[str] = set()
+        #: every stage's options by stage name (set by the Pipeline)
+        self.stage_options: dict[str, Any] = {}
         cache_dir = config.get("cache_dir")
         if cache_dir:
             self.cache_dir = os.path.expanduser(str(cache_dir))

@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from .config import (
+    FLOWS,
     GENERAL_KEYS,
     SLOT_DEFAULTS,
     SLOTS,
@@ -89,6 +90,14 @@ class Pipeline:
         model = raw.get("model")
         if model is not None and not isinstance(model, str):
             raise ConfigError(f"expected a model id, folder or GGUF path, got {model!r}", "model")
+        flow = raw.get("flow", "current")
+        if flow not in FLOWS:
+            raise ConfigError(
+                f"expected one of {', '.join(FLOWS)}, got {flow!r}: 'current' generates the "
+                "preference data with the configured model, 'paper' trains SFT first and "
+                "generates it with the SFT model (see docs/training.md)",
+                "flow",
+            )
         run_dir = raw.get("run_dir", "runs/selflearn")
         if not isinstance(run_dir, str) or not run_dir:
             raise ConfigError(f"expected a path or fsspec URL, got {run_dir!r}", "run_dir")
@@ -107,6 +116,7 @@ class Pipeline:
             "cache_dir": raw.get("cache_dir"),
             "seed": seed,
             "model": model,
+            "flow": flow,
         }
         self.store = ArtifactStore(run_dir)
         self.ctx = RunContext(self.config, self.slots, self.host, self.store)
@@ -119,6 +129,9 @@ class Pipeline:
             if not isinstance(section, Mapping):
                 raise ConfigError(f"expected a mapping of stage options, got {section!r}", name)
             self._stage_options[name] = build_options(cls.options_class, section, name)
+        # stages that share another stage's settings (the sft stage of flow: paper) read them here
+        self.ctx.stage_options = self._stage_options
+        self.stage_names = tuple(n for n in STAGE_NAMES if flow in (self._stage_classes[n].flows or (flow,)))
 
     # -- constructors --------------------------------------------------------------------
     @classmethod
@@ -138,17 +151,22 @@ class Pipeline:
 
     def stage(self, name: str) -> Stage:
         if name not in self._stage_classes:
-            raise ConfigError(f"unknown stage {name!r}; stages are: {', '.join(STAGE_NAMES)}")
+            raise ConfigError(f"unknown stage {name!r}; stages are: {', '.join(self.stage_names)}")
         return self._stage_classes[name](self.ctx, self._stage_options[name])
 
     def _selected(self, until: str | None) -> list[str]:
+        """The stages of this run's flow, up to ``until``."""
+        names = self.stage_names
         if until is None:
-            return list(STAGE_NAMES)
-        if until not in STAGE_NAMES:
+            return list(names)
+        if until not in names:
             raise ConfigError(
-                f"unknown stage {until!r}; stages are: {', '.join(STAGE_NAMES)}", "--until"
+                f"unknown stage {until!r}"
+                + (f" in flow {self.config['flow']!r}" if until in STAGE_NAMES else "")
+                + f"; stages are: {', '.join(names)}",
+                "--until",
             )
-        return list(STAGE_NAMES[: STAGE_NAMES.index(until) + 1])
+        return list(names[: names.index(until) + 1])
 
     def _forced(self, rerun: str | Iterable[str] | None, names: list[str]) -> set[str]:
         """The stages ``rerun`` names and every selected stage that reads their outputs,
@@ -166,7 +184,7 @@ class Pipeline:
             )
         forced = set(wanted)
         for name in names:
-            if forced.intersection(self._stage_classes[name].requires):
+            if forced.intersection(self.stage(name).dependencies()):
                 forced.add(name)
         return forced.intersection(names)
 
@@ -183,7 +201,7 @@ class Pipeline:
 
     def _fingerprint(self, stage: Stage) -> tuple[str, dict[str, str]]:
         inputs: dict[str, str] = {}
-        for req in stage.requires:
+        for req in stage.dependencies():
             for fname in self.stage(req).outputs():
                 inputs[fname] = self.store.hash(fname) if self.store.exists(fname) else "missing"
         fp = content_hash({"config": stage.fingerprint_config(), "inputs": inputs})
@@ -215,7 +233,7 @@ class Pipeline:
             done = (
                 name not in pending
                 and self._is_done(stage, fp, manifest)
-                and not pending.intersection(stage.requires)
+                and not pending.intersection(stage.dependencies())
             )
             if not done:
                 pending.add(name)

@@ -31,6 +31,8 @@ class Stage:
     #: component slots this stage uses (their configuration enters the fingerprint)
     slots: ClassVar[tuple[str, ...]] = ()
     options_class: ClassVar[type] = NoOptions
+    #: the flows (top-level ``flow:``) this stage runs in; None: all of them
+    flows: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, run: RunContext, options: Any) -> None:
         self.run_ctx = run
@@ -40,13 +42,24 @@ class Stage:
     def store(self) -> Any:
         return self.run_ctx.store
 
+    @property
+    def flow(self) -> str:
+        """The run's training order, ``current`` or ``paper``."""
+        return str(self.run_ctx.config.get("flow") or "current")
+
+    def dependencies(self) -> tuple[str, ...]:
+        """The stages whose outputs this stage reads in this run's flow (``requires`` plus
+        any the flow adds); their output hashes enter the fingerprint."""
+        return self.requires
+
     def outputs(self) -> list[str]:
         """Files (relative to the run directory) this stage writes; all must exist when done."""
         return [f"{self.name}.jsonl"]
 
     def fingerprint_config(self) -> dict[str, Any]:
-        """Everything that changes this stage's output besides its input files."""
-        return {
+        """Everything that changes this stage's output besides its input files (the flow
+        only when it is not the default, so that existing runs keep their fingerprints)."""
+        config = {
             "options": attrs.asdict(self.options) if attrs.has(type(self.options)) else None,
             "slots": {
                 s: (self.run_ctx.slots[s].describe() if self.run_ctx.slots.get(s) else None)  # type: ignore[union-attr]
@@ -55,6 +68,9 @@ class Stage:
             "seed": self.run_ctx.seed,
             "model": self.run_ctx.model,
         }
+        if self.flow != "current":
+            config["flow"] = self.flow
+        return config
 
     def validate(self) -> None:
         """Check the slots this stage needs before any stage runs (fail early)."""
@@ -69,11 +85,19 @@ class Stage:
         raise NotImplementedError
 
 
+def count_questions(store: Any, splits: list[str], name: str = "questions.jsonl") -> int | None:
+    """Questions of ``splits`` in ``name``, or None when the file does not exist yet."""
+    if not store.exists(name):
+        return None
+    return sum(1 for row in store.iter_jsonl(name) if row.get("split", "train") in splits)
+
+
 #: the stages in order, as "module:Class" so that importing selflearn imports none of them
 STAGE_ORDER: tuple[tuple[str, str], ...] = (
     ("documents", "selflearn.core.stages.documents:DocumentsStage"),
     ("passages", "selflearn.core.stages.passages:PassagesStage"),
     ("questions", "selflearn.core.stages.questions:QuestionsStage"),
+    ("sft", "selflearn.core.stages.sft:SFTStage"),  # flow: paper only
     ("generations", "selflearn.core.stages.generations:GenerationsStage"),
     ("scores", "selflearn.core.stages.scores:ScoresStage"),
     ("datasets", "selflearn.core.stages.datasets:DatasetsStage"),

@@ -31,10 +31,8 @@ import attrs
 from ..errors import ConfigError
 from ..hashing import content_hash
 from ..options import bounded
-from ..prompts import rc_messages
-from ..protocols import GenerationParams
 from ..records import Generations, Passage, PreferencePair, Question, Scores, SFTExample
-from . import _export, _selflabel
+from . import _export, _sftdata
 from ._filters import (
     Candidate,
     FilterConfig,
@@ -130,7 +128,11 @@ class DatasetsStage(Stage):
     options_class = DatasetsOptions
 
     def outputs(self) -> list[str]:
-        return list(OUTPUTS)
+        """In ``flow: paper`` the sft stage owns ``sft.jsonl``; this stage exports it."""
+        return [f for f in OUTPUTS if not (self.flow == "paper" and f == "sft.jsonl")]
+
+    def dependencies(self) -> tuple[str, ...]:
+        return (*self.requires, "sft") if self.flow == "paper" else self.requires
 
     @property
     def cfg(self) -> FilterConfig:
@@ -138,8 +140,7 @@ class DatasetsStage(Stage):
         return FilterConfig(o.tau_l, o.tau_k, o.consistency_filter, o.knowledge_filter)
 
     def _self_label_on(self) -> bool:
-        o: DatasetsOptions = self.options
-        return o.self_label == "on" or (o.self_label == "auto" and self.run_ctx.has("sft_trainer"))
+        return _sftdata.self_label_on(self.run_ctx, self.options)
 
     def validate(self) -> None:
         o: DatasetsOptions = self.options
@@ -165,7 +166,7 @@ class DatasetsStage(Stage):
         super().validate()
 
     def estimate(self) -> dict[str, Any]:
-        if not self._self_label_on() or not self.store.exists("questions.jsonl"):
+        if self.flow == "paper" or not self._self_label_on() or not self.store.exists("questions.jsonl"):
             return {}
         o: DatasetsOptions = self.options
         n = sum(1 for q in self.store.read_records("questions.jsonl", Question) if q.split in o.splits)
@@ -216,86 +217,8 @@ class DatasetsStage(Stage):
         self, questions: list[Question], passages: dict[str, Passage], gens: dict[str, Generations],
         bases: dict[str, dict[str, Any]],
     ) -> tuple[list[SFTExample], dict[str, Any]]:
-        o: DatasetsOptions = self.options
-        order = sorted(questions, key=lambda q: q.id)
-        random.Random(self.run_ctx.seed).shuffle(order)
-        n_rc = 0 if o.variant == "no_passage" else int(len(order) * o.sft_rc_fraction + 1e-9)
-        rc_part, self_part = order[:n_rc], order[n_rc:]
-        rows: list[SFTExample] = []
-        skipped: Counter[str] = Counter()
-        for q in rc_part:
-            g = gens.get(q.id)
-            if g is None:
-                skipped["no_generations"] += 1
-            elif q.passage_id not in passages:
-                skipped["missing_passage"] += 1
-            elif not g.reference.text.strip():
-                skipped["reference_empty"] += 1
-            elif g.reference.finish_reason == "length":
-                skipped["reference_truncated"] += 1
-            else:
-                prompt = rc_messages(passages[q.passage_id].text, q.text)[-1]["content"]
-                rows.append(self._sft_row(q, prompt, g.reference.text.strip(), "rc", bases[q.id]))
-        stats: dict[str, Any] = {"rc_questions": len(rc_part), "rc_skipped": dict(skipped)}
-        if self._self_label_on() and self_part:
-            labelled, label_stats = self._self_label(self_part)
-            rows += [self._sft_row(q, q.text, labelled[q.id], "self", bases[q.id]) for q in self_part if q.id in labelled]
-            stats.update(self_label_questions=len(self_part), **label_stats)
-        else:
-            stats["self_label"] = "off"
-        return rows, stats
-
-    @staticmethod
-    def _sft_row(q: Question, prompt: str, completion: str, origin: str, base: dict[str, Any]) -> SFTExample:
-        return SFTExample(
-            id=content_hash([q.id, origin, prompt, completion], 16),
-            question_id=q.id,
-            prompt=prompt,
-            completion=completion,
-            origin=origin,
-            provenance={**base, "origin": origin},
-        )
-
-    def _self_label(self, questions: list[Question]) -> tuple[dict[str, str], dict[str, Any]]:
-        o: DatasetsOptions = self.options
-        backend = self.run_ctx.component("backend")
-        if not backend.capabilities.raw:
-            raise ConfigError(
-                "self-labelling sends a raw few-shot text prompt, but the backend accepts chat "
-                "messages only; use a backend that takes raw prompts or set self_label: off",
-                "datasets.self_label",
-            )
-        params = GenerationParams(
-            max_new_tokens=o.self_label_max_new_tokens,
-            temperature=o.self_label_temperature,
-            repetition_penalty=o.self_label_repetition_penalty,
-            stop=("###",),
-            seed=self.run_ctx.seed,
-        )
-        shots = _selflabel.EXAMPLES[: o.self_label_shots]
-        prompts = {q.id: _selflabel.few_shot_prompt(q.text, q.id, self.run_ctx.seed, shots) for q in questions}
-        pending = list(questions)
-        done: dict[str, str] = {}
-        rejections: Counter[str] = Counter()
-        for attempt in range(o.self_label_retries):
-            if not pending:
-                break
-            replies = backend.generate([prompts[q.id] for q in pending], params, n=1, sample_offset=attempt)
-            still = []
-            for q, comps in zip(pending, replies, strict=True):
-                text, reason = _selflabel.check_answer(comps[0], o.self_label_max_new_tokens)
-                if text is None:
-                    rejections[reason] += 1
-                    still.append(q)
-                else:
-                    done[q.id] = text
-            pending = still
-        return done, {
-            "self_label_rows": len(done),
-            "self_label_failed": len(pending),
-            "self_label_rejections": dict(rejections),
-            "self_label_backend": backend.identity(),
-        }
+        refs = {qid: g.reference for qid, g in gens.items()}
+        return _sftdata.build_rows(self.run_ctx, self.options, questions, passages, refs, bases)
 
     def _sample(self, pairs: list[PreferencePair], most: int, removed: Counter[str]) -> list[PreferencePair]:
         """The pairs of a seeded random sample of ``most`` of their questions."""
@@ -358,7 +281,11 @@ class DatasetsStage(Stage):
                 pairs += self._pairs_for(q, g, s, bases[q.id], removed)
         if o.max_questions is not None:
             pairs = self._sample(pairs, o.max_questions, removed)
-        sft_rows, sft_stats = self._sft(questions, passages, gens, bases)
+        if self.flow == "paper":  # built (and trained on) by the sft stage before generations
+            sft_rows = self.store.read_records("sft.jsonl", SFTExample)
+            sft_stats: dict[str, Any] = {"built_by": "sft stage (flow: paper)"}
+        else:
+            sft_rows, sft_stats = self._sft(questions, passages, gens, bases)
         self._write(pairs, sft_rows, questions, scores, cfg, scorer_ident)
         scored = [scores[q.id] for q in questions if q.id in scores]
         kept = len({p.question_id for p in pairs})
@@ -409,7 +336,8 @@ class DatasetsStage(Stage):
     ) -> None:
         o: DatasetsOptions = self.options
         self.store.write_records("dpo_pairs.jsonl", pairs)
-        self.store.write_records("sft.jsonl", sft_rows)
+        if self.flow != "paper":
+            self.store.write_records("sft.jsonl", sft_rows)
         tables = {"dpo": _export.table(pairs, "dpo"), "sft": _export.table(sft_rows, "sft")}
         _export.write_parquet(self.store, "dpo_pairs.parquet", tables["dpo"])
         _export.write_parquet(self.store, "sft.parquet", tables["sft"])

@@ -1,7 +1,8 @@
 """Stage ``evaluate``: the trained model against its baseline (method.md section 13).
 
 Both models (candidate = the DPO model of ``train.json``, baseline = the SFT model, or the base
-model when no SFT step ran) answer the held-out test questions closed-book: greedy, no passage,
+model when no SFT step ran; in an SFT-only run, ``trainer: null``, the SFT model against the
+base model) answer the held-out test questions closed-book: greedy, no passage,
 repetition penalty 1.1, through the configured backend with its ``model`` replaced. Then:
 
 - **agreement** (offline, judge-free): the baseline answers each question *with* its passage
@@ -195,12 +196,19 @@ class EvaluateStage(Stage):
         if self.store.exists("train.json"):
             train = self.store.read_json("train.json") or {}
         models = train.get("models") or {}
-        candidate = opts.candidate_model or models.get("dpo")
-        baseline = opts.baseline_model or models.get("sft") or train.get("base_model") or self.run_ctx.model
+        # an SFT-only run (trainer: null) evaluates the SFT model against the base model
+        sft_only = not models.get("dpo") and bool(models.get("sft"))
+        candidate = opts.candidate_model or models.get("dpo") or models.get("sft")
+        baseline = (
+            opts.baseline_model
+            or (None if sft_only else models.get("sft"))
+            or train.get("base_model")
+            or self.run_ctx.model
+        )
         if not candidate:
             raise StageError(
-                "no model to evaluate: train.json names no models.dpo (did the train stage run?) "
-                "and evaluate.candidate_model is not set"
+                "no model to evaluate: train.json names neither models.dpo nor models.sft (did "
+                "the train stage run?) and evaluate.candidate_model is not set"
             )
         if not baseline:
             raise StageError(

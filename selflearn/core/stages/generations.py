@@ -23,6 +23,7 @@ from typing import Any
 
 import attrs
 
+from ..config import SlotSpec
 from ..errors import ConfigError, StageError
 from ..generation import CachedBackend
 from ..options import Options, bounded
@@ -30,6 +31,12 @@ from ..prompts import closed_book_messages, rc_messages
 from ..protocols import GenerationParams
 from ..records import Completion, Generations, Passage, Question
 from .base import Stage
+
+_PAPER_BACKEND = (
+    "flow: paper generates y*, Y_c and Y_r with the SFT model by replacing the backend's "
+    "'model' option, so the backend must be given by name ({use: NAME, options: {...}}), not "
+    "as a ready Python object"
+)
 
 
 @attrs.frozen
@@ -112,6 +119,29 @@ class GenerationsStage(Stage):
     slots = ("backend",)
     options_class = GenerationsOptions
 
+    def dependencies(self) -> tuple[str, ...]:
+        """In ``flow: paper`` also the ``sft`` stage: its model answers."""
+        return (*self.requires, "sft") if self.flow == "paper" else self.requires
+
+    def _backend(self) -> Any:
+        """The run's backend; in ``flow: paper`` the same backend with its ``model`` option
+        replaced by the SFT model of ``sft_model.json`` (G_SFT generates y*, Y_c and Y_r)."""
+        if self.flow != "paper":
+            return self.run_ctx.component("backend")
+        spec = self.run_ctx.slots.get("backend")
+        if spec is None or spec.is_object:
+            raise ConfigError(_PAPER_BACKEND, "backend")
+        if not self.store.exists("sft_model.json"):
+            raise StageError("sft_model.json is missing: in flow: paper the sft stage runs first")
+        model = self.store.read_json("sft_model.json")["model"]
+        self.run_ctx.release("backend")
+        backend = self.run_ctx.build(
+            "inference_backend",
+            SlotSpec(name=spec.name, options={**spec.options, "model": model}),
+            "generations.backend",
+        )
+        return CachedBackend(backend, self.run_ctx.cache("generations"))
+
     # -- options ---------------------------------------------------------------------------
     def _ks(self) -> tuple[int, int]:
         o: GenerationsOptions = self.options
@@ -121,6 +151,9 @@ class GenerationsStage(Stage):
 
     def validate(self) -> None:
         super().validate()
+        spec = self.run_ctx.slots.get("backend")
+        if self.flow == "paper" and spec is not None and spec.is_object:
+            raise ConfigError(_PAPER_BACKEND, "backend")
         o: GenerationsOptions = self.options
         kc, kr = self._ks()
         for value, path in ((o.k, "k"), (kc, "with_passage.k"), (kr, "without_passage.k")):
@@ -183,7 +216,7 @@ class GenerationsStage(Stage):
                 f"{len(missing)} question(s) refer to passages not in passages.jsonl (e.g. "
                 f"{missing[0]!r}); re-run the passages and questions stages together"
             )
-        backend = self.run_ctx.component("backend")
+        backend = self._backend()
         calls_before = backend.calls if isinstance(backend, CachedBackend) else None
         kc, kr = self._ks()
         params = self.params()
@@ -194,11 +227,15 @@ class GenerationsStage(Stage):
         }
         starts = list(range(0, len(questions), o.chunk_size))
         records: list[Generations] = []
-        for start in self.run_ctx.progress(starts, total=len(starts), desc="generations", unit="chunk"):
-            chunk = questions[start:start + o.chunk_size]
-            records.extend(self._chunk(backend, chunk, passages, params, (kc, kr), provenance))
-        self.store.write_records("generations.jsonl", records)
-        return self._summary(records, backend, calls_before, (kc, kr))
+        try:
+            for start in self.run_ctx.progress(starts, total=len(starts), desc="generations", unit="chunk"):
+                chunk = questions[start:start + o.chunk_size]
+                records.extend(self._chunk(backend, chunk, passages, params, (kc, kr), provenance))
+            self.store.write_records("generations.jsonl", records)
+            return self._summary(records, backend, calls_before, (kc, kr))
+        finally:
+            if self.flow == "paper":
+                backend.close()  # G_SFT's backend is this stage's own
 
     def _chunk(
         self,

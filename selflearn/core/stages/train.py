@@ -1,5 +1,9 @@
 """Stage ``train``: SFT (when an ``sft_trainer`` is configured), then DPO from its model.
 
+With ``trainer: null`` only SFT runs (an SFT-only run; the evaluate stage then compares the SFT
+model with the base model). In ``flow: paper`` the sft stage has trained SFT before the
+preference data was generated, and this stage runs DPO from that model (``sft_model.json``).
+
 Reads what the ``datasets`` stage wrote: ``sft.jsonl`` (:class:`SFTExample`),
 ``dpo_pairs.jsonl`` (:class:`PreferencePair`) and ``datasets_summary.json`` (thresholds,
 scorer, rows removed by each filter). The models are saved under the run directory,
@@ -104,6 +108,10 @@ class TrainStage(Stage):
     def outputs(self) -> list[str]:
         return ["train.json", "train_loss.png"]
 
+    def dependencies(self) -> tuple[str, ...]:
+        """In ``flow: paper`` also the ``sft`` stage, whose model DPO starts from."""
+        return (*self.requires, "sft") if self.flow == "paper" else self.requires
+
     def validate(self) -> None:
         super().validate()
         if not self.run_ctx.model:
@@ -112,13 +120,25 @@ class TrainStage(Stage):
                 "local folder, a .gguf file or a pkg: reference",
                 "model",
             )
+        if not self.run_ctx.has("trainer") and not self.run_ctx.has("sft_trainer"):
+            raise ConfigError(
+                "nothing to train: both trainer and sft_trainer are null. Set trainer (e.g. "
+                "trl-dpo) for preference training, sft_trainer (e.g. trl-sft) for SFT, or both",
+                "trainer",
+            )
+
+    def _phases(self) -> list[str]:
+        """The trainings this stage runs: SFT here only in the default flow (``flow: paper``
+        trains it in the sft stage, before the preference data exists), then DPO."""
+        sft = self.flow != "paper" and self.run_ctx.has("sft_trainer")
+        return (["sft"] if sft else []) + (["dpo"] if self.run_ctx.has("trainer") else [])
 
     def estimate(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model_calls": 0}
         for key, fname in (("sft_rows", SFT_FILE), ("dpo_pairs", DPO_FILE)):
             if self.store.exists(fname):
                 out[key] = sum(1 for _ in self.store.iter_jsonl(fname))
-        out["trainings"] = (["sft"] if self.run_ctx.has("sft_trainer") else []) + ["dpo"]
+        out["trainings"] = self._phases()
         return out
 
     # -- running -------------------------------------------------------------------------
@@ -137,49 +157,65 @@ class TrainStage(Stage):
         if not isinstance(summary, dict):
             summary = {}
         picked = selection(summary)
-        pairs = self._read(DPO_FILE, PreferencePair)
-        if not pairs:
+        phases = self._phases()
+        pairs = self._read(DPO_FILE, PreferencePair) if "dpo" in phases else []
+        if "dpo" in phases and not pairs:
             raise StageError(self._empty_message(summary, picked))
         # the trainers load their own copies of the model: free the generation backend's first
         self.run_ctx.release("backend")
         models_root = self.store.local_path(opts.models_dir)
         results: dict[str, TrainResult | None] = {"sft": None, "dpo": None}
-        counts: dict[str, int | None] = {"sft": None, "dpo": len(pairs)}
-        start = base
-        start_identity: Any = {"model": base}
-        if self.run_ctx.has("sft_trainer"):
-            examples = self._read(SFT_FILE, SFTExample)
-            if not examples:
-                raise StageError(
-                    f"{SFT_FILE} has no rows, but an sft_trainer is configured. Check the "
-                    "datasets stage's SFT settings, or remove sft_trainer to start DPO from "
-                    f"{base!r}"
-                )
-            counts["sft"] = len(examples)
-            origins: dict[str, int] = {}
-            for ex in examples:
-                origins[ex.origin] = origins.get(ex.origin, 0) + 1
-            res, fp = self._train(
-                "sft_trainer", "sft", sft_rows(examples), start, start_identity,
-                os.path.join(models_root, "sft"), SFT_FILE, picked, {"rows_by_origin": origins},
+        counts: dict[str, int | None] = {"sft": None, "dpo": len(pairs) if "dpo" in phases else None}
+        start, start_identity = base, {"model": base}
+        if self.flow == "paper":
+            results["sft"], counts["sft"], start, start_identity = self._paper_sft()
+        elif "sft" in phases:
+            sft_result, counts["sft"], fp = self._sft(base, models_root, picked)
+            results["sft"] = sft_result
+            start, start_identity = sft_result.model_path, {"sft": fp}
+        if "dpo" in phases:
+            results["dpo"], _ = self._train(
+                "trainer", "preference", dpo_rows(pairs), start, start_identity,
+                os.path.join(models_root, "dpo"), DPO_FILE, picked,
+                {"start_model": start, "base_model": base},
             )
-            results["sft"] = res
-            start, start_identity = res.model_path, {"sft": fp}
-        res, _ = self._train(
-            "trainer", "preference", dpo_rows(pairs), start, start_identity,
-            os.path.join(models_root, "dpo"), DPO_FILE, picked,
-            {"start_model": start, "base_model": base},
-        )
-        results["dpo"] = res
         record = self._record(base, results, counts)
+        record["flow"] = self.flow
         self.store.write_json("train.json", record)
         self.store.write_bytes("train_loss.png", _plot(record["loss"], record["eval_loss"]))
         return {
             "base_model": base,
+            "flow": self.flow,
             "models": record["models"],
             "rows": record["rows"],
             "final_loss": {k: (v[-1]["loss"] if v else None) for k, v in record["loss"].items()},
         }
+
+    def _sft(self, base: str, models_root: str, picked: dict[str, Any]) -> tuple[TrainResult, int, str]:
+        """SFT from the base model on ``sft.jsonl`` (the default flow)."""
+        examples = self._read(SFT_FILE, SFTExample)
+        if not examples:
+            raise StageError(
+                f"{SFT_FILE} has no rows, but an sft_trainer is configured. Check the "
+                "datasets stage's SFT settings, or remove sft_trainer to start DPO from "
+                f"{base!r}"
+            )
+        origins: dict[str, int] = {}
+        for ex in examples:
+            origins[ex.origin] = origins.get(ex.origin, 0) + 1
+        res, fp = self._train(
+            "sft_trainer", "sft", sft_rows(examples), base, {"model": base},
+            os.path.join(models_root, "sft"), SFT_FILE, picked, {"rows_by_origin": origins},
+        )
+        return res, len(examples), fp
+
+    def _paper_sft(self) -> tuple[TrainResult, int, str, dict[str, Any]]:
+        """G_SFT as the sft stage recorded it: DPO starts from it (``flow: paper``)."""
+        if not self.store.exists("sft_model.json"):
+            raise StageError("sft_model.json is missing: in flow: paper the sft stage runs first")
+        rec = self.store.read_json("sft_model.json")
+        res = TrainResult(rec["model"], rec.get("metrics") or {}, rec.get("log_history") or [])
+        return res, int(rec.get("rows") or 0), rec["model"], {"sft": rec.get("fingerprint")}
 
     @property
     def _seed(self) -> int:
