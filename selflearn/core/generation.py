@@ -18,6 +18,13 @@ def _prompt_key(prompt: Prompt) -> Any:
     return prompt if isinstance(prompt, str) else [dict(m) for m in prompt]
 
 
+def _lacks_logprobs(hit: dict[str, Any]) -> bool:
+    """A cached answer with text but without the log-probabilities its key asked for."""
+    return not hit.get("logprobs") and bool(str(hit.get("text") or "").strip()) and hit.get(
+        "completion_tokens"
+    ) != 0
+
+
 class CachedBackend:
     """An :class:`InferenceBackend` that answers from a :class:`JsonlCache` when it can."""
 
@@ -49,6 +56,8 @@ class CachedBackend:
             first_missing = None
             for j in range(n):
                 hit = self.cache.get(self._key(prompt, params, sample_offset + j))
+                if hit is not None and params.logprobs and _lacks_logprobs(hit):
+                    hit = None  # answered by a server that ignored `logprobs`: ask again
                 if hit is None:
                     first_missing = j if first_missing is None else first_missing
                     row.append(None)

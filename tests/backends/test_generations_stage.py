@@ -176,3 +176,70 @@ def test_hf_backend_through_the_registry(run_dir: str, tiny_llama: str) -> None:
     _, again = run_stage(run_dir, backend, k=2, reference=small, with_passage=small,
                          without_passage=small, logprobs=True)
     assert again["backend_generations"] == 0
+
+
+# -- a server that does not do what was asked (issue 22) -----------------------------------------
+
+
+def _openai(url: str, **options: Any) -> dict[str, Any]:
+    return {"use": "openai", "options": {"base_url": url + "/v1", "model": "test-model", "backoff": 0.01,
+                                         "max_n": 1, "seeded_samples": True, **options}}
+
+
+def test_sample_diversity_in_the_summary(run_dir: str) -> None:
+    records, summary = run_stage(run_dir, "echo", k=3)
+    div = summary["sample_diversity"]
+    assert div["with_passage"] == {"questions": 7, "all_identical": 0.0, "all_equal_reference": 0.0}
+    assert div["without_passage"]["questions"] == 7 and div["without_passage"]["all_identical"] == 0.0
+
+
+def test_a_server_that_ignores_temperature_is_flagged(run_dir: str, caplog: pytest.LogCaptureFixture) -> None:
+    """`transformers serve` on a model whose generation config does not sample: every Y_c
+    sample is y*, every Y_r sample the same greedy answer. A warning names the likely cause;
+    in strict mode the stage stops before writing anything."""
+    from tests.server_kinds import server_kind
+    from tests.servers import FakeServer
+
+    with FakeServer(server_kind("transformers-serve", do_sample=False)) as server:
+        with caplog.at_level("WARNING", logger="selflearn"):
+            _, summary = run_stage(run_dir, _openai(server.url), k=3)
+        div = summary["sample_diversity"]
+        assert div["with_passage"] == {"questions": 7, "all_identical": 1.0, "all_equal_reference": 1.0}
+        assert div["without_passage"]["all_identical"] == 1.0
+        assert div["without_passage"]["all_equal_reference"] == 0.0
+        warning = " ".join(r.getMessage() for r in caplog.records)
+        assert "transformers serve" in warning and "do_sample" in warning and "max_identical_share" in warning
+
+        strict = os.path.join(run_dir, "strict")
+        pipe = Pipeline({"run_dir": strict, "backend": _openai(server.url), "generations": {"k": 3},
+                         "plugins": {"strict": True}}, load_entry_points=False)
+        pipe.store.write_records("passages.jsonl", PASSAGES)
+        pipe.store.write_records("questions.jsonl", QUESTIONS)
+        with pytest.raises(StageError, match=r"strict mode") as err:
+            pipe.stage("generations").run()
+        pipe.close()
+        assert "100% of the 7 questions" in str(err.value) and server.url in str(err.value)
+        assert not pipe.store.exists("generations.jsonl")
+        # a higher threshold accepts the same answers (1.0: never flagged)
+        _, summary = run_stage(strict, _openai(server.url), k=3, max_identical_share=1.0)
+        assert summary["sample_diversity"]["with_passage"]["all_identical"] == 1.0
+
+
+def test_logprobs_asked_for_and_never_returned_is_an_error(run_dir: str) -> None:
+    from tests.server_kinds import server_kind
+    from tests.servers import FakeServer
+
+    kind = [server_kind("transformers-serve")]
+    with FakeServer(lambda path, body: kind[0](path, body)) as server:
+        with pytest.raises(StageError, match=r"generations.logprobs is true, but the backend") as err:
+            run_stage(run_dir, _openai(server.url), k=2, logprobs=True)
+        assert server.url in str(err.value) and "generations.logprobs: false" in str(err.value)
+        assert not os.path.exists(os.path.join(run_dir, "generations.jsonl"))
+        # the same server upgraded to one that returns them: the cached answers without
+        # log-probabilities are asked again, not reused
+        kind[0] = server_kind("vllm")
+        asked = len(server.requests)
+        records, summary = run_stage(run_dir, _openai(server.url), k=2, logprobs=True)
+        assert len(server.requests) - asked == 7 * 5  # y*, 2 Y_c, 2 Y_r per question, one by one
+    assert summary["missing_logprobs"] == 0
+    assert all(c.logprobs for r in records for c in (r.reference, *r.with_passage, *r.without_passage))

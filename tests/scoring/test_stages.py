@@ -357,6 +357,8 @@ def test_model_scorers_through_the_pipeline(
     model = {"bsdetector": nli2_model, "semantic-entropy": nli3_model, "selfcheck-embedding": tiny_encoder}[name]
     backend = LetterBackend()
     scorer = {"use": name, "options": {"model": model, "device": "cpu"}}
+    if name == "semantic-entropy":  # the table's answers carry no log-probabilities
+        scorer["options"]["use_logprobs"] = False
     pipe = setup_run(run_dir, scorer=scorer, backend=backend)
     (summary,) = run_stages(pipe, "scores")
     recs = {r.question_id: r for r in pipe.store.read_records("scores.jsonl", Scores)}
@@ -366,3 +368,37 @@ def test_model_scorers_through_the_pipeline(
         assert len(r.knowledge_samples) == len(TABLE[r.question_id][2])
     assert (backend.calls > 0) == (name == "bsdetector")  # only bsdetector asks the model
     pipe.close()
+
+
+class LikelihoodScorer(TableScorer):
+    """A scorer that declares it needs per-token log-probabilities."""
+
+    needs_logprobs = True
+
+
+def test_a_scorer_needing_logprobs_gets_none_is_an_error(run_dir: str) -> None:
+    from selflearn.builtin.scorers.semantic_entropy import Options as SEOptions
+    from selflearn.builtin.scorers.semantic_entropy import SemanticEntropy
+
+    pipe = setup_run(run_dir, scorer=LikelihoodScorer())
+    gens = pipe.store.read_records("generations.jsonl", Generations)
+    backend = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    for g in gens:
+        g.provenance.update(backend=backend, params={"without_passage": {"logprobs": True}})
+    pipe.store.write_records("generations.jsonl", gens)
+    with pytest.raises(StageError, match=r"needs per-token log-probabilities") as err:
+        run_stages(pipe, "scores")
+    assert "http://127.0.0.1:9/v1" in str(err.value) and "ignored the request" in str(err.value)
+    assert not pipe.store.exists("scores.jsonl")
+    pipe.close()
+    # with log-probabilities on every sample the same scorer runs
+    for g in gens:
+        for c in (*g.with_passage, *g.without_passage):
+            object.__setattr__(c, "logprobs", [-0.5])
+    pipe = setup_run(run_dir, scorer=LikelihoodScorer())
+    pipe.store.write_records("generations.jsonl", gens)
+    (summary,) = run_stages(pipe, "scores")
+    assert summary["questions"] == len(gens)
+    pipe.close()
+    assert SemanticEntropy(SEOptions(), None).needs_logprobs  # type: ignore[arg-type]
+    assert not SemanticEntropy(SEOptions(use_logprobs=False), None).needs_logprobs  # type: ignore[arg-type]

@@ -41,7 +41,7 @@ class Options:
     include_reference: bool = True
     #: prefix every answer with the question before the NLI call (Kuhn et al.)
     with_question: bool = True
-    #: use the samples' token log-probabilities when every sample has them, else counts
+    #: weigh clusters by the samples' token log-probabilities (the scores stage stops with an error when no sample has any: set generations.logprobs: true); false: by counts
     use_logprobs: bool = True
     #: NLI model and engine options, as in selfcheck-nli
     model: str = "microsoft/deberta-large-mnli"
@@ -84,6 +84,11 @@ class SemanticEntropy:
     def __init__(self, options: Options, engine: NLIEngine) -> None:
         self.options = options
         self.engine = engine
+
+    @property
+    def needs_logprobs(self) -> bool:
+        """The scores stage checks that the generations carry log-probabilities."""
+        return self.options.use_logprobs
 
     def identity(self) -> dict[str, Any]:
         o = self.options

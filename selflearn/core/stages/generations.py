@@ -12,11 +12,13 @@ all with at most 384 new tokens and K = 10 (method.md, sections 7.1 and 12); eve
 option. Questions go to the backend in deterministic chunks; the backend's content-keyed cache
 (:class:`selflearn.core.generation.CachedBackend`) stores each finished chunk, so a killed run
 resumes at the chunk it lost, a re-run makes no backend call, and raising K asks only for the
-new samples.
+new samples. Before anything is written, :mod:`._diversity` checks that the samples vary (a
+server that ignores temperature) and that log-probabilities asked for came back.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +32,7 @@ from ..options import Options, bounded
 from ..prompts import closed_book_messages, rc_messages
 from ..protocols import GenerationParams
 from ..records import Completion, Generations, Passage, Question
+from ._diversity import diversity_problem, missing_logprobs, no_logprobs_message, sample_diversity
 from .base import Stage
 
 _PAPER_BACKEND = (
@@ -37,6 +40,8 @@ _PAPER_BACKEND = (
     "'model' option, so the backend must be given by name ({use: NAME, options: {...}}), not "
     "as a ready Python object"
 )
+
+log = logging.getLogger("selflearn")
 
 
 @attrs.frozen
@@ -111,6 +116,8 @@ class GenerationsOptions(Options):
     limit: int | None = bounded(None, ge=1)
     #: sampling seed (None: the run's seed)
     seed: int | None = bounded(None, ge=0, le=2**63 - 1)
+    #: warn when more than this share of questions got K identical samples in a sample set (a server that ignores temperature); an error in strict mode (plugins.strict or SELFLEARN_STRICT=1); 1.0: never
+    max_identical_share: float = bounded(0.5, ge=0, le=1)
 
 
 class GenerationsStage(Stage):
@@ -217,6 +224,12 @@ class GenerationsStage(Stage):
                 f"{missing[0]!r}); re-run the passages and questions stages together"
             )
         backend = self._backend()
+        if o.logprobs and not backend.capabilities.logprobs:
+            raise ConfigError(
+                f"generations.logprobs is true, but the backend {backend.identity()} cannot return "
+                "log-probabilities; use one that can (hf, tgi, openai) or set it to false",
+                "generations.logprobs",
+            )
         calls_before = backend.calls if isinstance(backend, CachedBackend) else None
         kc, kr = self._ks()
         params = self.params()
@@ -231,11 +244,35 @@ class GenerationsStage(Stage):
             for start in self.run_ctx.progress(starts, total=len(starts), desc="generations", unit="chunk"):
                 chunk = questions[start:start + o.chunk_size]
                 records.extend(self._chunk(backend, chunk, passages, params, (kc, kr), provenance))
+            diversity = self._check(records, backend.identity())
             self.store.write_records("generations.jsonl", records)
-            return self._summary(records, backend, calls_before, (kc, kr))
+            summary = self._summary(records, backend, calls_before, (kc, kr))
         finally:
             if self.flow == "paper":
                 backend.close()  # G_SFT's backend is this stage's own
+        summary["sample_diversity"] = diversity
+        if o.logprobs:
+            summary["missing_logprobs"] = missing_logprobs(records)[1]
+        return summary
+
+    def _check(self, records: list[Generations], backend: dict[str, Any]) -> dict[str, Any]:
+        """Samples that do not vary (a warning, an error in strict mode) and log-probabilities
+        asked for but never returned (an error): before anything is written."""
+        o: GenerationsOptions = self.options
+        if o.logprobs:
+            answered, missing = missing_logprobs(records)
+            if answered and missing == answered:
+                raise StageError(no_logprobs_message(backend, answered))
+            if missing:
+                log.warning("generations: %d of %d answers came back without log-probabilities "
+                            "from %s", missing, answered, backend)
+        diversity = sample_diversity(records)
+        problem = diversity_problem(diversity, o.max_identical_share, backend)
+        if problem and self.run_ctx.host.strict:
+            raise StageError(problem + " (strict mode)")
+        if problem:
+            log.warning("%s", problem)
+        return diversity
 
     def _chunk(
         self,

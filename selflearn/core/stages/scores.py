@@ -13,6 +13,7 @@ de-duplicate, sort and batch all its pairs together; its caches make a re-run fr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,6 +72,30 @@ def describe_scores(values: Sequence[float | None]) -> dict[str, Any]:
     return out
 
 
+def require_logprobs(gens: Sequence[Generations], scorer: dict[str, Any]) -> None:
+    """A scorer that needs per-token log-probabilities and would get none for any sample: an
+    error naming the backend that produced the answers, instead of a quiet fallback."""
+    samples = [c for g in gens for c in (*g.with_passage, *g.without_passage) if c.text.strip()]
+    if not samples or any(c.logprobs for c in samples):
+        return
+    prov = gens[0].provenance
+    backend = json.dumps(prov.get("backend", "(not recorded)"), sort_keys=True)
+    asked = ((prov.get("params") or {}).get("without_passage") or {}).get("logprobs")
+    why = (
+        "the backend ignored the request (it does not return log-probabilities)"
+        if asked
+        else "generations.logprobs was false when they were generated"
+    )
+    raise StageError(
+        f"the scorer {scorer.get('scorer', scorer)!r} needs per-token log-probabilities, but none of "
+        f"the {len(samples)} samples in generations.jsonl has any: {why}; backend {backend}. Set "
+        "generations.logprobs: true with a backend that returns them (hf, tgi, or openai against "
+        "vLLM, SGLang or llama.cpp's server; see docs/servers.md) and re-run the generations "
+        "stage, or turn the scorer's use of them off (semantic-entropy: "
+        "scorer.options.use_logprobs: false)"
+    )
+
+
 class ScoresStage(Stage):
     name = "scores"
     requires = ("questions", "generations")
@@ -121,6 +146,8 @@ class ScoresStage(Stage):
                 f"(e.g. {unknown[0]!r}); re-run the questions and generations stages together"
             )
         scorer = self.run_ctx.component("scorer")
+        if getattr(scorer, "needs_logprobs", False):
+            require_logprobs(gens, scorer.identity())
         items = self._items(gens, questions)
         results: list[ScoreResult] = list(scorer.score(items))
         if len(results) != len(items):
