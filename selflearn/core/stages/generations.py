@@ -75,7 +75,7 @@ class WithPassageOptions(Options):
     #: stop strings: answers are cut before the first one
     stop: list[str] = attrs.field(factory=list)
     #: samples per question (None: the stage's k); 0 skips Y_c
-    k: int | None = bounded(None, ge=1, le=10_000)
+    k: int | None = bounded(None, ge=0, le=10_000)
 
 
 @attrs.frozen
@@ -93,7 +93,7 @@ class WithoutPassageOptions(Options):
     #: stop strings: answers are cut before the first one
     stop: list[str] = attrs.field(factory=list)
     #: samples per question (None: the stage's k); 0 skips Y_r
-    k: int | None = bounded(None, ge=1, le=10_000)
+    k: int | None = bounded(None, ge=0, le=10_000)
 
 
 @attrs.frozen
