@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--until", metavar="STAGE", help="stop after this stage")
     run.add_argument("--run-dir", metavar="DIR", help="run directory (path or fsspec URL)")
     run.add_argument("--dry-run", action="store_true", help="show the plan and estimated calls")
+    run.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
+                     help="when another process is running on the run directory, wait up to "
+                     "this long for it to finish instead of stopping at once")
     run.add_argument(
         "--rerun",
         metavar="STAGE",
@@ -122,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             est = ", ".join(f"{k}: {v}" for k, v in row["estimate"].items())
             print(f"  {row['stage']:<12} {row['status']:<8} {est}")
         return 0
-    outcomes = pipeline.run(args.until, rerun=args.rerun)
+    outcomes = pipeline.run(args.until, rerun=args.rerun, lock_wait=args.wait_for_lock)
     print(f"run directory: {pipeline.run_dir}")
     for o in outcomes:
         brief = ", ".join(

@@ -50,3 +50,7 @@ class BudgetExceededError(SelflearnError):
 
 class ArtifactError(SelflearnError):
     """The run directory cannot be read or written."""
+
+
+class RunDirBusyError(ArtifactError):
+    """Another live process holds the run directory's lock (:mod:`selflearn.core.lock`)."""

@@ -248,14 +248,29 @@ class Pipeline:
 
     # -- running -------------------------------------------------------------------------
     def run(
-        self, until: str | None = None, rerun: str | Iterable[str] | None = None
+        self,
+        until: str | None = None,
+        rerun: str | Iterable[str] | None = None,
+        *,
+        lock_wait: float = 0.0,
     ) -> list[StageOutcome]:
         """Run the stages in order up to ``until`` (inclusive), skipping finished ones.
 
         ``rerun`` (a stage name or several) runs those stages and every stage that depends on
         them again even if nothing changed, e.g. after editing a source that has no content
         fingerprint; the per-call caches keep every unchanged model call from being redone.
+
+        The run holds the run directory's lock throughout (:mod:`selflearn.core.lock`): while
+        another live process holds it, this waits up to ``lock_wait`` seconds, then raises
+        :class:`~selflearn.core.errors.RunDirBusyError` naming the holder.
         """
+        from .lock import RunLock
+
+        with RunLock(self.store, wait=lock_wait):
+            return self._run(until, rerun)
+
+    def _run(self, until: str | None, rerun: str | Iterable[str] | None) -> list[StageOutcome]:
+        """:meth:`run`'s work, under the run directory's lock."""
         names = self._selected(until)
         forced = self._forced(rerun, names)
         stages = [self.stage(n) for n in names]
