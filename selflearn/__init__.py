@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Pipeline": "selflearn.core.pipeline",
+    "component": "selflearn.core.standalone",
     "Document": "selflearn.core.records",
     "Passage": "selflearn.core.records",
     "Question": "selflearn.core.records",
@@ -41,6 +42,7 @@ __all__ = [
     "SelflearnError",
     "Verdict",
     "__version__",
+    "component",
     "hookimpl",
 ]
 
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
         SFTExample,
         Verdict,
     )
+    from .core.standalone import component
 
 
 def __getattr__(name: str) -> Any:

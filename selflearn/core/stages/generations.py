@@ -116,7 +116,7 @@ class GenerationsOptions(Options):
     limit: int | None = bounded(None, ge=1)
     #: sampling seed (None: the run's seed)
     seed: int | None = bounded(None, ge=0, le=2**63 - 1)
-    #: warn when more than this share of questions got K identical samples in a sample set (a server that ignores temperature); an error in strict mode (plugins.strict or SELFLEARN_STRICT=1); 1.0: never
+    #: warn when more than this share of questions got K identical samples in a sample set (a server that ignores temperature); an error in strict mode (plugins.strict or SELFLEARN_STRICT_PLUGINS=1); 1.0: never
     max_identical_share: float = bounded(0.5, ge=0, le=1)
 
 
