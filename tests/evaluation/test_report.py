@@ -51,3 +51,16 @@ def test_markdown_without_manifest_or_judge() -> None:
     assert "(no manifest" in md and "![Before](x.png)" in md
     assert "| test: disagreement" in md and "0.300 [" in md
     assert "Pairwise judge" not in md
+
+
+def test_outcomes_chart_shows_unjudged_counts_and_says_when_nothing_was_judged() -> None:
+    from selflearn.builtin.evaluation.report import outcomes_figure
+
+    mixed = outcome_summary([_v("a", "win"), _v("b", "lose"), _v("c", "unjudged")])
+    none = outcome_summary([_v(q, "unjudged") for q in "xyzuv"])
+    fig = outcomes_figure({"test: all": mixed, "known items": none}, "candidate vs baseline")
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["test: all (judged 2, unjudged 1)", "known items (judged 0, unjudged 5)"]
+    texts = [t.get_text() for t in ax.texts]
+    assert "no item judged: all 5 unjudged" in texts and texts.count("50") == 2

@@ -140,3 +140,21 @@ def test_selection_carries_the_pushed_dataset_to_the_card() -> None:
 
     assert selection({"tau_l": 0.5, "hub_dataset": "me/rows"})["hub_dataset"] == "me/rows"
     assert "hub_dataset" not in selection({"tau_l": 0.5})
+
+
+def test_loss_plot_of_a_short_run_draws_points_and_values() -> None:
+    from selflearn.core.stages.train import loss_figure
+
+    fig = loss_figure({"sft": [{"step": 1, "loss": 2.31}], "dpo": [{"step": 1, "loss": 0.6931}]},
+                      {"dpo": [{"step": 1, "loss": 0.7}]})
+    sft_ax, dpo_ax = fig.axes
+    (line,) = sft_ax.lines
+    assert line.get_marker() == "o" and list(line.get_xdata()) == [1]
+    assert [t.get_text() for t in sft_ax.texts] == ["2.31"]
+    assert sft_ax.get_xlim() == (0.0, 2.0) and list(sft_ax.get_xticks()) == [1]
+    assert {t.get_text() for t in dpo_ax.texts} == {"0.693", "0.7"}
+    assert [t.get_text() for t in sft_ax.get_legend().get_texts()] == ["train (1 logged)"]
+    long_run = loss_figure({"dpo": [{"step": i, "loss": 1.0 / i} for i in range(1, 101)]}, {})
+    assert long_run.axes[0].lines[0].get_marker() == "None" and not long_run.axes[0].texts
+    (empty,) = loss_figure({}, {}).axes
+    assert [t.get_text() for t in empty.texts] == ["no loss logged"]

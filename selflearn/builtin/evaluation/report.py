@@ -64,8 +64,14 @@ def _pyplot() -> Any:
 
 def plot_outcomes(groups: Mapping[str, Mapping[str, Any]], title: str) -> bytes:
     """Horizontal stacked bars of win/tie/lose rates, one bar per group (label -> summary)."""
+    return _figure_bytes(outcomes_figure(groups, title))
+
+
+def outcomes_figure(groups: Mapping[str, Mapping[str, Any]], title: str) -> Any:
+    """The figure of :func:`plot_outcomes`. Each label gives the judged and unjudged counts; a
+    group with no judged item says so across its bar instead of leaving it empty."""
     plt = _pyplot()
-    labels = [f"{name} (n={s['judged']})" for name, s in groups.items()]
+    labels = [f"{name} (judged {s['judged']}, unjudged {s.get('unjudged', 0)})" for name, s in groups.items()]
     fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(labels) + 1.6))
     colors = {"win": "#3a923a", "tie": "#c0c0c0", "lose": "#c23b22"}
     left = [0.0] * len(labels)
@@ -76,12 +82,16 @@ def plot_outcomes(groups: Mapping[str, Mapping[str, Any]], title: str) -> bytes:
             if w >= 6:
                 ax.text(left[i] + w / 2, i, f"{w:.0f}", ha="center", va="center", fontsize=8)
         left = [a + b for a, b in zip(left, widths, strict=False)]
+    for i, s in enumerate(groups.values()):
+        if not s["judged"]:
+            ax.text(50, i, f"no item judged: all {s.get('n', s.get('unjudged', 0))} unjudged",
+                    ha="center", va="center", fontsize=9, color="#7a1f12")
     ax.set_xlim(0, 100)
     ax.invert_yaxis()
     ax.set_xlabel("% of judged items (unjudged counted apart)")
     ax.set_title(title)
     ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
-    return _figure_bytes(fig)
+    return fig
 
 
 def plot_before_after(panels: Sequence[tuple[str, Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]]]]) -> bytes:

@@ -328,26 +328,58 @@ class TrainStage(Stage):
 
 
 def _plot(loss: dict[str, list[dict[str, float]]], eval_loss: dict[str, list[dict[str, float]]]) -> bytes:
-    """Training (and evaluation) loss per step, one panel per trained model."""
+    """Training (and evaluation) loss per step, one panel per trained model, as PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(loss, eval_loss)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+#: at most this many logged points per series get their value written beside them
+_LABELLED_POINTS = 3
+#: series longer than this are drawn without markers
+_MARKED_POINTS = 60
+
+
+def loss_figure(loss: dict[str, list[dict[str, float]]], eval_loss: dict[str, list[dict[str, float]]]) -> Any:
+    """The figure of :func:`_plot`. Every point has a marker, so a short run's one or two
+    logged steps show as points rather than an empty plot or a bare line; a series of a few
+    points also has its values written beside them, and a panel with none says so."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     phases = [k for k in ("sft", "dpo") if loss.get(k) or eval_loss.get(k)] or ["dpo"]
     fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.5), squeeze=False)
     for ax, phase in zip(axes[0], phases, strict=True):
-        for series, label, style in ((loss, "train", "-"), (eval_loss, "eval", "o--")):
+        drawn: list[float] = []
+        for series, label, style in ((loss, "train", "o-"), (eval_loss, "eval", "s--")):
             points = series.get(phase) or []
-            if points:
-                ax.plot([p["step"] for p in points], [p["loss"] for p in points], style, label=label)
+            if not points:
+                continue
+            steps, values = [p["step"] for p in points], [p["loss"] for p in points]
+            if len(points) > _MARKED_POINTS:  # a long run: the line alone reads better
+                style = style.lstrip("os")
+            ax.plot(steps, values, style, label=f"{label} ({len(points)} logged)", markersize=5)
+            if len(points) <= _LABELLED_POINTS:
+                for x, y in zip(steps, values, strict=True):
+                    ax.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(4, 5), fontsize=8)
+            drawn += steps
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(set(drawn)) == 1:  # one logged step: a readable axis around it
+            ax.set_xlim(drawn[0] - 1, drawn[0] + 1)
+            ax.set_xticks([drawn[0]])
+        if not drawn:
+            ax.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"{phase.upper()} loss")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
