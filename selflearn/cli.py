@@ -110,6 +110,56 @@ def cmd_components(args: argparse.Namespace) -> int:
     return 0
 
 
+def _component(slot: str, entry: Any) -> str:
+    if entry is None:
+        return f"{slot}: none"
+    if "object" in entry:
+        return f"{slot}: {entry['object']} (a Python object)"
+    text = f"{slot}: {entry['use']}"
+    if entry.get("model"):
+        text += f" (model {entry['model']})"
+    if entry.get("options"):
+        text += " " + json.dumps(entry["options"], sort_keys=True, default=str)
+    return text
+
+
+def _calls(calls: dict[str, Any]) -> str:
+    total = calls.get("total", 0)
+    if "cached" not in calls:
+        return f"generation calls: {total} (the cache is checked once the inputs exist)"
+    text = f"generation calls: {total}, {calls['cached']} in the cache, {calls['to_make']} to make"
+    if calls.get("to_make_max", calls["to_make"]) != calls["to_make"]:
+        text += f" (up to {calls['to_make_max']} with self-label retries)"
+    return text
+
+
+def _print_plan(run_dir: str, plan: list[dict[str, Any]]) -> None:
+    """The dry-run: per stage its status, components, counts, calls and cost."""
+    from .core.plan import totals
+
+    print(f"run directory: {run_dir}")
+    for row in plan:
+        print(f"  {row['stage']:<12} {row['status']}")
+        for slot, entry in row["components"].items():
+            print(f"      {_component(slot, entry)}")
+        if row["estimate"]:
+            mark = " (estimated from the configuration)" if row["estimated"] else ""
+            est = ", ".join(f"{k}: {v}" for k, v in row["estimate"].items())
+            print(textwrap.fill(f"counts{mark}: {est}", 96, initial_indent=" " * 6, subsequent_indent=" " * 8))
+        if row["calls"]:
+            print(f"      {_calls(row['calls'])}")
+        if row["cost_usd"] is not None:
+            print(f"      cost: at most ${row['cost_usd']:.4f}")
+    t = totals(plan)
+    line = f"generation calls to make: {t['to_make']} ({t['cached']} of {t['total']} in the cache"
+    line += "; the cache is checked only where the inputs exist)" if t["estimated"] else ")"
+    if t["to_make_max"] != t["to_make"]:
+        line += f", up to {t['to_make_max']} with retries"
+    print(line)
+    if t["cost_usd"] is not None:
+        print(f"cost of priced components: at most ${t['cost_usd']:.4f}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .core.config import default_config, load_yaml
     from .core.pipeline import Pipeline
@@ -119,11 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config["run_dir"] = args.run_dir
     pipeline = Pipeline(config)
     if args.dry_run:
-        plan = pipeline.plan(args.until, rerun=args.rerun)
-        print(f"run directory: {pipeline.run_dir}")
-        for row in plan:
-            est = ", ".join(f"{k}: {v}" for k, v in row["estimate"].items())
-            print(f"  {row['stage']:<12} {row['status']:<8} {est}")
+        _print_plan(pipeline.run_dir, pipeline.plan(args.until, rerun=args.rerun))
         return 0
     outcomes = pipeline.run(args.until, rerun=args.rerun, lock_wait=args.wait_for_lock)
     print(f"run directory: {pipeline.run_dir}")

@@ -40,6 +40,20 @@ class CachedBackend:
     def _key(self, prompt: Prompt, params: GenerationParams, index: int) -> str:
         return self.cache.key(self.identity(), _prompt_key(prompt), params.to_dict(), index)
 
+    def cached_count(
+        self, prompts: Sequence[Prompt], params: GenerationParams, n: int, sample_offset: int = 0
+    ) -> int:
+        """How many of the ``len(prompts) * n`` completions :meth:`generate` would take from
+        the cache (for the dry-run's "calls to make"); asks the backend nothing."""
+        ident = self.identity()
+        p = params.to_dict()
+        return sum(
+            1
+            for prompt in prompts
+            for j in range(n)
+            if self.cache.key(ident, _prompt_key(prompt), p, sample_offset + j) in self.cache
+        )
+
     def generate(
         self,
         prompts: Sequence[Prompt],

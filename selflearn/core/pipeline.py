@@ -220,30 +220,30 @@ class Pipeline:
     def plan(
         self, until: str | None = None, rerun: str | Iterable[str] | None = None
     ) -> list[dict[str, Any]]:
-        """What :meth:`run` would do: per stage, done or pending, and its estimated calls."""
+        """What :meth:`run` would do, per stage: done or pending, the components and models it
+        uses, its counts (exact from its inputs, else forecast from the configuration and
+        marked ``estimated``), its generation calls less those the cache holds, and the cost
+        of priced components (see :mod:`selflearn.core.plan`)."""
+        from .plan import describe
+
         manifest = self._manifest()
         rows = []
         names = self._selected(until)
         pending: set[str] = self._forced(rerun, names)
-        for name in names:
-            stage = self.stage(name)
-            stage.validate()
-            fp, _ = self._fingerprint(stage)
-            # a stage whose input will be rewritten by a pending stage will run again too
-            done = (
-                name not in pending
-                and self._is_done(stage, fp, manifest)
-                and not pending.intersection(stage.dependencies())
-            )
-            if not done:
-                pending.add(name)
-            rows.append(
-                {
-                    "stage": name,
-                    "status": "done" if done else "pending",
-                    "estimate": {} if done else stage.estimate(),
-                }
-            )
+        expected: dict[str, Any] = {}
+        try:
+            for name in names:
+                stage = self.stage(name)
+                stage.validate()
+                fp, _ = self._fingerprint(stage)
+                # a stage whose input will be rewritten by a pending stage will run again too
+                upstream = bool(pending.intersection(stage.dependencies()))
+                done = name not in pending and self._is_done(stage, fp, manifest) and not upstream
+                if not done:
+                    pending.add(name)
+                rows.append(describe(stage, done, pending - {name}, expected))
+        finally:
+            self.ctx.close()
         return rows
 
     # -- running -------------------------------------------------------------------------

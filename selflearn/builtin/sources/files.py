@@ -102,6 +102,15 @@ class FilesSource:
             row[0] = row[0][len(base) + 1 :] if base and row[0].startswith(base + "/") else posixpath.basename(row[0])
         return content_hash(rows)
 
+
+    def size_hint(self) -> dict[str, int]:
+        """Documents by split, for the dry-run's forecast: the documents themselves are
+        read (the files are parsed, no model is called), without the documents stage's filters."""
+        counts = {"train": 0, "test": 0}
+        for doc in self.documents():
+            counts["test" if doc.split == "test" else "train"] += 1
+        return counts
+
     # -- listing -------------------------------------------------------------------------
     def _list(self) -> tuple[Any, str, list[str]]:
         import fsspec

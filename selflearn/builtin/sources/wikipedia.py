@@ -250,6 +250,20 @@ class WikipediaSource:
             ) from exc
         return out
 
+    def size_hint(self) -> dict[str, int]:
+        """At most this many documents by split, from the title list and the split options
+        (titles missing from the dump or too short are only known once it is read)."""
+        o = self.options
+        groups, _ = dedupe_across(self._titles())
+        cats = resolve_categories(o.categories, list(groups), f"{self.config_path}.options.categories")
+        test = sum(min(len(groups[c]), o.test_per_category) for c in cats)
+        train = sum(
+            max(0, len(groups[c]) - o.test_per_category) if o.train_per_category is None
+            else min(max(0, len(groups[c]) - o.test_per_category), o.train_per_category)
+            for c in cats
+        )
+        return {"train": train, "test": test}
+
     def _titles(self) -> dict[str, list[str]]:
         o = self.options
         if o.titles_file:

@@ -107,6 +107,14 @@ class WikipediaOffline:
                 out["package_version"] = None
         return out
 
+    def size_hint(self) -> dict[str, int]:
+        """Documents by split, for the dry-run's forecast: the documents themselves are
+        read (one JSON file), without the documents stage's filters."""
+        counts = {"train": 0, "test": 0}
+        for doc in self.documents():
+            counts["test" if doc.split == "test" else "train"] += 1
+        return counts
+
     def _load(self) -> dict[str, dict[str, Any]]:
         file = os.path.expanduser(self.options.path) if self.options.path else package_path()
         try:

@@ -85,6 +85,22 @@ def sft_row(q: Question, prompt: str, completion: str, origin: str, base: dict[s
     )
 
 
+def self_label_calls(run_ctx: RunContext, options: Any, questions: list[Question]) -> tuple[dict[str, str], GenerationParams]:
+    """The few-shot prompt of each question and the decoding of the self-labelling calls
+    (attempt ``i`` asks for sample index ``i``; the dry-run counts these against the cache)."""
+    o = options
+    params = GenerationParams(
+        max_new_tokens=o.self_label_max_new_tokens,
+        temperature=o.self_label_temperature,
+        repetition_penalty=o.self_label_repetition_penalty,
+        stop=("###",),
+        seed=run_ctx.seed,
+    )
+    shots = _selflabel.EXAMPLES[: o.self_label_shots]
+    prompts = {q.id: _selflabel.few_shot_prompt(q.text, q.id, run_ctx.seed, shots) for q in questions}
+    return prompts, params
+
+
 def self_label(run_ctx: RunContext, options: Any, questions: list[Question]) -> tuple[dict[str, str], dict[str, Any]]:
     """The base model's few-shot answers without the passage, sampled again (up to
     ``self_label_retries`` times) while an answer fails the quality checks."""
@@ -96,15 +112,7 @@ def self_label(run_ctx: RunContext, options: Any, questions: list[Question]) -> 
             "messages only; use a backend that takes raw prompts or set self_label: off",
             "datasets.self_label",
         )
-    params = GenerationParams(
-        max_new_tokens=o.self_label_max_new_tokens,
-        temperature=o.self_label_temperature,
-        repetition_penalty=o.self_label_repetition_penalty,
-        stop=("###",),
-        seed=run_ctx.seed,
-    )
-    shots = _selflabel.EXAMPLES[: o.self_label_shots]
-    prompts = {q.id: _selflabel.few_shot_prompt(q.text, q.id, run_ctx.seed, shots) for q in questions}
+    prompts, params = self_label_calls(run_ctx, o, questions)
     pending = list(questions)
     done: dict[str, str] = {}
     rejections: Counter[str] = Counter()

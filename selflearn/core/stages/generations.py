@@ -196,6 +196,26 @@ class GenerationsStage(Stage):
         ]
         return questions[: o.limit] if o.limit is not None else questions
 
+    def call_groups(self) -> list[tuple[list[Any], GenerationParams, int]]:
+        """Every backend call of :meth:`run` as (prompts, parameters, samples per prompt):
+        the dry-run counts these against the cache, so its count equals the run's."""
+        questions = self._questions()
+        passages = {p.id: p for p in self.store.read_records("passages.jsonl", Passage)}
+        questions = [q for q in questions if q.passage_id in passages]
+        rc = [rc_messages(passages[q.passage_id].text, q.text) for q in questions]
+        closed = [closed_book_messages(q.text) for q in questions]
+        params = self.params()
+        kc, kr = self._ks()
+        groups = [(rc, params["reference"], 1), (rc, params["with_passage"], kc), (closed, params["without_passage"], kr)]
+        return [g for g in groups if g[2] > 0]
+
+    def planned_backend(self) -> Any:
+        """The (cached) backend :meth:`run` would use, or None while it cannot be known (the
+        SFT model of ``flow: paper`` before the sft stage ran)."""
+        if self.flow == "paper" and not self.store.exists("sft_model.json"):
+            return None
+        return self._backend()
+
     def estimate(self) -> dict[str, Any]:
         kc, kr = self._ks()
         per = 1 + kc + kr

@@ -1,0 +1,140 @@
+"""The dry-run tells the truth (issue 23): it names every stage's components and models,
+forecasts counts from the configuration before upstream files exist (marked as estimates),
+subtracts what the per-call cache holds, prices priced components, and its count of
+generation calls equals the calls the following run makes -- cold, warm and half warm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from selflearn import Pipeline
+from selflearn.builtin.backends.echo import EchoBackend, Options
+from selflearn.cli import main
+from selflearn.core.plan import totals
+
+from .test_rerun import CountingEcho
+
+
+def _corpus(root: Path, n: int = 4) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"doc{i}.md").write_text(
+            f"# Topic {i}\n\nTopic {i} was founded in {1900 + i} by Ada Lovelace. It lies near "
+            f"Lake Geneva and hosts {i + 2} museums.\n"
+        )
+    return str(root)
+
+
+def _config(tmp_path: Path, backend: Any, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "run_dir": str(tmp_path / "run"),
+        "source": {"use": "files", "options": {"url": _corpus(tmp_path / "corpus")}},
+        "chunker": {"use": "sentences", "options": {"max_tokens": 64}},
+        "question_generator": "template",
+        "backend": backend,
+        "scorer": "lexical",
+        "generations": {"k": 2},
+        # one self-labelling attempt: the dry-run's count is then exact, not a range
+        "datasets": {"self_label": "on", "self_label_retries": 1},
+    }
+    config.update(overrides)
+    return config
+
+
+def _planned(config: dict[str, Any]) -> dict[str, Any]:
+    return totals(Pipeline(config).plan(until="datasets"))
+
+
+def _made(config: dict[str, Any], counter: list[int]) -> int:
+    before = counter[0]
+    Pipeline(config).run(until="datasets")
+    return counter[0] - before
+
+
+def test_dry_run_call_count_equals_the_run_cold_half_warm_and_warm(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFLEARN_NO_PROGRESS", "1")
+    counter = [0]
+    config = _config(tmp_path, CountingEcho(counter))
+    Pipeline(config).run(until="questions")  # no model call (template questions)
+
+    cold = _planned(config)
+    assert not cold["estimated"] and cold["cached"] == 0 and cold["to_make"] > 0
+    assert cold["to_make"] == _made(config, counter)
+
+    # K from 2 to 3: only the third samples are new, the rest is in the cache
+    config["generations"] = {"k": 3}
+    half = _planned(config)
+    assert half["cached"] == cold["total"] and half["to_make"] == 4 * 2  # 4 questions, 2 new samples
+    assert half["to_make"] == _made(config, counter)
+
+    # forced again: everything is in the cache, the dry-run says so and the run makes nothing
+    warm = totals(Pipeline(config).plan(until="datasets", rerun="generations"))
+    assert warm["to_make"] == 0 and warm["cached"] == warm["total"] > 0
+    Pipeline(config).run(until="datasets", rerun="generations")
+    assert counter[0] == cold["to_make"] + half["to_make"]
+
+
+def test_forecast_before_any_file_exists_is_marked_and_bounds_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFLEARN_NO_PROGRESS", "1")
+    counter = [0]
+    config = _config(tmp_path, CountingEcho(counter))
+    rows = {r["stage"]: r for r in Pipeline(config).plan(until="datasets")}
+    assert rows["documents"]["estimate"] == {"documents": {"train": 4, "test": 0}}
+    for name in ("passages", "questions", "generations", "scores", "datasets"):
+        assert rows[name]["estimated"] and rows[name]["estimate"], name
+    # passages at most 8 per document, one question each, 1 + 2 + 2 generations per question
+    assert rows["generations"]["estimate"]["generations"] == 4 * 8 * 5
+    planned = totals(list(rows.values()))
+    assert planned["estimated"] and planned["to_make"] >= _made(config, counter) > 0
+
+
+def test_components_models_and_cost_of_a_priced_backend(tmp_path):
+    backend = {"use": "openai", "options": {
+        "base_url": "http://127.0.0.1:9/v1", "model": "served-model", "api_key_env": "",
+        "price_input_per_mtok": 1.5, "price_output_per_mtok": 6.0,
+    }}
+    config = _config(tmp_path, backend, generations={"k": 2, "reference": {"max_new_tokens": 20},
+                     "with_passage": {"max_new_tokens": 20}, "without_passage": {"max_new_tokens": 20}},
+                     datasets={"self_label": "off"})
+    Pipeline(config).run(until="questions")
+    rows = {r["stage"]: r for r in Pipeline(config).plan(until="datasets")}
+    gen = rows["generations"]
+    assert gen["components"]["backend"]["use"] == "openai"
+    assert gen["components"]["backend"]["model"] == "served-model"
+    assert gen["components"]["backend"]["options"]["price_input_per_mtok"] == 1.5
+    assert rows["scores"]["components"] == {"scorer": {"use": "lexical"}}
+    calls = gen["calls"]
+    assert calls["completion_tokens_max"] == calls["to_make"] * 20 and calls["prompt_tokens"] > 0
+    assert gen["cost_usd"] == pytest.approx((calls["prompt_tokens"] * 1.5 + calls["to_make"] * 20 * 6.0) / 1e6)
+    assert rows["scores"]["cost_usd"] is None  # nothing priced there
+
+
+def test_cli_dry_run_names_models_and_marks_estimates(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    import json
+
+    config.write_text(json.dumps({**_config(tmp_path, {"use": "echo", "options": {"model": "my-echo"}}),
+                                  "run_dir": str(tmp_path / "run")}))
+    assert main(["run", str(config), "--until", "datasets", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "backend: echo (model my-echo)" in out and "scorer: lexical" in out
+    assert "counts (estimated from the configuration)" in out
+    assert "generation calls to make:" in out and "the cache is checked only where the inputs exist" in out
+    assert not (tmp_path / "run" / "documents.jsonl").exists()  # a dry-run runs nothing
+
+
+def test_paper_flow_dry_run_names_the_sft_model(tmp_path):
+    config = _config(tmp_path, {"use": "echo"}, flow="paper", model="base/model", sft_trainer="trl-sft")
+    rows = {r["stage"]: r for r in Pipeline(config).plan(until="generations")}
+    assert list(rows) == ["documents", "passages", "questions", "sft", "generations"]
+    assert rows["sft"]["components"]["sft_trainer"] == {"use": "trl-sft", "model": "base/model"}
+    assert "G_SFT" in rows["generations"]["components"]["backend"]["model"]
+    assert rows["generations"]["estimated"]
+
+
+def test_echo_backend_object_is_named(tmp_path):
+    rows = Pipeline(_config(tmp_path, EchoBackend(Options()))).plan(until="generations")
+    assert rows[-1]["components"]["backend"] == {"object": "selflearn.builtin.backends.echo.EchoBackend"}
