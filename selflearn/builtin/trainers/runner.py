@@ -28,6 +28,7 @@ from ...core.hashing import content_hash
 from ...core.models import resolve
 from ...core.protocols import TrainRequest, TrainResult
 from . import lineage as lin
+from ._metrics import continue_token_count, log_boundaries, whole_training
 from .common import (
     CommonOptions,
     Precision,
@@ -143,10 +144,14 @@ class TRLTrainer:
                 load_reference=lambda: load_model(path, tokenizer, opts, precision),
                 seed=request.seed,
             )
+            trainer.add_callback(log_boundaries())
+            continue_token_count(trainer, resume)
             output = trainer.train(resume_from_checkpoint=resume)
             metrics: dict[str, Any] = dict(output.metrics)
             if eval_rows:
                 metrics.update(trainer.evaluate())
+        # the loss and token counts of the whole training, also after a resume
+        metrics, log_history = whole_training(metrics, [dict(e) for e in trainer.state.log_history])
         metrics.update(
             {
                 "global_step": int(trainer.state.global_step),
@@ -158,7 +163,6 @@ class TRLTrainer:
                 else None,
             }
         )
-        log_history = [dict(e) for e in trainer.state.log_history]
         self._save(trainer, tokenizer, output_dir, path, precision)
         del trainer, model
         _free_memory()
