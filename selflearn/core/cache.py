@@ -28,14 +28,7 @@ class JsonlCache:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if os.path.exists(path):
             _truncate_torn_tail(path)
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a torn line from a killed run
-                    if isinstance(row, dict) and "k" in row:
-                        self._data[row["k"]] = row.get("v")
+            self._data = read_entries(path)
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for appends
 
     @staticmethod
@@ -73,6 +66,20 @@ class JsonlCache:
         with self._lock:
             if not self._file.closed:
                 self._file.close()
+
+
+def read_entries(path: str) -> dict[str, Any]:
+    """The key -> value map a cache file holds (a torn line from a killed run is skipped)."""
+    data: dict[str, Any] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "k" in row:
+                data[row["k"]] = row.get("v")
+    return data
 
 
 def _truncate_torn_tail(path: str) -> None:

@@ -13,12 +13,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .cache import JsonlCache
 from .config import SLOTS, SlotSpec, parse_slot
 from .errors import ConfigError
+from .execution import ExecutionOptions
+from .execution.local import LocalEngine
 from .generation import CachedBackend
 from .options import build_options
 from .protocols import PROTOCOLS
 from .store import ArtifactStore
 
 if TYPE_CHECKING:
+    from .execution import Engine
     from .plugins import PluginHost
 
 T = TypeVar("T")
@@ -47,6 +50,9 @@ class RunContext:
         self.warned: set[str] = set()
         #: every stage's options by stage name (set by the Pipeline)
         self.stage_options: dict[str, Any] = {}
+        #: where the stages' model calls run (the Pipeline sets the configured engine)
+        self.engine: Engine = LocalEngine(self)
+        self.execution = ExecutionOptions()
         cache_dir = config.get("cache_dir")
         if cache_dir:
             self.cache_dir = os.path.expanduser(str(cache_dir))
@@ -81,6 +87,7 @@ class RunContext:
         Stages that load models of their own (training, evaluation) call this first, so the
         pipeline's backend does not hold a second model in memory.
         """
+        self.engine.release(slot)
         comp = self._components.pop(slot, None)
         close = getattr(comp, "close", None)
         if callable(close):
@@ -154,6 +161,10 @@ class RunContext:
                     close()
                 except Exception:  # noqa: BLE001 - closing must not mask the run's outcome
                     log.debug("closing %r failed", comp, exc_info=True)
+        try:
+            self.engine.close()
+        except Exception:  # noqa: BLE001 - closing must not mask the run's outcome
+            log.debug("closing the %s engine failed", self.engine.name, exc_info=True)
         for cache in self._caches.values():
             cache.close()
         self._components.clear()

@@ -25,6 +25,25 @@ def _lacks_logprobs(hit: dict[str, Any]) -> bool:
     ) != 0
 
 
+def completion_key(identity: Any, prompt: Prompt, params: GenerationParams, index: int) -> str:
+    """The cache key of sample ``index`` of ``prompt`` from the backend with ``identity``."""
+    return JsonlCache.key(identity, _prompt_key(prompt), params.to_dict(), index)
+
+
+def cached_completions(
+    cache: JsonlCache, identity: Any, prompt: Prompt, params: GenerationParams, n: int
+) -> list[Completion] | None:
+    """Samples 0..n-1 of ``prompt`` if all are in ``cache`` (else None): a stage uses it to
+    send only uncached work to its engine's workers."""
+    out = []
+    for index in range(n):
+        hit = cache.get(completion_key(identity, prompt, params, index))
+        if hit is None or (params.logprobs and _lacks_logprobs(hit)):
+            return None
+        out.append(Completion.from_dict(hit))
+    return out
+
+
 class CachedBackend:
     """An :class:`InferenceBackend` that answers from a :class:`JsonlCache` when it can."""
 
@@ -38,7 +57,7 @@ class CachedBackend:
         return self.backend.identity()
 
     def _key(self, prompt: Prompt, params: GenerationParams, index: int) -> str:
-        return self.cache.key(self.identity(), _prompt_key(prompt), params.to_dict(), index)
+        return completion_key(self.identity(), prompt, params, index)
 
     def cached_count(
         self, prompts: Sequence[Prompt], params: GenerationParams, n: int, sample_offset: int = 0

@@ -22,6 +22,8 @@ from .config import (
 )
 from .context import RunContext
 from .errors import ConfigError, StageError
+from .execution import ExecutionOptions, make_engine
+from .execution.worker import WorkerSpec
 from .hashing import content_hash
 from .hookspecs import RunInfo
 from .options import build_options
@@ -66,9 +68,10 @@ class Pipeline:
         **kwargs: Any,
     ) -> None:
         raw = dict(config or {})
+        plugin_objects = tuple(plugin_objects)
         raw.update(kwargs)
         self.raw_config = raw
-        valid = set(GENERAL_KEYS) | set(SLOTS) | set(STAGE_NAMES)
+        valid = set(GENERAL_KEYS) | set(SLOTS) | set(STAGE_NAMES) | {"execution"}
         unknown = sorted(set(raw) - valid)
         if unknown:
             raise ConfigError(
@@ -120,6 +123,16 @@ class Pipeline:
         }
         self.store = ArtifactStore(run_dir)
         self.ctx = RunContext(self.config, self.slots, self.host, self.store)
+        self.execution = _execution_options(raw.get("execution"))
+        spec = WorkerSpec(
+            config=dict(self.config), cache_dir=self.ctx.cache_dir,
+            # the documents and passages stages run here: workers need only model components
+            slots={k: v for k, v in self.slots.items() if k not in ("source", "chunker")},
+            disable=tuple(disable), strict=strict, extra_plugins=tuple(plugin_objects),
+            load_entry_points=load_entry_points,
+        )
+        self.ctx.execution = self.execution
+        self.ctx.engine = make_engine(self.execution, self.ctx, spec)
         self._stage_options: dict[str, Any] = {}
         self._stage_classes: dict[str, type[Stage]] = {}
         for name, ref in STAGE_ORDER:
@@ -276,6 +289,9 @@ class Pipeline:
         stages = [self.stage(n) for n in names]
         for stage in stages:
             stage.validate()
+        check = getattr(self.ctx.engine, "check", None)
+        if callable(check):
+            check()
         self.store.ensure_writable()
         manifest = self._manifest()
         manifest.setdefault("created", _now())
@@ -297,6 +313,7 @@ class Pipeline:
                     missing = [f for f in stage.outputs() if not self.store.exists(f)]
                     if missing:
                         raise StageError(f"stage {stage.name} finished without writing {missing}")
+                    manifest["execution"] = self.ctx.engine.describe()
                     manifest["stages"][stage.name] = {
                         "fingerprint": fp,
                         "config": stage.fingerprint_config(),
@@ -322,10 +339,22 @@ class Pipeline:
             out[slot] = spec.describe() if spec else None
         for name, opts in self._stage_options.items():
             out[name] = attrs.asdict(opts) if attrs.has(type(opts)) else {}
+        out["execution"] = attrs.asdict(self.execution)
         return out
 
     def close(self) -> None:
         self.ctx.close()
+
+
+def _execution_options(section: Any) -> ExecutionOptions:
+    """The ``execution`` section, validated (absent: the local engine)."""
+    if section is None:
+        return ExecutionOptions()
+    if isinstance(section, ExecutionOptions):
+        return section
+    if isinstance(section, Mapping):
+        return build_options(ExecutionOptions, section, "execution")
+    raise ConfigError(f"expected a mapping such as {{engine: ray, workers: 2}}, got {section!r}", "execution")
 
 
 def _now() -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from .execution import ExecutionOptions
 from .options import bounds_of, describe_bounds
 from .plugins import PluginHost
 from .registry import load_object
@@ -103,7 +104,9 @@ def options_table(cls: type | None) -> str:
 
 def generate() -> str:
     """The Markdown reference of every stage section and built-in component's options."""
-    out = [BEGIN, "", "## Stage sections", ""]
+    out = [BEGIN, "", "## `execution:`", "",
+           "Where the model-calling stages run ([scaling.md](scaling.md)).", "",
+           options_table(ExecutionOptions), "", "## Stage sections", ""]
     for name, ref in STAGE_ORDER:
         cls = load_object(ref, f"stage {name}")
         out += [f"### `{name}:`", "", options_table(cls.options_class), ""]

@@ -17,7 +17,8 @@ def test_import_does_not_import_torch():
     code = (
         "import sys, selflearn, selflearn.plugins; from selflearn import Pipeline, Document, hookimpl;"
         "from selflearn.core.plugins import PluginHost; PluginHost().components();"
-        "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets', 'openai') if m in sys.modules];"
+        "Pipeline(execution={'engine': 'ray'}, load_entry_points=False).plan(until='passages');"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets', 'openai', 'ray') if m in sys.modules];"
         "print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

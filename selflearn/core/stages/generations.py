@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
 from ..config import SlotSpec
 from ..errors import ConfigError, StageError
-from ..generation import CachedBackend
+from ..execution import Shard, Task, run_shards
+from ..generation import CachedBackend, cached_completions
 from ..options import Options, bounded
 from ..prompts import closed_book_messages, rc_messages
 from ..protocols import GenerationParams
@@ -130,11 +130,11 @@ class GenerationsStage(Stage):
         """In ``flow: paper`` also the ``sft`` stage: its model answers."""
         return (*self.requires, "sft") if self.flow == "paper" else self.requires
 
-    def _backend(self) -> Any:
-        """The run's backend; in ``flow: paper`` the same backend with its ``model`` option
+    def _backend_spec(self) -> SlotSpec | None:
+        """None: the run's backend; in ``flow: paper`` the same backend with its ``model`` option
         replaced by the SFT model of ``sft_model.json`` (G_SFT generates y*, Y_c and Y_r)."""
         if self.flow != "paper":
-            return self.run_ctx.component("backend")
+            return None
         spec = self.run_ctx.slots.get("backend")
         if spec is None or spec.is_object:
             raise ConfigError(_PAPER_BACKEND, "backend")
@@ -142,12 +142,7 @@ class GenerationsStage(Stage):
             raise StageError("sft_model.json is missing: in flow: paper the sft stage runs first")
         model = self.store.read_json("sft_model.json")["model"]
         self.run_ctx.release("backend")
-        backend = self.run_ctx.build(
-            "inference_backend",
-            SlotSpec(name=spec.name, options={**spec.options, "model": model}),
-            "generations.backend",
-        )
-        return CachedBackend(backend, self.run_ctx.cache("generations"))
+        return SlotSpec(name=spec.name, options={**spec.options, "model": model})
 
     # -- options ---------------------------------------------------------------------------
     def _ks(self) -> tuple[int, int]:
@@ -243,37 +238,78 @@ class GenerationsStage(Stage):
                 f"{len(missing)} question(s) refer to passages not in passages.jsonl (e.g. "
                 f"{missing[0]!r}); re-run the passages and questions stages together"
             )
-        backend = self._backend()
-        if o.logprobs and not backend.capabilities.logprobs:
-            raise ConfigError(
-                f"generations.logprobs is true, but the backend {backend.identity()} cannot return "
-                "log-probabilities; use one that can (hf, tgi, openai) or set it to false",
-                "generations.logprobs",
-            )
-        calls_before = backend.calls if isinstance(backend, CachedBackend) else None
-        kc, kr = self._ks()
-        params = self.params()
-        provenance = {
-            "backend": backend.identity(),
-            "k": {"with_passage": kc, "without_passage": kr},
-            "params": {name: p.to_dict() for name, p in params.items()},
-        }
-        starts = list(range(0, len(questions), o.chunk_size))
-        records: list[Generations] = []
+        engine = self.run_ctx.engine
+        task = Task("backend", "selflearn.core.stages.generations:generate_shard", "generations",
+                    spec=self._backend_spec())
         try:
-            for start in self.run_ctx.progress(starts, total=len(starts), desc="generations", unit="chunk"):
-                chunk = questions[start:start + o.chunk_size]
-                records.extend(self._chunk(backend, chunk, passages, params, (kc, kr), provenance))
-            diversity = self._check(records, backend.identity())
+            probe = engine.probe(task)
+            identity = probe["identity"]
+            if o.logprobs and not probe["logprobs"]:
+                raise ConfigError(
+                    f"generations.logprobs is true, but the backend {identity} cannot return "
+                    "log-probabilities; use one that can (hf, tgi, openai) or set it to false",
+                    "generations.logprobs",
+                )
+            records, made, execution = self._generate(task, identity, questions, passages)
+            diversity = self._check(records, identity)
             self.store.write_records("generations.jsonl", records)
-            summary = self._summary(records, backend, calls_before, (kc, kr))
         finally:
             if self.flow == "paper":
-                backend.close()  # G_SFT's backend is this stage's own
+                engine.release("backend")  # G_SFT's backend is this stage's own
+        summary = self._summary(records, made, self._ks())
+        summary["execution"] = execution
         summary["sample_diversity"] = diversity
         if o.logprobs:
             summary["missing_logprobs"] = missing_logprobs(records)[1]
         return summary
+
+    def _generate(self, task: Task, identity: Any, questions: list[Question], passages: dict[str, Passage]
+                  ) -> tuple[list[Generations], int, dict[str, Any]]:
+        """Every question's record: chunks whose completions are all cached are answered here,
+        the others go to the engine as shards (one chunk each); the records in question order,
+        the completions the backend made and the execution summary."""
+        o: GenerationsOptions = self.options
+        ks, params = self._ks(), self.params()
+        provenance = {
+            "backend": identity,
+            "k": {"with_passage": ks[0], "without_passage": ks[1]},
+            "params": {name: p.to_dict() for name, p in params.items()},
+        }
+        chunks = [
+            [(q, passages[q.passage_id].text) for q in questions[start:start + o.chunk_size]]
+            for start in range(0, len(questions), o.chunk_size)
+        ]
+        done = [self._from_cache(identity, chunk, params, ks, provenance) for chunk in chunks]
+        pending = [i for i, records in enumerate(done) if records is None]
+        shards = [Shard({"chunks": [chunks[i]], "params": params, "ks": ks, "provenance": provenance},
+                        items=len(chunks[i])) for i in pending]
+        results, execution = run_shards(self.run_ctx.engine, task, shards)
+        for i, out in zip(pending, results, strict=True):
+            done[i] = [Generations.from_dict(r) for r in out["records"]]
+        records = [r for chunk_records in done for r in chunk_records or []]
+        execution["cached_chunks"] = len(chunks) - len(pending)
+        return records, sum(out["calls"] for out in results), execution
+
+    def _from_cache(
+        self,
+        identity: Any,
+        chunk: list[tuple[Question, str]],
+        params: dict[str, GenerationParams],
+        ks: tuple[int, int],
+        provenance: dict[str, Any],
+    ) -> list[Generations] | None:
+        """The chunk's records if every completion is in the run's cache (else None: pending)."""
+        cache = self.run_ctx.cache("generations")
+        records = []
+        for q, text in chunk:
+            rc, closed = rc_messages(text, q.text), closed_book_messages(q.text)
+            ref = cached_completions(cache, identity, rc, params["reference"], 1)
+            yc = cached_completions(cache, identity, rc, params["with_passage"], ks[0])
+            yr = cached_completions(cache, identity, closed, params["without_passage"], ks[1])
+            if ref is None or yc is None or yr is None:
+                return None
+            records.append(_record(q, ref[0], yc, yr, provenance))
+        return records
 
     def _check(self, records: list[Generations], backend: dict[str, Any]) -> dict[str, Any]:
         """Samples that do not vary (a warning, an error in strict mode) and log-probabilities
@@ -294,34 +330,7 @@ class GenerationsStage(Stage):
             log.warning("%s", problem)
         return diversity
 
-    def _chunk(
-        self,
-        backend: Any,
-        chunk: Sequence[Question],
-        passages: dict[str, Passage],
-        params: dict[str, GenerationParams],
-        ks: tuple[int, int],
-        provenance: dict[str, Any],
-    ) -> list[Generations]:
-        rc = [rc_messages(passages[q.passage_id].text, q.text) for q in chunk]
-        closed = [closed_book_messages(q.text) for q in chunk]
-        refs = _call(backend, rc, params["reference"], 1)
-        yc = _call(backend, rc, params["with_passage"], ks[0])
-        yr = _call(backend, closed, params["without_passage"], ks[1])
-        return [
-            Generations(
-                question_id=q.id,
-                reference=refs[i][0],
-                with_passage=yc[i],
-                without_passage=yr[i],
-                provenance={**provenance, "passage_id": q.passage_id, "document_id": q.document_id},
-            )
-            for i, q in enumerate(chunk)
-        ]
-
-    def _summary(
-        self, records: list[Generations], backend: Any, calls_before: int | None, ks: tuple[int, int]
-    ) -> dict[str, Any]:
+    def _summary(self, records: list[Generations], made: int, ks: tuple[int, int]) -> dict[str, Any]:
         comps = [c for r in records for c in (r.reference, *r.with_passage, *r.without_passage)]
         total = len(comps)
         summary: dict[str, Any] = {
@@ -332,16 +341,47 @@ class GenerationsStage(Stage):
             "finish_reasons": dict(Counter(c.finish_reason for c in comps)),
             "prompt_tokens": sum(c.prompt_tokens for c in comps),
             "completion_tokens": sum(c.completion_tokens for c in comps),
+            "backend_generations": made,
+            "cached_generations": max(0, total - made),
         }
-        if calls_before is not None:
-            made = backend.calls - calls_before
-            summary["backend_generations"] = made
-            summary["cached_generations"] = max(0, total - made)
-        inner = getattr(backend, "backend", backend)
-        usage = getattr(inner, "usage", None)
-        if callable(usage):
-            summary["backend_usage"] = usage()
+        if self.run_ctx.engine.name == "local" and self.flow != "paper":  # else: on the workers
+            backend = self.run_ctx.component("backend")
+            usage = getattr(getattr(backend, "backend", backend), "usage", None)
+            if callable(usage):
+                summary["backend_usage"] = usage()
         return summary
+
+
+def _record(q: Question, ref: Completion, yc: list[Completion], yr: list[Completion],
+            provenance: dict[str, Any]) -> Generations:
+    return Generations(
+        question_id=q.id,
+        reference=ref,
+        with_passage=yc,
+        without_passage=yr,
+        provenance={**provenance, "passage_id": q.passage_id, "document_id": q.document_id},
+    )
+
+
+def generate_shard(backend: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Run on an engine's worker: the shard's chunks, one backend call per call type each.
+
+    Returns the records as dicts and the completions the backend computed (not cached).
+    """
+    params: dict[str, GenerationParams] = payload["params"]
+    kc, kr = payload["ks"]
+    calls_before = backend.calls if isinstance(backend, CachedBackend) else 0
+    records = []
+    for chunk in payload["chunks"]:
+        rc = [rc_messages(text, q.text) for q, text in chunk]
+        closed = [closed_book_messages(q.text) for q, _ in chunk]
+        refs = _call(backend, rc, params["reference"], 1)
+        yc = _call(backend, rc, params["with_passage"], kc)
+        yr = _call(backend, closed, params["without_passage"], kr)
+        for i, (q, _) in enumerate(chunk):
+            records.append(_record(q, refs[i][0], yc[i], yr[i], payload["provenance"]).to_dict())
+    made = backend.calls - calls_before if isinstance(backend, CachedBackend) else 0
+    return {"records": records, "calls": made}
 
 
 def _call(backend: Any, prompts: list[Any], params: GenerationParams, n: int) -> list[list[Completion]]:

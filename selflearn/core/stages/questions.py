@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from ..errors import ConfigError, StageError
+from ..execution import Shard, Task, run_shards
 from ..options import bounded
 from ..records import Passage, Question
 from .base import Stage
@@ -108,21 +109,23 @@ class QuestionsStage(Stage):
             test = test[: o.test_limit]
         return train, test
 
-    def _generate(
-        self, generator: Any, passages: list[Passage], per_passage: int, split: str
-    ) -> list[Question]:
-        batches = list(document_batches(passages, self.options.batch_size))
-        out: list[Question] = []
-        for batch in self.run_ctx.progress(batches, desc=f"{split} questions", unit="batch"):
-            questions = generator.generate(batch, per_passage=per_passage, split=split)
-            for q in questions:
-                if not isinstance(q, Question):
-                    raise StageError(
-                        f"the question generator returned {type(q).__name__}, expected "
-                        "selflearn.Question records"
-                    )
-            out.extend(questions)
-        return out
+    def _generate(self, slot: str, passages: list[Passage], per_passage: int, split: str) -> list[Question]:
+        """The questions of ``passages``, one document batch per shard on the run's engine (the
+        generator's own per-call cache answers a batch that an earlier run finished)."""
+        shards = [
+            Shard({"passages": batch, "per_passage": per_passage, "split": split}, items=len(batch))
+            for batch in document_batches(passages, self.options.batch_size)
+        ]
+        task = Task(slot, "selflearn.core.stages.questions:questions_shard", f"{split} questions")
+        values, self.execution[split] = run_shards(self.run_ctx.engine, task, shards)
+        return [Question.from_dict(q) for value in values for q in value]
+
+    def _describe_slot(self, slot: str) -> dict[str, Any]:
+        """The generator's identity, usage and stats (on Ray, these stay on the workers)."""
+        if self.run_ctx.engine.name == "local":
+            return _describe(self.run_ctx.component(slot))
+        task = Task(slot, "selflearn.core.stages.questions:questions_shard", "questions")
+        return {"identity": self.run_ctx.engine.probe(task)["identity"]}
 
     def run(self) -> dict[str, Any]:
         o: QuestionsOptions = self.options
@@ -133,18 +136,20 @@ class QuestionsStage(Stage):
                 "train_per_category and the passages stage"
             )
         # build every generator first: a missing API key fails before any call
-        generator = self.run_ctx.component("question_generator")
-        test_generator = self.run_ctx.component("test_question_generator") if test else None
-
-        questions = self._generate(generator, train, o.per_passage, "train")
+        if self.run_ctx.engine.name == "local":
+            self.run_ctx.component("question_generator")
+            if test:
+                self.run_ctx.component("test_question_generator")
+        self.execution: dict[str, Any] = {}
+        questions = self._generate("question_generator", train, o.per_passage, "train")
         if not questions:
             raise StageError(
                 f"no question was accepted for {len(train)} training passages; generator "
-                f"report: {_describe(generator).get('stats')}. Check the generator's model and "
-                "prompt options."
+                f"report: {self._describe_slot('question_generator').get('stats')}. Check the "
+                "generator's model and prompt options."
             )
         test_questions = (
-            self._generate(test_generator, test, o.test_per_passage, "test") if test else []
+            self._generate("test_question_generator", test, o.test_per_passage, "test") if test else []
         )
         self.store.write_records(TRAIN_FILE, questions)
         self.store.write_records(TEST_FILE, test_questions)
@@ -161,10 +166,11 @@ class QuestionsStage(Stage):
                 "train": without(questions, train),
                 "test": without(test_questions, test),
             },
-            "generator": _describe(generator),
+            "generator": self._describe_slot("question_generator"),
+            "execution": self.execution,
         }
-        if test_generator is not None:
-            summary["test_generator"] = _describe(test_generator)
+        if test:
+            summary["test_generator"] = self._describe_slot("test_question_generator")
         return summary
 
     def estimate(self) -> dict[str, Any]:
@@ -186,3 +192,16 @@ class QuestionsStage(Stage):
             "question_calls_at_most": calls + test_calls,
             "question_calls_at_least": len(train) * o.per_passage + len(test) * o.test_per_passage,
         }
+
+
+def questions_shard(generator: Any, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run on an engine's worker: one generator call for a batch of whole documents."""
+    questions = generator.generate(payload["passages"], per_passage=payload["per_passage"],
+                                   split=payload["split"])
+    for q in questions:
+        if not isinstance(q, Question):
+            raise StageError(
+                f"the question generator returned {type(q).__name__}, expected "
+                "selflearn.Question records"
+            )
+    return [q.to_dict() for q in questions]

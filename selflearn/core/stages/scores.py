@@ -20,6 +20,8 @@ from typing import Any
 import attrs
 
 from ..errors import StageError
+from ..execution import Shard, Task, run_shards
+from ..hashing import content_hash
 from ..protocols import ScoreItem, ScoreResult
 from ..records import Completion, Generations, Question, Scores
 from ..text import split_sentences
@@ -96,6 +98,9 @@ def require_logprobs(gens: Sequence[Generations], scorer: dict[str, Any]) -> Non
     )
 
 
+SCORE_TASK = Task("scorer", "selflearn.core.stages.scores:score_shard", "scores")
+
+
 class ScoresStage(Stage):
     name = "scores"
     requires = ("questions", "generations")
@@ -145,23 +150,11 @@ class ScoresStage(Stage):
                 f"{len(unknown)} generation record(s) refer to questions not in questions.jsonl "
                 f"(e.g. {unknown[0]!r}); re-run the questions and generations stages together"
             )
-        scorer = self.run_ctx.component("scorer")
-        if getattr(scorer, "needs_logprobs", False):
-            require_logprobs(gens, scorer.identity())
-        items = self._items(gens, questions)
-        results: list[ScoreResult] = list(scorer.score(items))
-        if len(results) != len(items):
-            raise StageError(
-                f"the scorer returned {len(results)} results for {len(items)} items; a scorer must "
-                "return one ScoreResult per ScoreItem, in order"
-            )
-        for item, res in zip(items, results, strict=True):
-            if len(res.sample_scores) != len(item.samples):
-                raise StageError(
-                    f"the scorer returned {len(res.sample_scores)} sample scores for an item with "
-                    f"{len(item.samples)} samples; sample_scores must align with the samples"
-                )
-        identity = scorer.identity()
+        probe = self.run_ctx.engine.probe(SCORE_TASK)
+        if probe["needs_logprobs"]:
+            require_logprobs(gens, probe["identity"])
+        identity = probe["identity"]
+        results, execution = self._score(gens, questions)
         it = iter(results)
         records: list[Scores] = []
         for g in gens:
@@ -192,15 +185,51 @@ class ScoresStage(Stage):
         self.store.write_records("scores.jsonl", records)
         summary: dict[str, Any] = {
             "questions": len(records),
-            "score_items": len(items),
+            "score_items": len(results),
             "scorer": identity,
             "s_l": describe_scores([r.s_l for r in records]) if o.consistency else "not computed",
             "s_k": describe_scores([r.s_k for r in records]),
         }
         if o.no_passage:
             summary["no_passage"] = describe_scores([r.provenance["no_passage"]["score"] for r in records])
-        for part in ("engine", "encoder"):  # model passes made (0 on a fully cached re-run)
-            computed = getattr(getattr(scorer, part, None), "computed", None)
-            if isinstance(computed, int):
-                summary[f"{part}_computed"] = computed
+        summary["execution"] = execution
+        if self.run_ctx.engine.name == "local":  # a worker's model passes stay on the worker
+            scorer = self.run_ctx.component("scorer")
+            for part in ("engine", "encoder"):  # model passes made (0 on a fully cached re-run)
+                computed = getattr(getattr(scorer, part, None), "computed", None)
+                if isinstance(computed, int):
+                    summary[f"{part}_computed"] = computed
         return summary
+
+    def _score(self, gens: list[Generations], questions: dict[str, Question]) -> tuple[list[ScoreResult], dict[str, Any]]:
+        """Every item's result, shard by shard (``execution.shard_size`` records each) on the
+        run's engine; a finished shard is kept in the ``shards`` cache, so a resumed run (under
+        either engine) sends out only the shards it lacks."""
+        size = self.run_ctx.execution.shard_size
+        scorer_spec = self.run_ctx.slots["scorer"]
+        shards = []
+        for start in range(0, len(gens), size):
+            items = self._items(gens[start:start + size], questions)
+            key = content_hash(["scores", scorer_spec.describe() if scorer_spec else None,
+                                self.run_ctx.model, self.run_ctx.seed, [attrs.asdict(i) for i in items]])
+            shards.append(Shard(items, items=len(items), key=key))
+        values, execution = run_shards(self.run_ctx.engine, SCORE_TASK, shards, self.run_ctx.cache("shards"))
+        results = [ScoreResult(score, list(samples)) for value in values for score, samples in value]
+        return results, execution
+
+
+def score_shard(scorer: Any, items: list[ScoreItem]) -> list[list[Any]]:
+    """Run on an engine's worker: one scorer call for the shard's items, checked, as JSON."""
+    results: list[ScoreResult] = list(scorer.score(items))
+    if len(results) != len(items):
+        raise StageError(
+            f"the scorer returned {len(results)} results for {len(items)} items; a scorer must "
+            "return one ScoreResult per ScoreItem, in order"
+        )
+    for item, res in zip(items, results, strict=True):
+        if len(res.sample_scores) != len(item.samples):
+            raise StageError(
+                f"the scorer returned {len(res.sample_scores)} sample scores for an item with "
+                f"{len(item.samples)} samples; sample_scores must align with the samples"
+            )
+    return [[res.score, list(res.sample_scores)] for res in results]
