@@ -178,6 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{k}={v}" for k, v in o.summary.items() if isinstance(v, (int, float, str))
         )
         print(f"  {o.name:<12} {o.status:<8} {o.seconds:7.1f}s  {brief}")
+        for note in o.summary.get("notes") or []:
+            print(textwrap.fill(f"note: {note}", 100, initial_indent=" " * 6, subsequent_indent=" " * 12))
     if outcomes and outcomes[-1].name == "evaluate" and pipeline.store.exists("report.md"):
         print()
         print(pipeline.store.read_text("report.md"))

@@ -182,6 +182,22 @@ def stage_counts_markdown(manifest: Mapping[str, Any] | None, datasets: Any) -> 
     return [*lines, ""]
 
 
+def notes_markdown(report: Mapping[str, Any], manifest: Mapping[str, Any] | None, datasets: Any) -> list[str]:
+    """The notes of every stage (a filter that removed or kept nothing, an empty evaluation
+    pool), first in the report: a zero in a table is easy to miss."""
+    notes: list[tuple[str, str]] = []
+    stages = dict((manifest or {}).get("stages", {}))
+    if isinstance(datasets, Mapping) and "datasets" not in stages:
+        stages["datasets"] = {"summary": datasets}
+    for name, entry in stages.items():
+        if name != "evaluate":
+            notes += [(name, str(n)) for n in (entry.get("summary") or {}).get("notes") or []]
+    notes += [("evaluate", str(n)) for n in report.get("notes") or []]
+    if not notes:
+        return []
+    return ["## Notes", "", *(f"- **{stage}**: {text}" for stage, text in notes), ""]
+
+
 def render_markdown(
     report: Mapping[str, Any],
     *,
@@ -201,6 +217,7 @@ def render_markdown(
         f"at most {report['params']['max_new_tokens']} new tokens",
         "",
     ]
+    lines += notes_markdown(report, manifest, datasets_summary)
     lines += stage_counts_markdown(manifest, datasets_summary)
     lines += ["## Before / after (95% bootstrap intervals)", ""]
     lines += ["| measure | items | baseline | candidate | difference (candidate - baseline) |",

@@ -85,6 +85,8 @@ def stage_summary(report: dict[str, Any]) -> dict[str, Any]:
         out["judge"] = {k: s[k] for k in ("win", "tie", "lose", "unjudged")}
         if judge.get("known"):
             out["judge"]["known_lose_rate"] = judge["known"]["overall"]["lose_rate"]
+    if report.get("notes"):
+        out["notes"] = report["notes"]
     if report.get("forgetting"):
         out["forgetting_flagged"] = report["forgetting"]["flagged"]
     if report.get("detection"):

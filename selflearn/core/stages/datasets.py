@@ -30,6 +30,7 @@ import attrs
 
 from ..errors import ConfigError
 from ..hashing import content_hash
+from ..notes import filter_notes
 from ..options import bounded
 from ..records import Generations, Passage, PreferencePair, Question, Scores, SFTExample
 from . import _export, _sftdata
@@ -327,6 +328,9 @@ class DatasetsStage(Stage):
             )
         if not pairs:
             log.warning("datasets: the filters kept no question (%s)", summary["removed"])
+        summary["notes"] = filter_notes(summary)
+        for note in summary["notes"]:
+            log.warning("datasets: %s", note)
         self.store.write_json("datasets_summary.json", summary)
         return summary
 

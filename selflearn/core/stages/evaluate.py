@@ -35,6 +35,7 @@ from ...builtin.evaluation.summaries import qa_summary, set_summary, stage_summa
 from ..config import SlotSpec
 from ..errors import ConfigError, StageError
 from ..generation import CachedBackend
+from ..notes import evaluation_notes
 from ..options import bounded
 from ..prompts import closed_book_messages, rc_messages
 from ..protocols import GenerationParams, JudgeItem, ScoreItem
@@ -382,6 +383,7 @@ class EvaluateStage(Stage):
         report["judge"] = self._judge(test, known, base_rows, cand_rows) if self.run_ctx.has("judge") else None
         report["forgetting"] = self._forgetting(baseline_ref, candidate_ref) if opts.forgetting else None
         report["detection"] = detection
+        report["notes"] = evaluation_notes(report)
         self.store.write_json(f"{ed}/report.json", report)
         self._write_charts_and_markdown(report, rep)
         return stage_summary(report)
