@@ -41,6 +41,11 @@ class JsonlCache:
     def __len__(self) -> int:
         return len(self._data)
 
+    def peek(self, key: str) -> Any:
+        """The value under ``key`` (None if absent) without counting a hit or a miss."""
+        with self._lock:
+            return self._data.get(key)
+
     def get(self, key: str, default: Any = None) -> Any:
         with self._lock:
             if key in self._data:

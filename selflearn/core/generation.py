@@ -65,13 +65,12 @@ class CachedBackend:
         """How many of the ``len(prompts) * n`` completions :meth:`generate` would take from
         the cache (for the dry-run's "calls to make"); asks the backend nothing."""
         ident = self.identity()
-        p = params.to_dict()
-        return sum(
-            1
-            for prompt in prompts
-            for j in range(n)
-            if self.cache.key(ident, _prompt_key(prompt), p, sample_offset + j) in self.cache
-        )
+        count = 0
+        for prompt in prompts:
+            for j in range(n):
+                hit = self.cache.peek(completion_key(ident, prompt, params, sample_offset + j))
+                count += hit is not None and not (params.logprobs and _lacks_logprobs(hit))
+        return count
 
     def generate(
         self,

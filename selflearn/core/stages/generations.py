@@ -209,7 +209,13 @@ class GenerationsStage(Stage):
         SFT model of ``flow: paper`` before the sft stage ran)."""
         if self.flow == "paper" and not self.store.exists("sft_model.json"):
             return None
-        return self._backend()
+        spec = self._backend_spec()
+        if spec is None:
+            return self.run_ctx.component("backend")
+        from ..generation import CachedBackend
+
+        backend = self.run_ctx.build("inference_backend", spec, "generations.backend")
+        return CachedBackend(backend, self.run_ctx.cache("generations"))
 
     def estimate(self) -> dict[str, Any]:
         kc, kr = self._ks()
