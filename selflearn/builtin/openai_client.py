@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from ..core.errors import AuthenticationError, BackendError, BudgetExceededError, ConfigError
-from ..core.options import bounded
+from ..core.options import bounded, secret_name
+from ..core.redact import safe_url
 from .backends._remote import (
     MalformedReply,
     backoff_delay,
@@ -49,7 +50,7 @@ class ClientOptions:
     model: str = "gpt-3.5-turbo-0125"
     #: name of the environment variable (or secret) holding the API key; local servers that
     #: need no key accept any value, and a missing key is only an error for api.openai.com
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = secret_name("OPENAI_API_KEY")
     #: seconds before one request times out
     timeout: float = bounded(60.0, gt=0)
     #: attempts per request on 429 / 5xx / timeouts / dropped connections
@@ -139,7 +140,8 @@ class ChatClient:
             key = "not-needed"
         #: values redacted from anything quoted from the server
         self._secrets: tuple[str, ...] = (key,)
-        self.url = options.base_url or "https://api.openai.com/v1"
+        #: the server as errors, logs and identities show it (credentials in the URL redacted)
+        self.url = safe_url(options.base_url or "https://api.openai.com/v1")
         self._client = openai.OpenAI(
             api_key=key, base_url=options.base_url, timeout=options.timeout, max_retries=0
         )

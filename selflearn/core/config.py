@@ -16,6 +16,7 @@ import attrs
 import yaml
 
 from .errors import ConfigError
+from .options import check_secret_name
 
 #: slot -> component kind
 SLOTS: dict[str, str] = {
@@ -96,6 +97,9 @@ def parse_slot(value: Any, path: str) -> SlotSpec | None:
         options = value.get("options") or {}
         if not isinstance(options, Mapping):
             raise ConfigError(f"expected a mapping of options, got {options!r}", f"{path}.options")
+        for key, option in options.items():  # a key pasted for its variable's name: refused
+            if str(key).endswith("_env"):  # before anything can log or record it
+                check_secret_name(option, f"{path}.options.{key}")
         return SlotSpec(name=value["use"], options=dict(options))
     if isinstance(value, (int, float, list, tuple)):
         raise ConfigError(

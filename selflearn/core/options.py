@@ -14,6 +14,7 @@ the configuration is validated, before any work.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -109,6 +110,70 @@ def _check_value(value: Any, limits: Mapping[str, float], path: str) -> None:
                 "(see docs/configuration.md)",
                 path,
             )
+
+
+#: prefixes of API keys and tokens (OpenAI, Anthropic, Hugging Face, GitHub, GitLab, Slack,
+#: AWS, Google, Groq, Replicate, NVIDIA, Perplexity) and of an Authorization header value
+#: (case-sensitive: HF_TOKEN is a name, hf_... a token)
+_KEY_PREFIXES = re.compile(
+    r"^(sk-|sk_|hf_|ghp_|gho_|ghs_|ghu_|github_pat_|glpat-|xox[abpr]-|AIza|gsk_|r8_|nvapi-|"
+    r"pplx-|(?i:bearer)\s|(?:AKIA|ASIA)(?=[A-Z0-9]{16}$))"
+)
+#: what an environment variable's (or a secret plugin's) name is made of
+_NAME_CHARS = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
+
+
+def looks_like_secret(value: str) -> str | None:
+    """Why ``value``, given where the NAME of an environment variable belongs, looks like a
+    key itself (None when it looks like a name). The reason never quotes the value."""
+    prefix = _KEY_PREFIXES.match(value)
+    if prefix:
+        return f"it starts with {prefix.group(1).strip()!r}, as API keys and tokens do"
+    if not _NAME_CHARS.match(value):
+        return "it is not shaped like an environment variable name (letters, digits and _)"
+    classes = sum(bool(re.search(p, value)) for p in ("[a-z]", "[A-Z]", "[0-9]"))
+    if len(value) >= 24 and "_" not in value and classes == 3:
+        return "it is a long mix of upper- and lower-case letters and digits, like a key"
+    if len(value) >= 32 and re.fullmatch(r"[0-9a-fA-F]+", value):
+        return "it is a long hexadecimal string, like a key"
+    return None
+
+
+def check_secret_name(value: Any, path: str) -> None:
+    """A :class:`ConfigError` when an option that takes the NAME of an environment variable
+    (``api_key_env``) was given something that looks like the key itself; the message says what
+    the option expects and never repeats the value, so the key reaches no log or file."""
+    if not isinstance(value, str) or not value:
+        return
+    why = looks_like_secret(value)
+    if why is not None:
+        raise ConfigError(
+            f"expects the NAME of an environment variable (or secret) that holds the key, e.g. "
+            f"OPENAI_API_KEY, but the value given looks like a key itself ({why}; the value is "
+            "not shown, used or stored). Put the key in an environment variable (export "
+            "MY_KEY=...) and set this option to the variable's name (MY_KEY)",
+            path,
+        )
+
+
+def secret_name(default: str | None) -> Any:
+    """An attrs field holding the name of an environment variable (or secret) with a key:
+    :func:`check_values` refuses a value that looks like the key itself."""
+    return attrs.field(default=default, metadata={SECRET_NAME: True})
+
+
+#: the attrs field metadata key marking an option that names an environment variable
+SECRET_NAME = "secret_name"
+
+
+def check_values(cls: type, values: Mapping[str, Any], path: str) -> None:
+    """Every check of typed option ``values`` beyond their types: declared ranges
+    (:func:`check_bounds`) and secret names (:func:`secret_name`). Any converter that replaces
+    :func:`coerce` calls this after converting."""
+    check_bounds(cls, values, path)
+    for field in attrs.fields(cls):
+        if field.metadata.get(SECRET_NAME) and field.name in values:
+            check_secret_name(values[field.name], f"{path}.{field.name}")
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
@@ -226,7 +291,7 @@ def build_options(cls: type[T], data: Mapping[str, Any] | None, path: str = "opt
             raise ConfigError(
                 f"required option missing ({_describe(hints.get(name, Any))})", f"{path}.{name}"
             )
-    check_bounds(cls, kwargs, path)
+    check_values(cls, kwargs, path)
     try:
         return cls(**kwargs)  # type: ignore[return-value]
     except (ValueError, TypeError) as exc:

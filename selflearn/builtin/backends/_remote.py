@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import random
-import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -27,6 +26,7 @@ from ...core.hashing import seed_from
 from ...core.prompts import named_template
 from ...core.protocols import Prompt
 from ...core.records import Completion
+from ...core.redact import redact
 
 log = logging.getLogger("selflearn.backends")
 
@@ -134,22 +134,6 @@ def excerpt(text: str, limit: int = 160, secrets: Sequence[str] = ()) -> str:
     if not flat:
         return "an empty body"
     return repr(flat[:limit] + ("..." if len(flat) > limit else ""))
-
-
-#: what API keys and tokens look like (OpenAI, Hugging Face, bearer headers, key=... pairs)
-_SECRET_PATTERNS = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{6,}|hf_[A-Za-z0-9]{6,}|(?i:bearer)\s+\S+"
-    r"|(?i:api[_-]?key|token|secret|password)[\"']?\s*[:=]\s*[\"']?[^\s\"',}]+)"
-)
-
-
-def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    """``text`` with the given secret values and anything shaped like a key replaced by
-    ``[redacted]``: server bodies sometimes echo the request's headers or the key."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return _SECRET_PATTERNS.sub("[redacted]", text)
 
 
 def json_body(text: str) -> Any:

@@ -30,9 +30,10 @@ from typing import Any, Literal, TypeVar
 import attrs
 
 from ...core.errors import AuthenticationError, BackendError, ConfigError
-from ...core.options import bounded
+from ...core.options import bounded, secret_name
 from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ...core.records import Completion
+from ...core.redact import safe_url
 from ._remote import (
     ChatRenderer,
     Job,
@@ -85,7 +86,7 @@ class Options:
     #: ask for the prompt's tokens (decoder_input_details) to count prompt tokens exactly
     decoder_input_details: bool = False
     #: environment variable / secret with a bearer token (servers behind authentication)
-    api_key_env: str | None = None
+    api_key_env: str | None = secret_name(None)
 
 
 _FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop", "stop": "stop"}
@@ -100,7 +101,9 @@ class TGIBackend:
         if options.concurrency < 1 or options.max_retries < 1:
             raise ConfigError("concurrency and max_retries must be at least 1", "backend.options")
         self.options = options
-        self.url = options.url.rstrip("/")
+        self._base = options.url.rstrip("/")
+        #: the server as errors and logs show it (credentials in the URL redacted)
+        self.url = safe_url(self._base)
         self.seed = seed
         self.capabilities = BackendCapabilities(
             chat=True, raw=True, logprobs=True, seed=options.samples == "seeded", max_n=None
@@ -126,7 +129,7 @@ class TGIBackend:
         deadline = time.monotonic() + self.options.wait_for_server
         while True:
             try:
-                resp = self._http.get(f"{self.url}/info", timeout=min(self.options.timeout, 30.0))
+                resp = self._http.get(f"{self._base}/info", timeout=min(self.options.timeout, 30.0))
                 break
             except httpx.HTTPError as exc:
                 if time.monotonic() < deadline:
@@ -205,7 +208,7 @@ class TGIBackend:
             retry_after: float | None = None
             malformed: MalformedReply | None = None
             try:
-                resp = self._http.post(f"{self.url}{path}", json=payload)
+                resp = self._http.post(f"{self._base}{path}", json=payload)
             except httpx.HTTPError as exc:  # timeouts, refused or dropped connections
                 what = type(exc).__name__
             else:

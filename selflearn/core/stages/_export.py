@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import StageError
 from ..records import PreferencePair, SFTExample
+from ..redact import redact
 from ..store import ArtifactStore
 from ._filters import FilterConfig
 
@@ -99,7 +100,8 @@ def push_to_hub(tables: dict[str, Any], repo: str, private: bool, token: str | N
         except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear error
             raise StageError(
                 f"pushing the {config} dataset to the hub repository {repo!r} failed "
-                f"({type(exc).__name__}: {str(exc)[:300]}). Check network access and that the "
+                f"({type(exc).__name__}: {redact(str(exc), [token or ''])[:300]}). Check network "
+                "access and that the "
                 "HF_TOKEN secret may write to that repository, or set datasets.push_to_hub: false"
             ) from None
 
