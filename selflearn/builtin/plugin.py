@@ -28,6 +28,8 @@ class BuiltinComponent:
     name: str
     module: str  # relative to selflearn.builtin
     description: str
+    #: the module has an ``Options`` attrs class (False: the component takes no options)
+    has_options: bool = True
 
     @property
     def plugin_name(self) -> str:
@@ -37,7 +39,7 @@ class BuiltinComponent:
         register(
             self.name,
             f"{_B}.{self.module}:create",
-            options=f"{_B}.{self.module}:Options",
+            options=f"{_B}.{self.module}:Options" if self.has_options else None,
             description=self.description,
         )
 
@@ -155,6 +157,21 @@ BUILTINS: tuple[BuiltinComponent, ...] = (
       "Pairwise judge over any OpenAI-compatible chat endpoint, both orders"),
     C("judge", "local", "judges.local",
       "The same pairwise protocol through any registered inference backend"),
+    C("evaluator", "agreement", "evaluation.measures.agreement",
+      "Disagreement of each closed-book answer with the passage-grounded reference, by the "
+      "configured scorer (evaluate.agreement)", has_options=False),
+    C("evaluator", "qa", "evaluation.measures.qa",
+      "QA accuracy (contains, exact, F1) on sets with gold answers (evaluate.qa, evaluate.qa_limit)",
+      has_options=False),
+    C("evaluator", "judge", "evaluation.measures.judge",
+      "Pairwise win/tie/lose by the configured judge, both orders (the judge slot)",
+      has_options=False),
+    C("evaluator", "forgetting", "evaluation.measures.forgetting",
+      "lm-evaluation-harness tasks before and after training; options: the evaluate.forgetting "
+      "mapping (off when absent)"),
+    C("evaluator", "detection", "evaluation.measures.detection",
+      "AUROC of S_K for wrong closed-book answers on the QA sets; options: the evaluate.detection "
+      "mapping (off when absent)"),
 )
 
 

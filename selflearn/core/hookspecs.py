@@ -38,6 +38,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "scorer": "register_scorers",
     "trainer": "register_trainers",
     "judge": "register_judges",
+    "evaluator": "register_evaluators",
 }
 
 
@@ -150,6 +151,21 @@ class Hooks:
         list[Verdict]``: one verdict per item, aligned, judged in both orders (candidate
         first and baseline first, combined with ``Verdict.combine``). Built-ins: ``openai``,
         ``local``. Contract: ``selflearn.plugins.testing.check_judge``.
+        """
+
+    @hookspec
+    def register_evaluators(self, register: Register) -> None:
+        """Register evaluators: measures of the ``evaluate`` stage.
+
+        An evaluator has ``evaluate(ctx: EvaluationContext) -> EvaluationResult`` and
+        optionally ``validate(ctx)``, ``outputs(ctx)``, ``items(ctx)`` (extra question sets
+        both models answer) and ``requests(ctx)`` (other generations it needs from either
+        model); see :mod:`selflearn.core.evaluation`. Its result is merged into
+        ``evaluation/report.json``, report.md (a before/after table row, a section, figures)
+        and the stage summary. Built-ins: ``agreement``, ``qa``, ``judge``, ``forgetting``,
+        ``detection`` (configured by the ``evaluate`` section); a third party's evaluators run
+        when named in ``evaluate.evaluators``. Contract:
+        ``selflearn.plugins.testing.check_evaluator``.
         """
 
     @hookspec

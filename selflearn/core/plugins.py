@@ -28,8 +28,9 @@ log = logging.getLogger("selflearn.plugins")
 ENTRY_POINT_GROUP = "selflearn"
 DISABLE_ENV = "SELFLEARN_DISABLE_PLUGINS"
 STRICT_ENV = "SELFLEARN_STRICT_PLUGINS"
-#: the prefix of every built-in plugin's name (one plugin per built-in module)
-BUILTIN_PREFIX = "selflearn.builtin."
+#: the module listing the built-in plugins (one per built-in module), loaded by name like an
+#: entry point: the one place selflearn.core names selflearn.builtin
+BUILTIN_PLUGINS = "selflearn.builtin.plugin"
 
 
 @attrs.frozen
@@ -73,7 +74,7 @@ class PluginHost:
         )
         self._infos: dict[str, PluginInfo] = {}
         self._order: list[str] = []  # loaded plugins, in load order
-        builtin = importlib.import_module("selflearn.builtin.plugin")
+        builtin = importlib.import_module(BUILTIN_PLUGINS)
         for name, plugin in builtin.plugins():
             self._add(plugin, name, ("selflearn", _version("selflearn")))
         if load_entry_points:

@@ -16,7 +16,16 @@ and is published through the entry-point group ``selflearn`` in its ``pyproject.
 """
 
 from ..core.context import ComponentContext
-from ..core.hookspecs import hookimpl, hookspec
+from ..core.evaluation import (
+    BaseEvaluator,
+    EvalItem,
+    EvaluationContext,
+    EvaluationResult,
+    Evaluator,
+    GenerationRequest,
+    MeasureRow,
+)
+from ..core.hookspecs import Register, RunInfo, hookimpl, hookspec
 from ..core.options import Options
 from ..core.protocols import (
     BackendCapabilities,
@@ -51,6 +60,15 @@ from ..core.records import (
 
 __all__ = [
     "BackendCapabilities",
+    "BaseEvaluator",
+    "EvalItem",
+    "EvaluationContext",
+    "EvaluationResult",
+    "Evaluator",
+    "GenerationRequest",
+    "MeasureRow",
+    "Register",
+    "RunInfo",
     "Chunker",
     "Completion",
     "ComponentContext",

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from selflearn.builtin.evaluation.report import (
+    judge_markdown,
     outcome_summary,
     outcomes_by_category,
-    plot_before_after,
     plot_outcomes,
-    render_markdown,
 )
 from selflearn.builtin.evaluation.stats import mean_ci
+from selflearn.core.evaluation import MeasureRow
 from selflearn.core.records import Verdict
+from selflearn.core.reporting import plot_before_after, render_report
 
 
 def _v(qid: str, outcome: str) -> Verdict:
@@ -44,12 +45,13 @@ def test_markdown_without_manifest_or_judge() -> None:
     report = {
         "models": {"baseline": "b", "candidate": "c"},
         "params": {"max_new_tokens": 64, "repetition_penalty": 1.1},
-        "test": {"disagreement": {"baseline": ci, "candidate": ci, "difference": mean_ci([0, 0, 0])}},
-        "qa": {}, "judge": None, "forgetting": None,
     }
-    md = render_markdown(report, manifest=None, datasets_summary=None, images=[("Before", "x.png")])
+    row = MeasureRow("test: disagreement", 3, ci, ci, mean_ci([0, 0, 0]))
+    md = render_report(report, rows=[row], sections=["", "## Mine\n\nmy words\n"], manifest=None,
+                       datasets_summary=None, images=[("Before", "x.png")])
     assert "(no manifest" in md and "![Before](x.png)" in md
-    assert "| test: disagreement" in md and "0.300 [" in md
+    assert "| test: disagreement | 3 | 0.300 [" in md
+    assert "## Mine\n\nmy words\n\n## Figures" in md
     assert "Pairwise judge" not in md
 
 
@@ -64,3 +66,10 @@ def test_outcomes_chart_shows_unjudged_counts_and_says_when_nothing_was_judged()
     assert labels == ["test: all (judged 2, unjudged 1)", "known items (judged 0, unjudged 5)"]
     texts = [t.get_text() for t in ax.texts]
     assert "no item judged: all 5 unjudged" in texts and texts.count("50") == 2
+
+
+def test_judge_section_counts_unjudged_apart() -> None:
+    s = outcome_summary([_v("a", "win"), _v("b", "unjudged")])
+    md = judge_markdown({"test": {"overall": s, "by_category": {"Arts": s}}, "known": None, "usage": None})
+    assert "| test: all | 2 | 1 | 1 | 1 (100.0%) | 0 (0.0%) | 0 (0.0%) |" in md
+    assert "| test: Arts |" in md and "Losing rate" not in md

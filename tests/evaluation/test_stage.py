@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from selflearn import Pipeline
-from selflearn.builtin.evaluation.answers import pair_answers
 from selflearn.core.errors import ConfigError, StageError
+from selflearn.core.evaluation import pair_answers
 from tests.evaluation.conftest import ScriptedBackend, scripted_judge_answer, write_run
 from tests.servers import FakeServer, openai_handler
 

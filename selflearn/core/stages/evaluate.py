@@ -3,21 +3,20 @@
 Both models (candidate = the DPO model of ``train.json``, baseline = the SFT model, or the base
 model when no SFT step ran; in an SFT-only run, ``trainer: null``, the SFT model against the
 base model) answer the held-out test questions closed-book: greedy, no passage,
-repetition penalty 1.1, through the configured backend with its ``model`` replaced. Then:
+repetition penalty 1.1, through the configured backend with its ``model`` replaced. Up to
+``known_items`` training questions the model already knew (S_K <= ``known_threshold``,
+method.md 13.1) are answered too, to see whether training on unknown items damaged known ones.
 
-- **agreement** (offline, judge-free): the baseline answers each question *with* its passage
-  (the passage-grounded reference, as y* in training) and the configured scorer measures how
-  far each model's closed-book answer is from it (lower = closer to what the passage says);
-- **known items** (method.md 13.1): up to ``known_items`` training questions the model already
-  knew (S_K <= ``known_threshold``) are answered and scored the same way, to see whether
-  training on unknown items damaged known ones;
-- **pairwise judge** when the ``judge`` slot is set: both orders, win/tie/lose overall and per
-  category, and the losing rate on the known items;
-- **QA accuracy** on gold answers for the sets named in ``qa`` (FanOutQA, trivia lists);
-- **forgetting** through lm-evaluation-harness when ``forgetting`` is set.
-
-Every figure is reported with its 95% bootstrap interval. Outputs: ``evaluation/*.jsonl``,
-``evaluation/report.json``, PNG charts, and the run-level ``report.md``.
+The stage only orchestrates: the measures are evaluators (:mod:`selflearn.core.evaluation`),
+registered through the ``register_evaluators`` hook. The built-in ones run in this order, each
+configured by keys of this section: ``agreement`` (closed-book answers scored against the
+passage-grounded reference), ``qa`` (accuracy on gold answers for the sets named in ``qa``),
+``judge`` (pairwise, both orders, when the ``judge`` slot is set), ``forgetting``
+(lm-evaluation-harness, when ``forgetting`` is set) and ``detection`` (AUROC of S_K, when
+``detection`` is set); then each evaluator named in ``evaluators``. Each model is loaded once
+and asked everything every evaluator needs; the stage then pairs the answers, calls each
+evaluator, and writes ``evaluation/*.jsonl``, ``evaluation/report.json``, the before/after
+chart and the run-level ``report.md`` from their results.
 """
 
 from __future__ import annotations
@@ -28,21 +27,31 @@ from typing import Any
 
 import attrs
 
-from ...builtin.evaluation.answers import EvalItem, answer_row, pair_answers
-from ...builtin.evaluation.detection import DetectionOptions
-from ...builtin.evaluation.lm_eval import ForgettingOptions
-from ...builtin.evaluation.summaries import qa_summary, set_summary, stage_summary
 from ..config import SlotSpec
+from ..context import ComponentContext, RunContext
 from ..errors import ConfigError, StageError
+from ..evaluation import (
+    EVAL_DIR,
+    EvalItem,
+    EvaluationContext,
+    EvaluationResult,
+    Evaluator,
+    GenerationRequest,
+    answer_row,
+    merge_report,
+    pair_answers,
+)
 from ..generation import CachedBackend
 from ..notes import evaluation_notes
-from ..options import bounded
-from ..prompts import closed_book_messages, rc_messages
-from ..protocols import GenerationParams, JudgeItem, ScoreItem
-from ..records import Completion, Passage, Question, Scores, Verdict
+from ..options import bounded, build_options
+from ..prompts import closed_book_messages
+from ..protocols import Prompt
+from ..records import Completion, Passage, Question, Scores
+from ..reporting import plot_before_after, render_report
 from .base import Stage
 
-EVAL_DIR = "evaluation"
+#: the built-in evaluators, run first and in this order (each configured by this section)
+BUILTIN_EVALUATORS = ("agreement", "qa", "judge", "forgetting", "detection")
 
 
 @attrs.frozen
@@ -71,10 +80,13 @@ class EvaluateOptions:
     qa_limit: int | None = bounded(200, ge=1)
     #: bootstrap resamples for the 95% intervals
     bootstrap_resamples: int = bounded(1000, ge=0)
-    #: lm-evaluation-harness before/after (None: off)
-    forgetting: ForgettingOptions | None = None
-    #: knowledge detection quality on the QA sets (AUROC of S_K for wrong answers; None: off)
-    detection: DetectionOptions | None = None
+    #: lm-evaluation-harness before/after (None: off); the options of the `forgetting` evaluator
+    forgetting: dict[str, Any] | None = None
+    #: knowledge detection quality on the QA sets (AUROC of S_K for wrong answers; None: off);
+    #: the options of the `detection` evaluator
+    detection: dict[str, Any] | None = None
+    #: more evaluators (plugins' measures), by name or {use: NAME, options: {...}}
+    evaluators: list[str | dict[str, Any]] = attrs.field(factory=list)
 
 
 class EvaluateStage(Stage):
@@ -83,9 +95,60 @@ class EvaluateStage(Stage):
     slots = ("backend", "judge", "scorer")
     options_class = EvaluateOptions
 
+    def __init__(self, run: RunContext, options: Any) -> None:
+        super().__init__(run, options)
+        self._evaluators: list[tuple[str, Any]] | None = None
+        #: what evaluators see (models and answers are filled as the run goes)
+        self.context = EvaluationContext(run, options, {})
+
+    # -- evaluators ----------------------------------------------------------------------
+    def evaluators(self) -> list[tuple[str, Any]]:
+        """(name, evaluator) of every measure this stage runs, built once: the registered
+        built-ins (a disabled one is skipped), then those named in ``evaluate.evaluators``."""
+        if self._evaluators is None:
+            registered = set(self.run_ctx.host.registry.names("evaluator"))
+            built = [(name, self._build_builtin(name)) for name in BUILTIN_EVALUATORS
+                     if name in registered]
+            for i, value in enumerate(self.options.evaluators):
+                built.append((_evaluator_name(value), self._build(value, f"evaluate.evaluators[{i}]")))
+            self._evaluators = built
+        return self._evaluators
+
+    def _build_builtin(self, name: str) -> Any:
+        """A built-in evaluator; one with an options class takes them from this section's key
+        of its own name (``evaluate.detection``), and gets None when that key is null (off)."""
+        spec = self.run_ctx.host.registry.get("evaluator", name, "evaluate")
+        cls = spec.load_options_class()
+        raw = getattr(self.options, name, None)
+        options = None if cls is None or raw is None else build_options(cls, raw, f"evaluate.{name}")
+        ev = spec.load_factory()(options, ComponentContext(self.run_ctx, f"evaluate.{name}"))
+        return self._check(ev, "evaluate")
+
+    def _build(self, value: Any, path: str) -> Any:
+        return self._check(self.run_ctx.build("evaluator", value, path), path)
+
+    @staticmethod
+    def _check(ev: Any, path: str) -> Any:
+        if not isinstance(ev, Evaluator):
+            raise ConfigError(
+                f"{type(ev).__name__} is not an evaluator: it has no evaluate(ctx) method "
+                "(see selflearn.core.evaluation)", path,
+            )
+        return ev
+
+    def _call(self, method: str, default: Any) -> list[tuple[str, Any]]:
+        """(name, result) of ``method(ctx)`` on every evaluator that has it."""
+        ctx = self.context
+        out = []
+        for name, ev in self.evaluators():
+            fn = getattr(ev, method, None)
+            ctx.current = name
+            out.append((name, fn(ctx) if callable(fn) else default))
+        ctx.current = ""
+        return out
+
     # -- contract ------------------------------------------------------------------------
     def outputs(self) -> list[str]:
-        opts: EvaluateOptions = self.options
         files = [
             f"{EVAL_DIR}/answers_baseline.jsonl",
             f"{EVAL_DIR}/answers_candidate.jsonl",
@@ -93,72 +156,16 @@ class EvaluateStage(Stage):
             f"{EVAL_DIR}/before_after.png",
             "report.md",
         ]
-        if opts.agreement:
-            files.append(f"{EVAL_DIR}/references.jsonl")
-        if self.run_ctx.has("judge"):
-            files += [f"{EVAL_DIR}/verdicts.jsonl", f"{EVAL_DIR}/outcomes.png"]
-        if opts.detection is not None:
-            files += [f"{EVAL_DIR}/detection.jsonl", f"{EVAL_DIR}/detection_roc.png"]
+        for _, names in self._call("outputs", []):
+            files += [f"{EVAL_DIR}/{n}" for n in names]
         return files
 
     def validate(self) -> None:
         super().validate()
-        from ...builtin.evaluation.lm_eval import require_lm_eval
-        from ...builtin.evaluation.loaders import check_qa_name
-
-        opts: EvaluateOptions = self.options
-        for i, name in enumerate(opts.qa):
-            check_qa_name(name, f"evaluate.qa[{i}]")
-        if opts.forgetting is not None:
-            require_lm_eval()
-        if opts.detection is not None:
-            self._check_detection(opts.detection, bool(opts.qa))
         spec = self.run_ctx.slots.get("backend")
         if spec is not None and spec.is_object:
             raise ConfigError(self._object_backend_message(), "backend")
-        self._check_judge_key()
-
-    def _check_detection(self, det: DetectionOptions, has_qa: bool) -> None:
-        from ..config import parse_slot
-
-        if not has_qa:
-            raise ConfigError(
-                "detection measures S_K against gold answers, so it needs QA sets: add e.g. "
-                "qa: [\"trivia:general\", \"fanoutqa\"] to the evaluate section, or remove "
-                "detection", "evaluate.detection",
-            )
-        if det.k < 2:
-            raise ConfigError(f"k must be at least 2 samples, got {det.k}", "evaluate.detection.k")
-        if det.metric not in ("contains", "exact", "f1"):
-            raise ConfigError(f"metric must be contains, exact or f1, got {det.metric!r}",
-                              "evaluate.detection.metric")
-        if not self.run_ctx.has("scorer"):
-            raise ConfigError("detection scores S_K with the configured scorer: set `scorer:`",
-                              "scorer")
-        for i, value in enumerate(det.scorers):
-            parse_slot(value, f"evaluate.detection.scorers[{i}]")
-
-    def _check_judge_key(self) -> None:
-        """A judge on the official OpenAI API without a key fails now, not after the answers
-        were generated (any judge whose options extend the shared ClientOptions)."""
-        from ...builtin.openai_client import ClientOptions
-        from ..options import build_options
-
-        spec = self.run_ctx.slots.get("judge")
-        if spec is None or spec.is_object or spec.name is None:
-            return
-        cls = self.run_ctx.host.registry.get("judge", spec.name, "judge").load_options_class()
-        if cls is None or not (isinstance(cls, type) and issubclass(cls, ClientOptions)):
-            return
-        opts = build_options(cls, spec.options, "judge.options")
-        official = opts.base_url is None or "api.openai.com" in opts.base_url
-        if official and not (opts.api_key_env and self.run_ctx.secret(opts.api_key_env)):
-            raise ConfigError(
-                f"the judge calls the OpenAI API but no key is set: set the environment variable "
-                f"{opts.api_key_env} (or point judge.options.base_url at a local "
-                "OpenAI-compatible server)",
-                "judge.options.api_key_env",
-            )
+        self._call("validate", None)
 
     def fingerprint_config(self) -> dict[str, Any]:
         """Also the held-out questions' hash: they are read whether or not the questions
@@ -231,18 +238,7 @@ class EvaluateStage(Stage):
         )
         return CachedBackend(backend, self.run_ctx.cache("generations"))
 
-    def _generate(self, backend: CachedBackend, prompts: Sequence[Any], desc: str) -> list[Completion]:
-        """The greedy answer to each prompt (an empty one where the backend gave none)."""
-        opts: EvaluateOptions = self.options
-        params = GenerationParams(
-            max_new_tokens=opts.max_new_tokens,
-            temperature=0.0,
-            repetition_penalty=opts.repetition_penalty,
-            seed=self.run_ctx.seed,
-        )
-        return [r[0] if r else Completion(text="") for r in self._batched(backend, prompts, params, 1, desc)]
-
-    def _batched(self, backend: CachedBackend, prompts: Sequence[Any], params: GenerationParams, n: int,
+    def _batched(self, backend: CachedBackend, prompts: Sequence[Prompt], params: Any, n: int,
                  desc: str) -> list[list[Completion]]:
         """``n`` completions per prompt, ``batch_size`` prompts per backend call, with progress."""
         opts: EvaluateOptions = self.options
@@ -253,7 +249,9 @@ class EvaluateStage(Stage):
         return out
 
     # -- items ---------------------------------------------------------------------------
-    def _items(self) -> tuple[list[EvalItem], list[EvalItem], dict[str, list[EvalItem]], dict[str, Any]]:
+    def _items(self) -> tuple[list[EvalItem], list[EvalItem], dict[str, Any]]:
+        """The held-out test items and the known training items (with report.json's
+        ``items.known`` entry: the pool they were sampled from)."""
         opts: EvaluateOptions = self.options
         if not self.store.exists("test_questions.jsonl"):
             raise StageError(
@@ -271,22 +269,7 @@ class EvaluateStage(Stage):
             raise StageError(f"passages.jsonl lacks the passages of test questions: {missing[:10]}")
         test = [_item("test", q, passages[q.passage_id]) for q in tests]
         known, known_info = self._known(passages)
-        qa: dict[str, list[EvalItem]] = {}
-        qa_info: dict[str, Any] = {}
-        if opts.qa:
-            from ...builtin.evaluation.loaders import load_qa
-
-            for i, name in enumerate(opts.qa):
-                loaded, skipped = load_qa(name, f"evaluate.qa[{i}]")
-                loaded = sorted(loaded, key=lambda x: x.id)
-                if opts.qa_limit is not None and len(loaded) > opts.qa_limit:
-                    loaded = sorted(random.Random(self.run_ctx.seed).sample(loaded, opts.qa_limit), key=lambda x: x.id)
-                qa[name] = [
-                    EvalItem(f"qa:{name}", x.id, x.question, x.category, None, list(x.answers))
-                    for x in loaded
-                ]
-                qa_info[name] = {"items": len(loaded), "skipped": skipped}
-        return test, known, qa, {"known": known_info, "qa": qa_info}
+        return test, known, known_info
 
     def _known(self, passages: dict[str, Passage]) -> tuple[list[EvalItem], dict[str, Any]]:
         opts: EvaluateOptions = self.options
@@ -310,281 +293,104 @@ class EvaluateStage(Stage):
 
     # -- the run -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from ...builtin.evaluation import report as rep
-
-        opts: EvaluateOptions = self.options
         candidate_ref, baseline_ref = self._models()
-        test, known, qa, info = self._items()
-        grounded = test + known
-        everything = grounded + [x for items in qa.values() for x in items]
-        closed = [closed_book_messages(x.question) for x in everything]
-
+        ctx = self.context
+        ctx.models = {"baseline": baseline_ref, "candidate": candidate_ref}
+        test, known, known_info = self._items()
+        ctx.sets = {"test": test, **({"known": known} if known else {})}
+        for name, sets in self._call("items", {}):
+            for set_name, items in sets.items():
+                if set_name in ctx.sets:
+                    raise StageError(f"evaluator {name!r} contributes the item set {set_name!r}, "
+                                     "which another evaluator (or the stage) already has")
+                ctx.sets[set_name] = list(items)
+        everything = [x for items in ctx.sets.values() for x in items]
+        requests = [(name, r) for name, rs in self._call("requests", []) for r in rs]
         self.run_ctx.release("backend")  # this stage loads its own models, one at a time
-        backend = self._backend(baseline_ref)
-        try:
-            base_out = self._generate(backend, closed, "evaluate: baseline answers")
-            samples: list[list[Completion]] = []
-            if opts.detection is not None:
-                samples = self._samples(backend, closed[len(grounded):], opts.detection)
-            refs: list[Completion] = []
-            if opts.agreement:
-                refs = self._generate(
-                    backend, [rc_messages(x.passage or "", x.question) for x in grounded],
-                    "evaluate: references",
-                )
-        finally:
-            backend.close()
-        backend = self._backend(candidate_ref)
-        try:
-            cand_out = self._generate(backend, closed, "evaluate: candidate answers")
-        finally:
-            backend.close()
-
-        base_rows = [answer_row(x, "baseline", baseline_ref, c) for x, c in zip(everything, base_out, strict=True)]
-        cand_rows = [answer_row(x, "candidate", candidate_ref, c) for x, c in zip(everything, cand_out, strict=True)]
-        pairs = pair_answers(base_rows, cand_rows)
-        if opts.agreement:
-            self._agreement(grounded, refs, pairs)
-        from ...builtin.evaluation.qa import score_answer
-
-        for b, c in pairs:
-            if "gold" in b:
-                b["qa"] = score_answer(b["answer"], b["gold"])
-                c["qa"] = score_answer(c["answer"], c["gold"])
-
-        ed = EVAL_DIR
-        detection = None
-        if opts.detection is not None:
-            detection = self._detection(base_rows[len(grounded):], samples, opts.detection)
-        self.store.write_jsonl(f"{ed}/answers_baseline.jsonl", base_rows)
-        self.store.write_jsonl(f"{ed}/answers_candidate.jsonl", cand_rows)
-        if opts.agreement:
-            self.store.write_jsonl(
-                f"{ed}/references.jsonl",
-                [{"set": x.set, "question_id": x.id, "model": baseline_ref, "reference": r.text}
-                 for x, r in zip(grounded, refs, strict=True)],
-            )
-
-        report: dict[str, Any] = {
-            "models": {"baseline": baseline_ref, "candidate": candidate_ref},
-            "params": {"max_new_tokens": opts.max_new_tokens,
-                       "repetition_penalty": opts.repetition_penalty, "greedy": True,
-                       "scorer": self._scorer_identity() if opts.agreement else None},
-            "items": {"test": len(test), "known": len(known),
-                      "qa": {k: len(v) for k, v in qa.items()}, **info},
-        }
-        seed = self.run_ctx.seed
-        for set_name, items in (("test", test), ("known", known)):
-            if items:
-                report[set_name] = set_summary(set_name, pairs, items, agreement=opts.agreement,
-                                               resamples=opts.bootstrap_resamples, seed=seed)
-        report["qa"] = {name: qa_summary(name, pairs, resamples=opts.bootstrap_resamples, seed=seed)
-                        for name in qa}
-        report["judge"] = self._judge(test, known, base_rows, cand_rows) if self.run_ctx.has("judge") else None
-        report["forgetting"] = self._forgetting(baseline_ref, candidate_ref) if opts.forgetting else None
-        report["detection"] = detection
+        rows = {role: self._answer_with(role, everything, requests) for role in ("baseline", "candidate")}
+        ctx.pairs = pair_answers(rows["baseline"], rows["candidate"])
+        results = self._call("evaluate", None)
+        self.store.write_jsonl(f"{EVAL_DIR}/answers_baseline.jsonl", rows["baseline"])
+        self.store.write_jsonl(f"{EVAL_DIR}/answers_candidate.jsonl", rows["candidate"])
+        report = self._report(test, known, {"test": len(test), "known": known_info})
+        summary: dict[str, Any] = {"test_questions": len(test), "known_items": known_info}
+        for name, result in results:
+            if not isinstance(result, EvaluationResult):
+                raise StageError(f"evaluator {name!r} returned {type(result).__name__}, not an "
+                                 "EvaluationResult")
+            merge_report(report, result.report, name)
+            merge_report(summary, result.summary, name)
         report["notes"] = evaluation_notes(report)
-        self.store.write_json(f"{ed}/report.json", report)
-        self._write_charts_and_markdown(report, rep)
-        return stage_summary(report)
+        if report["notes"]:
+            summary["notes"] = report["notes"]
+        self.store.write_json(f"{EVAL_DIR}/report.json", report)
+        self._write_charts_and_markdown(report, [r for _, r in results])
+        return summary
 
-    # -- measures ------------------------------------------------------------------------
-    def _scorer_identity(self) -> Any:
-        return self.run_ctx.component("scorer").identity()
-
-    def _agreement(self, grounded: list[EvalItem], refs: list[Completion],
-                   pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
-        """Fill ``disagreement`` of every grounded row (scores cached by content)."""
-        scorer = self.run_ctx.component("scorer")
-        cache = self.run_ctx.cache("evaluate-agreement")
-        ident = scorer.identity()
-        ref_of = {x.key: r.text for x, r in zip(grounded, refs, strict=True)}
-        rows: list[dict[str, Any]] = []
-        keyed: list[tuple[str, ScoreItem]] = []
-        for b, c in pairs:
-            ref = ref_of.get((b["set"], b["question_id"]))
-            if ref is None:
-                continue
-            for row in (b, c):
-                rows.append(row)
-                keyed.append((cache.key("agreement", ident, b["question"], ref, row["answer"]),
-                              ScoreItem(reference=ref, samples=[row["answer"]], question=b["question"])))
-        scores = self._cached_scores(scorer, cache, keyed, "evaluate: agreement", "")
-        for row, score in zip(rows, scores, strict=True):
-            row["disagreement"] = score
-
-    def _cached_scores(self, scorer: Any, cache: Any, keyed: list[tuple[str, ScoreItem]], desc: str,
-                       who: str) -> list[float | None]:
-        """The score of each (cache key, item): from the cache where present, the rest scored in
-        steps of 4 x batch_size (with progress) and cached as they come."""
-        scores: list[float | None] = [None] * len(keyed)
-        todo: list[int] = []
-        for i, (key, _) in enumerate(keyed):
-            hit = cache.get(key)
-            if hit is None:
-                todo.append(i)
-            else:
-                scores[i] = hit.get("score")
-        step = max(1, self.options.batch_size * 4)
-        starts = range(0, len(todo), step)
-        for start in self.run_ctx.progress(starts, total=len(starts), desc=desc, unit="batch"):
-            idx = todo[start : start + step]
-            results = scorer.score([keyed[i][1] for i in idx])
-            if len(results) != len(idx):
-                raise StageError(f"the scorer{who} returned {len(results)} results for {len(idx)} items")
-            for i, res in zip(idx, results, strict=True):
-                scores[i] = res.score
-            cache.put_many([(keyed[i][0], {"score": scores[i]}) for i in idx])
-        return scores
-
-    def _samples(self, backend: CachedBackend, prompts: Sequence[Any],
-                 det: DetectionOptions) -> list[list[Completion]]:
-        """K closed-book samples per QA question from the baseline model (its Y_r)."""
-        opts: EvaluateOptions = self.options
-        params = GenerationParams(
-            max_new_tokens=det.max_new_tokens or opts.max_new_tokens,
-            temperature=det.temperature,
-            top_p=det.top_p,
-            repetition_penalty=opts.repetition_penalty,
-            seed=self.run_ctx.seed,
-        )
-        return self._batched(backend, prompts, params, det.k, "evaluate: detection samples")
-
-    def _detection(self, rows: list[dict[str, Any]], samples: list[list[Completion]],
-                   det: DetectionOptions) -> dict[str, Any]:
-        """S_K of each QA question under each scorer, and its AUROC for wrong answers."""
-        from ...builtin.evaluation import detection as dmod
-
-        opts: EvaluateOptions = self.options
-        spec = self.run_ctx.slots["scorer"]
-        scorers: list[tuple[str, Any, bool]] = [
-            ((spec.name if spec else None) or "scorer", self.run_ctx.component("scorer"), False)
-        ]
-        for i, value in enumerate(det.scorers):
-            built = self.run_ctx.build("scorer", value, f"evaluate.detection.scorers[{i}]")
-            name = value if isinstance(value, str) else str(value.get("use")) + "(" + ", ".join(
-                f"{k}={v}" for k, v in sorted((value.get("options") or {}).items())) + ")"
-            while name in [n for n, _, _ in scorers]:
-                name += "'"
-            scorers.append((name, built, True))
-        out_rows = [
-            {"set": r["set"].removeprefix("qa:"), "question_id": r["question_id"],
-             "question": r["question"], "greedy": r["answer"], "samples": [c.text for c in s],
-             "gold": r["gold"], "wrong": dmod.is_wrong(r["qa"], det.metric), "s_k": {}}
-            for r, s in zip(rows, samples, strict=True)
-        ]
-        cache = self.run_ctx.cache("evaluate-detection")
+    def _answer_with(self, role: str, items: list[EvalItem],
+                     requests: list[tuple[str, GenerationRequest]]) -> list[dict[str, Any]]:
+        """Load the model of ``role``, answer every item closed-book and serve the evaluators'
+        requests for that model, then close it; the answer rows, in item order."""
+        ctx = self.context
+        ref = ctx.models[role]
+        backend = self._backend(ref)
         try:
-            for name, scorer, _ in scorers:
-                ident = scorer.identity()
-                keyed = [(cache.key("s_k", ident, r["question"], r["greedy"], r["samples"]),
-                          ScoreItem(reference=r["greedy"], samples=r["samples"], question=r["question"]))
-                         for r in out_rows]
-                scores = self._cached_scores(scorer, cache, keyed, f"evaluate: detection ({name})", f" {name!r}")
-                for r, score in zip(out_rows, scores, strict=True):
-                    r["s_k"][name] = score
+            closed = [closed_book_messages(x.question) for x in items]
+            answers = self._batched(backend, closed, ctx.greedy_params(), 1, f"evaluate: {role} answers")
+            for name, req in requests:
+                if req.role not in ("baseline", "candidate"):
+                    raise StageError(f"evaluator {name!r} asks for generations from {req.role!r}; "
+                                     "the models are 'baseline' and 'candidate'")
+                if req.role == role:
+                    got = self._batched(backend, req.prompts, req.params, req.n, req.desc or name)
+                    ctx.set_generated(name, req.name, got)
         finally:
-            for _, scorer, own in scorers:
-                close = getattr(scorer, "close", None)
-                if own and callable(close):
-                    close()
-        names = [n for n, _, _ in scorers]
-        self.store.write_jsonl(f"{EVAL_DIR}/detection.jsonl", out_rows)
-        self.store.write_bytes(f"{EVAL_DIR}/detection_roc.png", dmod.plot_roc(out_rows, names))
-        summary = dmod.summarize(out_rows, names, resamples=opts.bootstrap_resamples, seed=self.run_ctx.seed)
-        return {"model": "baseline", "k": det.k, "temperature": det.temperature,
-                "metric": det.metric, "scorers": names, "sets": summary}
+            backend.close()
+        return [answer_row(x, role, ref, a[0] if a else Completion(text=""))
+                for x, a in zip(items, answers, strict=True)]
 
-    def _judge(self, test: list[EvalItem], known: list[EvalItem],
-               base_rows: list[dict[str, Any]], cand_rows: list[dict[str, Any]]) -> dict[str, Any]:
-        from ...builtin.evaluation.report import outcome_summary, outcomes_by_category
-
-        judge = self.run_ctx.component("judge")
-        answers = {(r["set"], r["question_id"]): (r["answer"], c["answer"])
-                   for r, c in zip(base_rows, cand_rows, strict=True)}
-        out: dict[str, Any] = {"identity": judge.identity()}
-        for set_name, items in (("test", test), ("known", known)):
-            if not items:
-                out[set_name] = None
-                continue
-            jitems = [
-                JudgeItem(question_id=x.id, question=x.question, passage=x.passage or "",
-                          candidate=answers[x.key][1], baseline=answers[x.key][0])
-                for x in items
-            ]
-            verdicts: list[Verdict] = list(judge.judge(jitems))
-            if len(verdicts) != len(jitems) or any(
-                v.question_id != j.question_id for v, j in zip(verdicts, jitems, strict=False)
-            ):
-                raise StageError(
-                    f"the judge returned {len(verdicts)} verdicts for {len(jitems)} items, or out "
-                    "of order; a judge must return one verdict per item, aligned"
-                )
-            fname = "verdicts.jsonl" if set_name == "test" else "verdicts_known.jsonl"
-            self.store.write_records(f"{EVAL_DIR}/{fname}", verdicts)
-            if set_name == "test":
-                out["test"] = outcomes_by_category(verdicts, {x.id: x.category for x in items})
-            else:
-                out["known"] = {"overall": outcome_summary(verdicts)}
-        usage = getattr(judge, "usage", None)
-        out["usage"] = dict(usage) if isinstance(usage, dict) else None
-        return out
-
-    def _forgetting(self, baseline: str, candidate: str) -> dict[str, Any]:
-        from ...builtin.evaluation.lm_eval import compare, model_fingerprint, run_lm_eval
-
-        fopts = self.options.forgetting
-        assert fopts is not None
-        cache = self.run_ctx.cache("lm_eval")
-        results = {}
-        for role, ref in (("before", baseline), ("after", candidate)):
-            key = cache.key("lm_eval", model_fingerprint(ref), attrs.asdict(fopts), self.run_ctx.seed)
-            hit = cache.get(key)
-            if hit is None:
-                hit = run_lm_eval(ref, fopts, seed=self.run_ctx.seed)
-                cache.put(key, hit)
-            results[role] = hit
-        out = compare(results["before"], results["after"], fopts.margin)
-        out["lm_eval_version"] = results["after"].get("lm_eval_version")
-        out["versions"] = results["after"].get("versions")
-        return out
+    def _report(self, test: list[EvalItem], known: list[EvalItem], items: dict[str, Any]) -> dict[str, Any]:
+        """report.json before the evaluators' parts: models, decoding, items, set sizes."""
+        opts: EvaluateOptions = self.options
+        ctx = self.context
+        report: dict[str, Any] = {
+            "models": dict(ctx.models),
+            "params": {"max_new_tokens": opts.max_new_tokens,
+                       "repetition_penalty": opts.repetition_penalty, "greedy": True},
+            "items": items,
+        }
+        for set_name, set_items in (("test", test), ("known", known)):
+            if set_items:
+                report[set_name] = {"n": len(ctx.pairs_of(set_name)),
+                                    "categories": sorted({str(x.category) for x in set_items})}
+        return report
 
     # -- reports -------------------------------------------------------------------------
-    def _write_charts_and_markdown(self, report: dict[str, Any], rep: Any) -> None:
+    def _write_charts_and_markdown(self, report: dict[str, Any], results: list[EvaluationResult]) -> None:
         images: list[tuple[str, str]] = []
         for title, fname in (("S_L / S_K histogram", "scores_hist.png"),
                              ("Training loss", "train_loss.png")):
             if self.store.exists(fname):
                 images.append((title, fname))
-        panels = []
-        rows = []
-        for set_name in ("test", "known"):
-            agr = (report.get(set_name) or {}).get("disagreement")
-            if agr:
-                rows.append((f"{set_name} (n={agr['difference']['n']})", agr["baseline"], agr["candidate"]))
-        panels.append(("disagreement with reference (lower is better)", rows))
-        qa_rows = [(f"{name} (n={q['n']})", q["baseline"]["contains"], q["candidate"]["contains"])
-                   for name, q in (report.get("qa") or {}).items()]
-        panels.append(("QA accuracy (contains)", qa_rows))
-        self.store.write_bytes(f"{EVAL_DIR}/before_after.png", rep.plot_before_after(panels))
+        panels = [p for r in results for p in r.panels]
+        self.store.write_bytes(f"{EVAL_DIR}/before_after.png", plot_before_after(panels))
         images.append(("Before / after", f"{EVAL_DIR}/before_after.png"))
-        judge = report.get("judge")
-        if judge:
-            groups: dict[str, Any] = {}
-            if judge.get("test"):
-                groups["test: all"] = judge["test"]["overall"]
-                groups.update({f"test: {c}": s for c, s in judge["test"]["by_category"].items()})
-            if judge.get("known"):
-                groups["known items"] = judge["known"]["overall"]
-            self.store.write_bytes(
-                f"{EVAL_DIR}/outcomes.png", rep.plot_outcomes(groups, "candidate vs baseline")
-            )
-            images.append(("Win / tie / lose", f"{EVAL_DIR}/outcomes.png"))
+        images += [i for r in results for i in r.images]
         manifest = self.store.read_json("manifest.json") if self.store.exists("manifest.json") else None
         datasets = (self.store.read_json("datasets_summary.json")
                     if self.store.exists("datasets_summary.json") else None)
-        md = rep.render_markdown(report, manifest=manifest, datasets_summary=datasets, images=images)
+        md = render_report(report, rows=[row for r in results for row in r.rows],
+                           sections=[r.markdown for r in results], manifest=manifest,
+                           datasets_summary=datasets, images=images)
         self.store.write_text("report.md", md)
+
+
+def _evaluator_name(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("use"), str):
+        return str(value["use"])
+    return type(value).__name__
 
 
 def _item(set_name: str, q: Question, passage: Passage) -> EvalItem:
