@@ -54,7 +54,7 @@ def test_every_arm_validates(arm: str, tmp_path: Path) -> None:
         else:
             assert datasets.tau_k == float(arm.removeprefix("dpo-tau")) and datasets.knowledge_filter
         assert pipe.stage("train").options.seed == 3
-        assert pipe.stage("evaluate").options.detection.k == 10
+        assert dict(pipe.stage("evaluate").evaluators())["detection"].options.k == 10
     finally:
         pipe.close()
 
