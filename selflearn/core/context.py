@@ -50,6 +50,8 @@ class RunContext:
         self.warned: set[str] = set()
         #: every stage's options by stage name (set by the Pipeline)
         self.stage_options: dict[str, Any] = {}
+        #: the run's effective configuration, secrets excluded (set by the Pipeline)
+        self.describe: Any = None
         #: where the stages' model calls run (the Pipeline sets the configured engine)
         self.engine: Engine = LocalEngine(self)
         self.execution = ExecutionOptions()

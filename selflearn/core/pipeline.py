@@ -144,6 +144,7 @@ class Pipeline:
             self._stage_options[name] = build_options(cls.options_class, section, name)
         # stages that share another stage's settings (the sft stage of flow: paper) read them here
         self.ctx.stage_options = self._stage_options
+        self.ctx.describe = self.describe
         self.stage_names = tuple(n for n in STAGE_NAMES if flow in (self._stage_classes[n].flows or (flow,)))
 
     # -- constructors --------------------------------------------------------------------

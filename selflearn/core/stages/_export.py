@@ -11,13 +11,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 from ..errors import StageError
 from ..records import PreferencePair, SFTExample
-from ..redact import redact
+from ..redact import redact, safe_url
 from ..store import ArtifactStore
 from ._filters import FilterConfig
 
@@ -88,22 +89,121 @@ def save_dataset(store: ArtifactStore, folder: str, tbl: Any) -> list[str]:
     return written
 
 
-def push_to_hub(tables: dict[str, Any], repo: str, private: bool, token: str | None) -> None:
-    """Push each non-empty table as a config (``dpo``, ``sft``) of the hub dataset ``repo``."""
-    import datasets
+#: config keys whose values are secrets (``api_key_env`` and friends name a variable: kept)
+_SECRET = re.compile(r"(api_key|apikey|token|secret|password|authorization|credentials?)$", re.I)
 
-    for config, tbl in tables.items():
-        if tbl.num_rows == 0:
-            continue
+
+def redact_config(value: Any) -> Any:
+    """``value`` with the values of secret-looking keys replaced by ``[redacted]``, and
+    key-shaped text or credentials in URLs inside strings too: the dataset card carries the
+    run's configuration, which must never carry a credential."""
+    if isinstance(value, dict):
+        return {k: ("[redacted]" if _SECRET.search(str(k)) and v not in (None, "") else redact_config(v))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_config(v) for v in value]
+    return safe_url(value) if isinstance(value, str) else value
+
+
+def _table_md(rows: list[tuple[str, Any]]) -> list[str]:
+    return ["| | |", "|---|---|", *(f"| {k} | {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v} |" for k, v in rows)]
+
+
+def dataset_card(repo: str, summary: dict[str, Any], config: dict[str, Any], counts: dict[str, int]) -> str:
+    """A Hugging Face dataset card: front matter naming the ``dpo`` and ``sft`` configs (so
+    ``datasets.load_dataset(repo, "dpo")`` finds them), then how the rows were made --
+    provenance, thresholds, scorer, counts, notes -- and the run's configuration (redacted)."""
+    import yaml
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    configs = [{"config_name": c, "data_files": [{"split": "train", "path": f"{c}/*.parquet"}]}
+               for c, n in counts.items() if n]
+    data = DatasetCardData(configs=configs, tags=["selflearn", "dpo", "sft", "knowledge-detection"],
+                           task_categories=["text-generation"], language=["en"])
+    cfg = redact_config(config)
+    lines = [f"# {repo}", "", "Preference (DPO) and SFT rows built by selflearn "
+             "(self-training through knowledge detection): each question was answered with its "
+             "passage (y*, Y_c) and without it (Y_r); a scorer measured S_L (consistency) and S_K "
+             "(knowledge), and the questions the model does not know became DPO pairs (chosen = y*, "
+             "rejected = the most contradicting Y_r answer). Every row's `provenance` column names "
+             "its passage, document, scores and the decision that kept it.", "",
+             "## Provenance", ""]
+    lines += _table_md([("model", cfg.get("model")), ("flow", cfg.get("flow")), ("seed", cfg.get("seed")),
+                        ("source", cfg.get("source")), ("question generator", cfg.get("question_generator")),
+                        ("backend", cfg.get("backend")), ("scorer", summary.get("scorer"))])
+    lines += ["", "## Selection", ""]
+    lines += _table_md([("thresholds", summary.get("thresholds")), ("filters", summary.get("filters")),
+                        ("removed (by reason)", summary.get("removed")),
+                        ("each filter alone would remove", summary.get("would_fail")),
+                        ("pair mode", summary.get("pair_mode")), ("variant", summary.get("variant"))])
+    lines += ["", "## Counts", ""]
+    lines += _table_md([("questions", summary.get("questions")), ("scored", summary.get("scored")),
+                        ("kept questions", summary.get("kept_questions")),
+                        *((f"config `{c}` rows", n) for c, n in counts.items()),
+                        ("SFT rows by origin", (summary.get("sft") or {}).get("by_origin"))])
+    if summary.get("notes"):
+        lines += ["", "## Notes", "", *(f"- {n}" for n in summary["notes"])]
+    lines += ["", "## Configuration", "", "```yaml",
+              yaml.safe_dump(cfg, sort_keys=True, allow_unicode=True).rstrip(), "```", ""]
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
+
+
+def push_to_hub(
+    tables: dict[str, Any], repo: str, private: bool, token: str | None, card: str,
+    *, endpoint: str | None = None, attempts: int = 3, backoff: float = 2.0,
+) -> None:
+    """Push each non-empty table as a config (``dpo``, ``sft``) of the hub dataset ``repo``,
+    with ``card`` as its README.md, in one commit (through ``huggingface_hub.HfApi``: create the
+    repository if needed, then the commit). A failed attempt (429, 5xx, no answer) is retried
+    ``attempts`` times with a growing pause; then one clear error, without the token."""
+    import time
+
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    ops = [
+        CommitOperationAdd(path_in_repo=f"{config}/train-00000-of-00001.parquet", path_or_fileobj=_parquet(tbl))
+        for config, tbl in tables.items() if tbl.num_rows
+    ]
+    ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
+    for attempt in range(1, attempts + 1):
         try:
-            datasets.Dataset(tbl).push_to_hub(repo, config_name=config, private=private, token=token)
-        except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear error
+            api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
+            api.create_commit(repo, ops, commit_message="selflearn: DPO and SFT rows with their dataset card",
+                              repo_type="dataset")
+            return
+        except Exception as exc:  # noqa: BLE001 - any hub failure: retried, then one clear error
+            if attempt < attempts and _transient(exc):
+                time.sleep(backoff * attempt)
+                continue
+            message = redact(str(exc), [token or ""])
             raise StageError(
-                f"pushing the {config} dataset to the hub repository {repo!r} failed "
-                f"({type(exc).__name__}: {redact(str(exc), [token or ''])[:300]}). Check network "
-                "access and that the "
-                "HF_TOKEN secret may write to that repository, or set datasets.push_to_hub: false"
+                f"pushing the datasets to the hub repository {repo!r} failed after {attempt} "
+                f"attempt(s) ({type(exc).__name__}: {message[:300]}). Check network access and "
+                "that the HF_TOKEN secret may write to that repository, or set "
+                "datasets.push_to_hub: false"
             ) from None
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure worth another attempt: 429, a 5xx answer, or no answer at all."""
+    import httpx
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(status, int):
+        return status == 429 or status >= 500
+    if isinstance(exc, OfflineModeIsEnabled):  # HF_HUB_OFFLINE is set: no attempt can succeed
+        return False
+    return isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError))
+
+
+def _parquet(tbl: Any) -> bytes:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(tbl, buf)
+    return buf.getvalue()
 
 
 def histogram_png(

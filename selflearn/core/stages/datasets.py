@@ -98,6 +98,8 @@ class DatasetsOptions:
     push_to_hub: bool = False
     hub_repo: str | None = None
     hub_private: bool = True
+    #: the hub's URL (None: huggingface.co, or the HF_ENDPOINT environment variable)
+    hub_endpoint: str | None = None
 
 
 def _pair(
@@ -287,7 +289,7 @@ class DatasetsStage(Stage):
             sft_stats: dict[str, Any] = {"built_by": "sft stage (flow: paper)"}
         else:
             sft_rows, sft_stats = self._sft(questions, passages, gens, bases)
-        self._write(pairs, sft_rows, questions, scores, cfg, scorer_ident)
+        tables = self._write(pairs, sft_rows, questions, scores, cfg, scorer_ident)
         scored = [scores[q.id] for q in questions if q.id in scores]
         kept = len({p.question_id for p in pairs})
         truncated = Counter(
@@ -331,13 +333,15 @@ class DatasetsStage(Stage):
         summary["notes"] = filter_notes(summary)
         for note in summary["notes"]:
             log.warning("datasets: %s", note)
+        if o.push_to_hub:
+            self._push(tables, summary)
         self.store.write_json("datasets_summary.json", summary)
         return summary
 
     def _write(
         self, pairs: list[PreferencePair], sft_rows: list[SFTExample], questions: list[Question],
         scores: dict[str, Scores], cfg: FilterConfig, scorer: Any,
-    ) -> None:
+    ) -> dict[str, Any]:
         o: DatasetsOptions = self.options
         self.store.write_records("dpo_pairs.jsonl", pairs)
         if self.flow != "paper":
@@ -353,9 +357,20 @@ class DatasetsStage(Stage):
             [s.s_l for s in scored], [s.s_k for s in scored], cfg, str(name), o.histogram_bins
         )
         self.store.write_bytes("scores_hist.png", png)
-        if o.push_to_hub:
-            assert o.hub_repo is not None
-            _export.push_to_hub(tables, o.hub_repo, o.hub_private, self.run_ctx.secret("HF_TOKEN"))
+        return tables
+
+    def _push(self, tables: dict[str, Any], summary: dict[str, Any]) -> None:
+        """Both tables and a dataset card (provenance, thresholds, scorer, counts, the
+        configuration without secrets) to ``hub_repo``."""
+        o: DatasetsOptions = self.options
+        assert o.hub_repo is not None
+        describe = self.run_ctx.describe
+        config = describe() if callable(describe) else dict(self.run_ctx.config)
+        counts = {kind: int(tbl.num_rows) for kind, tbl in tables.items()}
+        card = _export.dataset_card(o.hub_repo, summary, config, counts)
+        self.store.write_text("datasets/README.md", card)
+        _export.push_to_hub(tables, o.hub_repo, o.hub_private, self.run_ctx.secret("HF_TOKEN"), card,
+                            endpoint=o.hub_endpoint)
 
 
 def check_splits(splits: list[str], every: list[Question], gens: dict[str, Any]) -> None:
