@@ -366,8 +366,9 @@ def parse_reply(text: str, endpoint: str, logprobs: bool, require_text: bool) ->
     """Parse a 200 reply of the ``chat`` or ``completions`` endpoint, checking its shape.
 
     Raises :class:`MalformedReply` (retried by the client) when the body is not JSON, has no
-    ``choices`` list, a choice has no text (``message.content`` / ``text``) or, with
-    ``require_text``, an empty one: a reply of another shape must never become an empty answer.
+    ``choices`` list, a choice has no text (``message.content`` / ``text``), or an empty one
+    that the usage does not back with a generated token (with ``require_text``: any empty
+    one): a reply of another shape must never become an empty answer.
     """
     data = json_body(text)
     choices = data.get("choices") if isinstance(data, dict) else None
@@ -390,7 +391,11 @@ def parse_reply(text: str, endpoint: str, logprobs: bool, require_text: bool) ->
         parsed.append(Choice(content, str(c.get("finish_reason") or "stop"), lp, toks))
     usage = data.get("usage")
     usage = usage if isinstance(usage, dict) else {}
-    return ChatResult(parsed, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+    completion_tokens = _count(usage.get("completion_tokens"))
+    if completion_tokens == 0 and any(not c.text for c in parsed):
+        # a model that ends at once still generated its end-of-sequence token
+        raise MalformedReply(f"an empty `{field}` with no generated token counted", text)
+    return ChatResult(parsed, _count(usage.get("prompt_tokens")), completion_tokens)
 
 
 def _logprobs(lp: Any, endpoint: str, text: str) -> tuple[list[float] | None, list[str] | None]:

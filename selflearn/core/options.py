@@ -14,6 +14,7 @@ the configuration is validated, before any work.
 
 from __future__ import annotations
 
+import math
 import re
 import types
 import typing
@@ -34,6 +35,9 @@ class Options:
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=True)
 
+
+#: the largest seed every consumer takes (numpy's, and so transformers' set_seed: 32 bits)
+SEED_MAX = 2**32 - 1
 
 #: the attrs field metadata key holding an option's declared range
 BOUNDS = "bounds"
@@ -100,8 +104,8 @@ def _check_value(value: Any, limits: Mapping[str, float], path: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return  # None, "auto", ...: not a number to range-check
-    if value != value:  # NaN compares false with everything
-        raise ConfigError(f"must be a number {describe_bounds(limits)}, got nan", path)
+    if not math.isfinite(value):  # NaN compares false with everything, inf passes a ge
+        raise ConfigError(f"must be a finite number {describe_bounds(limits)}, got {value!r}", path)
     for key, bound in limits.items():
         ok, _ = _RELATIONS[key]
         if not ok(value, bound):

@@ -26,7 +26,7 @@ from .execution import ExecutionOptions, make_engine
 from .execution.worker import WorkerSpec
 from .hashing import content_hash
 from .hookspecs import RunInfo
-from .options import build_options
+from .options import SEED_MAX, build_options
 from .plugins import PluginHost
 from .registry import load_object
 from .stages.base import STAGE_NAMES, STAGE_ORDER, Stage
@@ -90,6 +90,8 @@ class Pipeline:
         seed = raw.get("seed", 42)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"expected an integer, got {seed!r}", "seed")
+        if not 0 <= seed <= SEED_MAX:  # numpy, and so the trainers, take 32-bit seeds
+            raise ConfigError(f"must be >= 0 and <= {SEED_MAX}, got {seed}", "seed")
         model = raw.get("model")
         if model is not None and not isinstance(model, str):
             raise ConfigError(f"expected a model id, folder or GGUF path, got {model!r}", "model")

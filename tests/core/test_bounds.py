@@ -125,6 +125,11 @@ def test_bounds_of_lists_none_nan_and_the_issues_values() -> None:
         Pipeline({"run_dir": "memory://bounds", "generations": {"with_passage": {"max_new_tokens": 0}}})
     with pytest.raises(ConfigError, match=r"^datasets\.tau_k: must be >= 0 and <= 1, got -0.2"):
         Pipeline({"run_dir": "memory://bounds", "datasets": {"tau_k": -0.2}})
+    with pytest.raises(ConfigError, match=r"^generations\.reference\.temperature: must be a finite number >= 0, got inf"):
+        Pipeline({"run_dir": "memory://bounds", "generations": {"reference": {"temperature": math.inf}}})
+    for seed in (-1, 2**32):
+        with pytest.raises(ConfigError, match=rf"^seed: must be >= 0 and <= 4294967295, got {seed}"):
+            Pipeline({"run_dir": "memory://bounds", "seed": seed})
 
 
 def test_component_option_out_of_range_names_the_slot_path() -> None:

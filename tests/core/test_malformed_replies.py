@@ -46,6 +46,8 @@ OPENAI_BODIES = {
                    '"role": "assistant"'),
     "no_choices": (b'{"choices": [], "usage": {"prompt_tokens": 3}}', '"choices": []'),
     "tgi_reply": (b'{"generated_text": "Paris"}', "generated_text"),
+    "empty_uncounted": (b'{"choices": [{"index": 0, "message": {"content": ""}, "finish_reason": "stop"}]}',
+                        '"content": ""'),
 }
 #: for the question writer and the judge, an empty answer is never an answer
 TEXT_REQUIRED = {
@@ -58,6 +60,8 @@ TGI_BODIES = {
     "openai_reply": (b'{"choices": [{"index": 0, "message": {"content": "Paris"}}]}', '"choices"'),
     "no_generated_text": (b'{"details": {"finish_reason": "eos_token", "tokens": []}}', '"details"'),
     "bad_tokens": (b'{"generated_text": "Paris", "details": {"tokens": ["Paris"]}}', '"tokens": ["Paris"]'),
+    "empty_uncounted": (b'{"generated_text": "", "details": {"finish_reason": "eos_token"}}',
+                        '"generated_text": ""'),
 }
 
 
@@ -259,3 +263,18 @@ def test_cli_exits_2_with_one_paragraph(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert "Traceback" not in err and "502 Bad Gateway" in err and server.url in err
     assert SECRET not in err
+
+
+def test_an_empty_answer_backed_by_a_generated_token_is_kept(tmp_path: Path) -> None:
+    """A model that ends at once (only its end-of-sequence token) is a real, empty answer."""
+    ended = (b'{"choices": [{"index": 0, "message": {"content": ""}, "finish_reason": "stop"}], '
+             b'"usage": {"prompt_tokens": 3, "completion_tokens": 1}}')
+    with FakeServer(always(ended)) as server:
+        out = openai_backend(server, tmp_path).generate(["q"], GREEDY)
+        assert out[0][0].text == "" and len(server.requests) == 1
+    with FakeServer(tgi_handler()) as server:
+        backend = tgi_backend(server, tmp_path / "tgi")
+        server.faults.append(("raw", 200, b'{"generated_text": "", "details": {"finish_reason": '
+                                          b'"eos_token", "generated_tokens": 1, "tokens": []}}'))
+        out = backend.generate(["q"], GREEDY)
+        assert out[0][0].text == "" and len(server.requests) == 2

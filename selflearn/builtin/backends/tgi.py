@@ -406,6 +406,9 @@ def parse_generate(body: str) -> list[tuple[str, dict[str, Any]]]:
     details = data.get("details") or {}
     if not isinstance(details, dict):
         raise MalformedReply("`details` is not an object", body)
+    if not data["generated_text"] and not _generated(details, body):
+        # a model that ends at once still generated its end-of-sequence token
+        raise MalformedReply("an empty `generated_text` with no generated token counted", body)
     seqs = [(data["generated_text"], _checked_details(details, body))]
     others = details.get("best_of_sequences") or []
     if not isinstance(others, list):
@@ -413,6 +416,8 @@ def parse_generate(body: str) -> list[tuple[str, dict[str, Any]]]:
     for seq in others:
         if not isinstance(seq, dict) or not isinstance(seq.get("generated_text"), str):
             raise MalformedReply("a best_of sequence without a `generated_text` string", body)
+        if not seq["generated_text"] and not _generated(seq, body):
+            raise MalformedReply("an empty best_of `generated_text` with no token counted", body)
         seqs.append((seq["generated_text"], _checked_details(seq, body)))
     return seqs
 
@@ -439,6 +444,8 @@ def parse_messages(body: str) -> tuple[str, dict[str, Any], int]:
         "tokens": tokens,
         "generated_tokens": usage.get("completion_tokens", 0),
     }, body)
+    if not text and not _generated(d, body):
+        raise MalformedReply("an empty `message.content` with no generated token counted", body)
     return text, d, _int(usage.get("prompt_tokens"), body)
 
 
@@ -452,6 +459,12 @@ def _checked_details(d: dict[str, Any], body: str) -> dict[str, Any]:
         raise MalformedReply("`tokens` of an unknown shape", body)
     _int(d.get("generated_tokens"), body)
     return d
+
+
+def _generated(details: dict[str, Any], body: str) -> int:
+    """How many tokens a sequence's details say were generated (0 when they say nothing)."""
+    tokens = details.get("tokens")
+    return max(_int(details.get("generated_tokens"), body), len(tokens) if isinstance(tokens, list) else 0)
 
 
 def _int(value: Any, body: str) -> int:

@@ -28,7 +28,7 @@ import attrs
 from ..errors import ArtifactError, ConfigError, StageError
 from ..hashing import content_hash
 from ..models import read_lineage
-from ..options import bounded
+from ..options import SEED_MAX, bounded
 from ..prompts import closed_book_messages
 from ..protocols import TrainRequest, TrainResult
 from ..records import PreferencePair, SFTExample
@@ -48,7 +48,7 @@ class TrainOptions:
     #: seed of the trainings (data order, dropout, LoRA init); None: the run's ``seed``. Set it
     #: to repeat only the training with other seeds while the data stages stay as they are
     #: (the top-level seed also seeds sampling, so changing it regenerates everything)
-    seed: int | None = bounded(None, ge=0, le=2**63 - 1)
+    seed: int | None = bounded(None, ge=0, le=SEED_MAX)
 
 
 def sft_rows(examples: list[SFTExample]) -> list[dict[str, Any]]:
