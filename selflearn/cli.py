@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML config (default: the offline default run)")
     run.add_argument("--until", metavar="STAGE", help="stop after this stage")
     run.add_argument("--run-dir", metavar="DIR", help="run directory (path or fsspec URL)")
+    run.add_argument("--rounds", type=int, metavar="N",
+                     help="self-train in N rounds (docs/rounds.md); overrides rounds.count")
     run.add_argument("--dry-run", action="store_true", help="show the plan and estimated calls")
     run.add_argument("--wait-for-lock", type=float, default=0.0, metavar="SECONDS",
                      help="when another process is running on the run directory, wait up to "
@@ -167,6 +169,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_yaml(args.config) if args.config else default_config()
     if args.run_dir:
         config["run_dir"] = args.run_dir
+    if args.rounds is not None:
+        section = config.get("rounds")
+        config["rounds"] = {**section, "count": args.rounds} if isinstance(section, dict) else args.rounds
     pipeline = Pipeline(config)
     if args.dry_run:
         _print_plan(pipeline.run_dir, pipeline.plan(args.until, rerun=args.rerun))
@@ -180,7 +185,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {o.name:<12} {o.status:<8} {o.seconds:7.1f}s  {brief}")
         for note in o.summary.get("notes") or []:
             print(textwrap.fill(f"note: {note}", 100, initial_indent=" " * 6, subsequent_indent=" " * 12))
-    if outcomes and outcomes[-1].name == "evaluate" and pipeline.store.exists("report.md"):
+    if outcomes and outcomes[-1].status == "stopped":
+        print()
+        print(textwrap.fill(f"stopped: {outcomes[-1].summary['stopped']}", 100, break_long_words=False))
+    if outcomes and outcomes[-1].name in ("evaluate", "rounds") and pipeline.store.exists("report.md"):
         print()
         print(pipeline.store.read_text("report.md"))
         print(f"(report: {pipeline.store.path('report.md')})")

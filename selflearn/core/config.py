@@ -44,7 +44,7 @@ SLOT_DEFAULTS: dict[str, Any] = {
     "judge": None,  # None: no pairwise judging
 }
 
-GENERAL_KEYS = ("run_dir", "cache_dir", "seed", "model", "plugins", "name", "description", "flow")
+GENERAL_KEYS = ("run_dir", "cache_dir", "seed", "model", "plugins", "name", "description", "flow", "rounds")
 
 #: the training orders: "current" generates the preference data with the configured model,
 #: "paper" trains SFT first and generates it with the SFT model (docs/training.md says why)

@@ -29,6 +29,7 @@ from .hookspecs import RunInfo
 from .options import SEED_MAX, build_options
 from .plugins import PluginHost
 from .registry import load_object
+from .rounds_parts import RoundsOptions, parse_rounds
 from .stages.base import STAGE_NAMES, STAGE_ORDER, Stage
 from .store import ArtifactStore
 
@@ -71,6 +72,8 @@ class Pipeline:
         plugin_objects = tuple(plugin_objects)
         raw.update(kwargs)
         self.raw_config = raw
+        self.plugin_objects = plugin_objects
+        self.load_entry_points = load_entry_points
         valid = set(GENERAL_KEYS) | set(SLOTS) | set(STAGE_NAMES) | {"execution"}
         unknown = sorted(set(raw) - valid)
         if unknown:
@@ -108,8 +111,10 @@ class Pipeline:
             raise ConfigError(f"expected a path or fsspec URL, got {run_dir!r}", "run_dir")
 
         self.host = PluginHost(
-            disable=disable, strict=strict, extra_plugins=plugin_objects, load_entry_points=load_entry_points
+            disable=disable, strict=strict, extra_plugins=self.plugin_objects, load_entry_points=load_entry_points
         )
+        #: self-training in rounds (selflearn.core.rounds); None: one plain run
+        self.rounds: RoundsOptions | None = parse_rounds(raw.get("rounds"))
         self.slots: dict[str, SlotSpec | None] = {}
         for slot, default in SLOT_DEFAULTS.items():
             value = raw.get(slot, default)
@@ -240,6 +245,10 @@ class Pipeline:
         uses, its counts (exact from its inputs, else forecast from the configuration and
         marked ``estimated``), its generation calls less those the cache holds, and the cost
         of priced components (see :mod:`selflearn.core.plan`)."""
+        if self.rounds is not None:
+            from .rounds import plan_rounds
+
+            return plan_rounds(self, self.rounds, until)
         from .plan import describe
 
         manifest = self._manifest()
@@ -269,6 +278,7 @@ class Pipeline:
         rerun: str | Iterable[str] | None = None,
         *,
         lock_wait: float = 0.0,
+        rounds: int | None = None,
     ) -> list[StageOutcome]:
         """Run the stages in order up to ``until`` (inclusive), skipping finished ones.
 
@@ -279,16 +289,35 @@ class Pipeline:
         The run holds the run directory's lock throughout (:mod:`selflearn.core.lock`): while
         another live process holds it, this waits up to ``lock_wait`` seconds, then raises
         :class:`~selflearn.core.errors.RunDirBusyError` naming the holder.
+
+        With ``rounds`` (or a ``rounds:`` section in the configuration) the run is that many
+        self-training rounds instead, each a pipeline over ``<run_dir>/round-<r>`` (see
+        :mod:`selflearn.core.rounds`); the outcomes' names then carry their sub-directory.
         """
         from .lock import RunLock
 
         with RunLock(self.store, wait=lock_wait):
-            return self._run(until, rerun)
+            return self._run(until, rerun, rounds)
 
-    def _run(self, until: str | None, rerun: str | Iterable[str] | None) -> list[StageOutcome]:
-        """:meth:`run`'s work, under the run directory's lock."""
+    def _run(self, until: str | None, rerun: str | Iterable[str] | None,
+             rounds: int | None = None) -> list[StageOutcome]:
+        """:meth:`run`'s work, under the run directory's lock (with rounds, each round's
+        pipeline also holds its own directory's)."""
         names = self._selected(until)
         forced = self._forced(rerun, names)
+        if rounds is not None or self.rounds is not None:
+            from .rounds import run_rounds
+
+            if rerun:
+                raise ConfigError("--rerun cannot be combined with rounds; to redo a round, delete "
+                                  "its directory (<run_dir>/round-<r>): the caches keep every "
+                                  "unchanged model call", "--rerun")
+            opts = self.rounds or RoundsOptions()
+            if rounds is not None:
+                if rounds < 1:
+                    raise ConfigError(f"expected at least 1 round, got {rounds}", "--rounds")
+                opts = attrs.evolve(opts, count=rounds)
+            return run_rounds(self, opts, until)
         stages = [self.stage(n) for n in names]
         for stage in stages:
             stage.validate()

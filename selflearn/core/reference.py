@@ -110,6 +110,11 @@ def generate() -> str:
     for name, ref in STAGE_ORDER:
         cls = load_object(ref, f"stage {name}")
         out += [f"### `{name}:`", "", options_table(cls.options_class), ""]
+    from .rounds_parts import RoundsOptions
+
+    out += ["## Self-training in rounds", "",
+            "`rounds: N` or the section below (docs/rounds.md).", "",
+            "### `rounds:`", "", options_table(RoundsOptions), ""]
     out += ["## Built-in components", ""]
     host = PluginHost(load_entry_points=False)
     kind = None

@@ -173,6 +173,28 @@ def front_matter(lineage: dict[str, Any]) -> str:
     return f"---\n{data.to_yaml()}\n---"
 
 
+def rounds_section(rounds: dict[str, Any]) -> str:
+    """The model card's account of self-training in rounds: which round this model is, and
+    every earlier round's data, thresholds and model (the JSON holds the same, in full)."""
+    head = (
+        f"## Self-training rounds\n\nRound {rounds.get('round')} of {rounds.get('of')} "
+        f"(passages: `{rounds.get('passages')}`), trained from `{rounds.get('model')}`; the "
+        f"original model was `{rounds.get('original_model')}`."
+    )
+    earlier = rounds.get("earlier") or []
+    if not earlier:
+        return head
+    rows = ["| round | data | rows | data hash | tau_L | tau_K | model | model fingerprint |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in earlier:
+        data, th = e.get("data") or {}, e.get("thresholds") or {}
+        rows.append(
+            f"| {e.get('round')} | {data.get('file')} | {data.get('rows')} | {data.get('hash')} | "
+            f"{th.get('tau_l')} | {th.get('tau_k')} | {e.get('model')} | {e.get('model_fingerprint')} |"
+        )
+    return head + "\n\nEarlier rounds:\n\n" + "\n".join(rows)
+
+
 def model_card(lineage: dict[str, Any]) -> str:
     """A Hugging Face model card: YAML front matter, then what the lineage file holds."""
     base = str(lineage.get("base_model", ""))
@@ -190,7 +212,9 @@ def model_card(lineage: dict[str, Any]) -> str:
     ]
     if selection:
         parts.append("## How the rows were selected\n\n" + _table(selection))
-    other = {k: v for k, v in upstream.items() if k not in selection}
+    if isinstance(upstream.get("rounds"), dict):
+        parts.append(rounds_section(upstream["rounds"]))
+    other = {k: v for k, v in upstream.items() if k not in selection and k != "rounds"}
     if other:
         parts.append("## Upstream lineage\n\n" + _table(other))
     parts.append("## Training parameters\n\n" + _table(lineage.get("training", {})))

@@ -49,6 +49,9 @@ class TrainOptions:
     #: to repeat only the training with other seeds while the data stages stay as they are
     #: (the top-level seed also seeds sampling, so changing it regenerates everything)
     seed: int | None = bounded(None, ge=0, le=SEED_MAX)
+    #: extra fields recorded in the trained models' lineage and model card (a run with
+    #: rounds names its earlier rounds' data, thresholds and models here, under "rounds")
+    lineage: dict[str, Any] = attrs.field(factory=dict)
 
 
 def sft_rows(examples: list[SFTExample]) -> list[dict[str, Any]]:
@@ -290,6 +293,7 @@ class TrainStage(Stage):
             "rows": len(rows),
             **picked,
             **extra,
+            **self.options.lineage,
             "trainer_config": spec.describe() if spec else None,
             "stage_fingerprint": fingerprint,
         }
