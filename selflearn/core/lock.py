@@ -69,8 +69,10 @@ def _parse(data: bytes) -> Holder | None:
         return None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this host (a zombie counts as dead)."""
+def pid_alive(pid: int, since: float | None = None) -> bool:
+    """Whether the process with this id that took a lock at ``since`` (epoch seconds) still
+    runs on this host. A zombie counts as dead, and so does a process that started after
+    ``since``: its id was reused (after a reboot or a container restart)."""
     try:
         import psutil
     except ImportError:  # POSIX without psutil: signal 0 probes without signalling
@@ -82,9 +84,20 @@ def pid_alive(pid: int) -> bool:
             return True
         return True
     try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+        proc = psutil.Process(pid)
+        if since is not None and proc.create_time() > since + 1.0:
+            return False
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
+
+
+def _epoch(iso: str) -> float | None:
+    """Epoch seconds of an ISO time (None when it does not parse)."""
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
 
 
 class RunLock:
@@ -175,7 +188,7 @@ class RunLock:
         if other is None:
             return self._age() > max(self.poll * 4, 5.0)  # a creator may be mid-write
         if other.host == socket.gethostname():
-            return not pid_alive(other.pid)
+            return not pid_alive(other.pid, _epoch(other.started))
         return time.time() - other.heartbeat > self.stale_after
 
     def _age(self) -> float:

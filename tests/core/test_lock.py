@@ -176,3 +176,18 @@ def test_heartbeat_refreshes_and_a_pipeline_run_holds_the_lock(tmp_path: Path) -
     with RunLock(ArtifactStore(str(run_dir))), pytest.raises(RunDirBusyError):
         pipe.run(until="documents")
     assert not (run_dir / "documents.jsonl").exists()
+
+
+def test_a_reused_process_id_does_not_keep_a_dead_runs_lock(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A lock whose pid now belongs to a process started later (a reboot, a container
+    restart) is stale; the same pid with a start time after the process's own is live."""
+    store = ArtifactStore(str(tmp_path / "run"))
+    lock = {"pid": os.getpid(), "host": socket.gethostname(), "heartbeat": time.time(), "token": "old"}
+    store.write_json(LOCK_NAME, {**lock, "started": "2000-01-01T00:00:00+00:00"})
+    with caplog.at_level(logging.WARNING, logger="selflearn.lock"), RunLock(store) as taken:
+        assert taken.holder is not None and taken.holder.token != "old"
+    assert f"stale lock left by process {os.getpid()}" in caplog.text
+    store.write_json(LOCK_NAME, {**lock, "started": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())})
+    with pytest.raises(RunDirBusyError):
+        RunLock(store).acquire()

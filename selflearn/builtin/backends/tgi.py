@@ -152,9 +152,10 @@ class TGIBackend:
             info = None
         if resp.status_code != 200 or not isinstance(info, dict):
             raise BackendError(
-                f"{self.url}/info answered HTTP {resp.status_code} without TGI's JSON info: is "
-                "this a text-generation-inference server? (for OpenAI-compatible servers use "
-                "the `openai` backend)"
+                f"{self.url}/info answered HTTP {resp.status_code} without TGI's JSON info "
+                f"(received {excerpt(resp.text, secrets=self._secrets)}): is this a "
+                "text-generation-inference server? (for OpenAI-compatible servers use the "
+                "`openai` backend)"
             )
         served = info.get("model_id")
         want = self.options.model
