@@ -89,13 +89,13 @@ def report(key: str, value: Any) -> None:
 
 def select_times(vocab: int) -> None:
     """Token selection alone (one CUDA graph per variant, ms), on flat rows (random-weight-like)
-    and peaked rows (trained-model-like); and how often hf_nucleus's kernel picks the full
+    and peaked rows (trained-model-like); and how often sampling_kernel's kernel picks the full
     path's token on the GPU."""
     import torch
 
-    from selflearn.builtin.backends.hf_candidates import select_candidates
-    from selflearn.builtin.backends.hf_nucleus import sample, select_nucleus
-    from selflearn.builtin.backends.hf_sampling import SamplingConfig, select, vocab_keys
+    from selflearn.builtin.backends.hf.candidate_sampling import select_candidates
+    from selflearn.builtin.backends.hf.sampling import SamplingConfig, select, vocab_keys
+    from selflearn.builtin.backends.hf.sampling_kernel import sample, select_nucleus
 
     cfg = SamplingConfig(greedy=False, temperature=1.0, top_p=0.9, repetition_penalty=1.1)
     greedy = SamplingConfig(greedy=True, repetition_penalty=1.1)
@@ -152,7 +152,7 @@ def _nucleus_once(select: Any, base: Any, st: dict[str, Any], cfg: Any) -> None:
 def attention_check() -> None:
     import torch
 
-    from selflearn.builtin.backends.hf_attention import shared_prefix_attention
+    from selflearn.builtin.backends.hf.attention import shared_prefix_attention
 
     class St:
         pass
@@ -181,7 +181,7 @@ def attention_check() -> None:
     report("attention rel. error vs float32: matmul", float((plain - ref).norm() / ref.norm()))
     report("attention rel. error vs float32: fused", float((fused - ref).norm() / ref.norm()))
     # the Triton kernel for both parts (the default on CUDA), merged
-    from selflearn.builtin.backends.hf_attention import fused_parts, merge_parts, prefix_queries
+    from selflearn.builtin.backends.hf.attention import fused_parts, merge_parts, prefix_queries
 
     st.triton = True
     q_gen = q.reshape(g * m, hkv, gq, d)
@@ -197,8 +197,8 @@ def kernel_configs() -> None:
 
     import torch
 
-    from selflearn.builtin.backends.hf_attention import _part
-    from selflearn.builtin.backends.hf_triton import attention, default_warps
+    from selflearn.builtin.backends.hf.attention import _part
+    from selflearn.builtin.backends.hf.attention_kernel import attention, default_warps
 
     shapes = {  # (batch, kv heads, queries, keys, head dim, per-row bias)
         "135m own tokens t=128": (640, 3, 3, 128, 64, False),
@@ -275,9 +275,9 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from selflearn.builtin.backends.hf_decode import DecodeBatch
-    from selflearn.builtin.backends.hf_sampling import SamplingConfig
-    from selflearn.builtin.backends.hf_shared import SharedPrefixDecoder
+    from selflearn.builtin.backends.hf.loop_decoder import DecodeBatch
+    from selflearn.builtin.backends.hf.sampling import SamplingConfig
+    from selflearn.builtin.backends.hf.shared_decoder import SharedPrefixDecoder
 
     folder = build_lm(shape, os.path.join(ROOT, ".assets", "perf", tok), os.path.join(work, name), "cuda")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).cuda().eval()

@@ -1,7 +1,7 @@
 """A Triton kernel for the shared decoder's two attention parts: few queries per key-value
 head, an additive per-key bias, output and log-sum-exp in float32.
 
-Why: both parts of a decode step's attention (:mod:`.hf_attention`) have few queries per
+Why: both parts of a decode step's attention (:mod:`.attention`) have few queries per
 (batch, key-value head): the rows' own tokens gq = query heads / key-value heads (often 3-8),
 the prompt prefix m x gq (the prompt's samples side by side, 30 for K = 10 and gq = 3).
 PyTorch's memory-efficient kernel computes 64-query tiles, so most of its work is padding: on
@@ -14,7 +14,7 @@ each during a warm-up step. The decoder launches both parts of a layer at once
 (:func:`attention_pair`): the prefix part alone has few programs and would leave most of the
 GPU idle.
 
-The kernels (in :mod:`.hf_triton_kernel`) compute what :func:`.hf_attention.plain_attention`
+The kernels (in :mod:`.attention_kernel_triton`) compute what :func:`.attention.plain_attention`
 writes in plain torch (the reference of the tests; they run the kernels in Triton's
 interpreter on the CPU). They are used on CUDA when Triton is installed and the head dimension
 is a power of two from 16 to 256 (see :func:`available`); otherwise the memory-efficient kernel
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import functools
 from typing import TYPE_CHECKING, Any
+
+from .fallbacks import AttentionKernelFailed, piece
 
 if TYPE_CHECKING:
     import torch
@@ -49,9 +51,9 @@ def available(head_dim: int) -> bool:
 
 @functools.cache
 def _kernels() -> Any:
-    from . import hf_triton_kernel
+    from . import attention_kernel_triton
 
-    return hf_triton_kernel
+    return attention_kernel_triton
 
 
 def query_block(m: int) -> int:
@@ -111,11 +113,12 @@ def attention(
     bsz, heads, m, d = q.shape
     args, out, lse = _args(q, k, v, bias, first, last)
     block_m = query_block(m)
-    _kernels().small_query_attention[(bsz, heads, -(-m // block_m))](
-        *args, scale, N_KEYS=k.shape[2], BLOCK_M=block_m, BLOCK_N=block_n, HEAD=d,
-        HAS_FIRST=first is not None, HAS_LAST=last is not None,
-        num_warps=num_warps or default_warps(m), num_stages=num_stages,
-    )
+    with piece(AttentionKernelFailed):
+        _kernels().small_query_attention[(bsz, heads, -(-m // block_m))](
+            *args, scale, N_KEYS=k.shape[2], BLOCK_M=block_m, BLOCK_N=block_n, HEAD=d,
+            HAS_FIRST=first is not None, HAS_LAST=last is not None,
+            num_warps=num_warps or default_warps(m), num_stages=num_stages,
+        )
     return out, lse
 
 
@@ -137,12 +140,13 @@ def attention_pair(
     bm1, bm2 = query_block(q1.shape[2]), query_block(q2.shape[2])
     z1, z2 = -(-q1.shape[2] // bm1), -(-q2.shape[2] // bm2)
     programs = q1.shape[0] * q1.shape[1] * z1
-    _kernels().two_attentions[(programs + q2.shape[0] * q2.shape[1] * z2,)](
-        *args1, *args2, scale,
-        HEADS=q1.shape[1], Z=z1, PROGRAMS=programs, HEADS2=q2.shape[1], Z2=z2,
-        N_KEYS=k1.shape[2], BLOCK_M=bm1, BLOCK_N=block_n[0], HAS_FIRST=f1 is not None, HAS_LAST=e1 is not None,
-        N_KEYS2=k2.shape[2], BLOCK_M2=bm2, BLOCK_N2=block_n[1], HAS_FIRST2=f2 is not None,
-        HAS_LAST2=e2 is not None, HEAD=q1.shape[3],
-        num_warps=num_warps or default_warps(max(q1.shape[2], q2.shape[2])), num_stages=num_stages,
-    )
+    with piece(AttentionKernelFailed):
+        _kernels().two_attentions[(programs + q2.shape[0] * q2.shape[1] * z2,)](
+            *args1, *args2, scale,
+            HEADS=q1.shape[1], Z=z1, PROGRAMS=programs, HEADS2=q2.shape[1], Z2=z2,
+            N_KEYS=k1.shape[2], BLOCK_M=bm1, BLOCK_N=block_n[0], HAS_FIRST=f1 is not None,
+            HAS_LAST=e1 is not None, N_KEYS2=k2.shape[2], BLOCK_M2=bm2, BLOCK_N2=block_n[1],
+            HAS_FIRST2=f2 is not None, HAS_LAST2=e2 is not None, HEAD=q1.shape[3],
+            num_warps=num_warps or default_warps(max(q1.shape[2], q2.shape[2])), num_stages=num_stages,
+        )
     return o1, l1, o2, l2

@@ -1,14 +1,14 @@
 """The decoding loop of the ``hf`` backend.
 
 Why our own loop instead of ``model.generate``: sampling must be batch-invariant (see
-:mod:`.hf_sampling`), which ``generate``'s shared random stream is not; and the K samples of a
+:mod:`.sampling`), which ``generate``'s shared random stream is not; and the K samples of a
 prompt should share its prefill. The loop:
 
 1. **Prefill** the distinct prompts of the batch once (left padding, positions from the
    attention mask, logits of the last position only), with a ``DynamicCache``.
 2. **Expand** the cache, the last logits and the "seen tokens" mask to one row per sample
    (an index-select: sample rows of the same prompt share its prefill computation).
-3. **Decode** one token per step for all rows with :func:`.hf_sampling.select`, all on the
+3. **Decode** one token per step for all rows with :func:`.sampling.select`, all on the
    device. The host only looks every ``sync_every`` steps: to stop when every row finished, to
    check stop strings, and (dynamic cache) to drop finished rows from the batch.
 
@@ -21,7 +21,7 @@ Two cache implementations share steps 1-3:
   CUDA graphs (``compile=True``: ``torch.compile(mode="reduce-overhead")``). Row counts and
   cache lengths are rounded up to buckets so a run compiles only a few times; the CPU path runs
   it eagerly (useful to test it). The faster GPU path is the ``shared`` decoder
-  (:mod:`.hf_shared`), which the backend uses on CUDA by default.
+  (:mod:`.shared_decoder`), which the backend uses on CUDA by default.
 
 A row's tokens depend only on its prompt, its key and the model, never on the batch (up to the
 floating-point differences batched kernels may show between batch shapes).
@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from .hf_cache_api import cache_kwargs, returned_cache
-from .hf_sampling import SamplingConfig, select, vocab_keys
+from .sampling import SamplingConfig, select, vocab_keys
+from .transformers_api import cache_kwargs, returned_cache
 
 if TYPE_CHECKING:
     import torch

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from ...core.hashing import seed_from
+from ....core.hashing import seed_from
 
 if TYPE_CHECKING:
     import torch

@@ -1,14 +1,14 @@
-"""Exact top-p sampling in one Triton kernel: the token :func:`.hf_sampling.select` chooses,
+"""Exact top-p sampling in one Triton kernel: the token :func:`.sampling.select` chooses,
 without sorting the vocabulary and without a candidate set.
 
-Why: the shared decoder's token selection on top-k candidates (:mod:`.hf_candidates`) spent
+Why: the shared decoder's token selection on top-k candidates (:mod:`.candidate_sampling`) spent
 about a quarter of a small model's decode step in ``torch.topk`` over the whole vocabulary, a
 vocabulary-wide log-sum-exp and copies, plus a full sort for a fixed number of "overflow" rows
 whose nucleus did not fit in the candidates (and rows beyond those slots were *truncated*:
 sampled from their candidates only). This kernel needs neither a sort nor candidates.
 
 **The idea.** The full path picks ``argmax over the nucleus N of (s_u + g_u)`` (Gumbel-max with
-the counter-based noise ``g`` of :func:`.hf_sampling.uniform_noise`), where N is the set of
+the counter-based noise ``g`` of :func:`.sampling.uniform_noise`), where N is the set of
 tokens whose *mass ranked above them* is below ``top_p``. That membership is a property of
 one token, checkable in one pass: ``mass_above(v) = sum of softmax(s)_u over the tokens u
 ranked above v`` (higher score, or equal score and a higher id: the order of the full path's
@@ -37,7 +37,7 @@ logarithms may differ from PyTorch's in the last bit (which changes the argmax o
 scores within about 1e-7 of each other).
 
 The repetition penalty is applied before (a scatter over the seen ids, as in
-:mod:`.hf_candidates`); temperature is applied on load (``s = x / T``, as the full path
+:mod:`.candidate_sampling`); temperature is applied on load (``s = x / T``, as the full path
 divides). Log-probabilities under the processed distribution (``logprobs: sampling``) need the
 nucleus' total mass, which this kernel does not compute: that mode keeps the candidate path.
 """
@@ -47,8 +47,9 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-from .hf_candidates import penalize_ids
-from .hf_sampling import SamplingConfig
+from .candidate_sampling import penalize_ids
+from .fallbacks import SamplingKernelFailed, piece
+from .sampling import SamplingConfig
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +63,7 @@ WARPS = 8
 
 @functools.cache
 def _kernel() -> Any:
-    from .hf_nucleus_kernel import nucleus_sample
+    from .sampling_kernel_triton import nucleus_sample
 
     return nucleus_sample
 
@@ -73,18 +74,21 @@ def sample(
 ) -> torch.Tensor:
     """One token per row of ``scores`` (float32 (rows, V), repetition penalty applied,
     temperature not): Gumbel-max over the top-p nucleus of ``softmax(scores / temperature)``
-    with the noise of row key ``keys`` (int64 (rows,)) at ``step`` (an int64 tensor of one
-    element, so that a CUDA graph replays with the current step). int64 (rows,)."""
+    with the noise of row key ``keys`` (int64 (rows,)) at ``step`` (an int64 tensor, one
+    element or one per row: each row's own step after refills; a tensor so that a CUDA graph
+    replays with the current step). int64 (rows,)."""
     import torch
 
     rows, vocab = scores.shape
+    step = step.reshape(-1)
     if scores.stride(-1) != 1:
         scores = scores.contiguous()
     out = torch.empty(rows, dtype=torch.int64, device=scores.device)
-    _kernel()[(rows,)](
-        scores, scores.stride(0), keys, step.reshape(1), out, float(top_p), float(temperature),
-        VOCAB=vocab, FILTER=top_p < 1.0, BLOCK=block, LIBDEVICE=scores.is_cuda, num_warps=num_warps,
-    )
+    with piece(SamplingKernelFailed):
+        _kernel()[(rows,)](
+            scores, scores.stride(0), keys, step, 1 if step.numel() > 1 else 0, out, float(top_p), float(temperature),
+            VOCAB=vocab, FILTER=top_p < 1.0, BLOCK=block, LIBDEVICE=scores.is_cuda, num_warps=num_warps,
+        )
     return out
 
 
@@ -93,7 +97,7 @@ def select_nucleus(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The shared decoder's token selection with :func:`sample` (sampling configurations with
     ``logprobs`` None or "model"; see the module docstring). ``logits`` (float32 (rows, V)) is
-    modified in place (repetition penalty), as by :func:`.hf_candidates.select_candidates`.
+    modified in place (repetition penalty), as by :func:`.candidate_sampling.select_candidates`.
     Returns (tokens, log-probabilities under the raw model or None)."""
     import torch
 

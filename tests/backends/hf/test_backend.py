@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from selflearn.builtin.backends.hf import HFBackend, Options, create
-from selflearn.builtin.backends.hf_sampling import uniform_noise, uniform_reference
+from selflearn.builtin.backends.hf.sampling import uniform_noise, uniform_reference
 from selflearn.core.errors import BackendError, ConfigError
 from selflearn.core.protocols import GenerationParams
 

@@ -2,18 +2,18 @@
 
 What it does with a call ``generate(prompts, params, n=K, sample_offset=s)``:
 
-* decodes with the ``shared`` decoder on CUDA (:mod:`.hf_shared`: one prompt KV cache for its
+* decodes with the ``shared`` decoder on CUDA (:mod:`.shared_decoder`: one prompt KV cache for its
   K samples, the whole step in CUDA graphs, top-k candidate sampling) and the ``loop`` decoder
-  (:mod:`.hf_decode`) on the CPU or when asked for (option ``decoder``);
+  (:mod:`.loop_decoder`) on the CPU or when asked for (option ``decoder``);
 * renders each prompt once: chat-message prompts through the tokenizer's chat template
   (``add_generation_prompt=True``), raw strings as they are (with the tokenizer's special
   tokens, e.g. BOS); prompts longer than ``max_input_tokens`` keep their last tokens;
 * sorts the prompts by length (longest first, so an out-of-memory error shows up on the first
   batch) and packs sample rows into batches of at most ``batch_size`` sequences; each batch
   prefills its distinct prompts once and shares that prefill with their samples
-  (:mod:`.hf_decode`); the results are put back in the caller's order;
+  (:mod:`.loop_decoder`); the results are put back in the caller's order;
 * sample ``j`` of a prompt is a deterministic function of (seed, prompt, parameters, model,
-  ``s + j``) whatever else is in its batch (:mod:`.hf_sampling`), so a resumed run reproduces
+  ``s + j``) whatever else is in its batch (:mod:`.sampling`), so a resumed run reproduces
   the rows of the batch it lost and samples 5..9 asked alone equal those of a K=10 call;
 * greedy calls (temperature 0) decode once per prompt and repeat the answer ``n`` times;
 * on ``torch.cuda.OutOfMemoryError`` the batch is halved and retried (and later batches use
@@ -36,14 +36,14 @@ from typing import Any, Literal
 
 import attrs
 
-from ...core.errors import BackendError, ConfigError
-from ...core.options import bounded
-from ...core.prompts import named_template
-from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
-from ...core.records import Completion
-from .hf_decode import DecodeBatch, Decoder, RowOutput
-from .hf_sampling import SamplingConfig, row_key
-from .hf_shared import SharedPrefixDecoder, unsupported_reason
+from ....core.errors import BackendError, ConfigError
+from ....core.options import bounded
+from ....core.prompts import named_template
+from ....core.protocols import BackendCapabilities, GenerationParams, Prompt
+from ....core.records import Completion
+from .loop_decoder import DecodeBatch, Decoder, RowOutput
+from .sampling import SamplingConfig, row_key
+from .shared_decoder import SharedPrefixDecoder, unsupported_reason
 
 log = logging.getLogger("selflearn.hf")
 
@@ -79,18 +79,18 @@ class Options:
     logprobs: Literal["model", "sampling"] = "model"
     #: transformers attention implementation ("sdpa", "eager", "flash_attention_2"; None: default)
     attn_implementation: str | None = None
-    #: "shared": one prompt KV cache for its K samples, fixed shapes, CUDA graphs (hf_shared.py);
+    #: "shared": one prompt KV cache for its K samples, fixed shapes, CUDA graphs (shared_decoder.py);
     #: "loop": the general decoder (cache/compile apply); "auto": shared on CUDA for supported
     #: architectures unless cache/compile are set, loop otherwise
     decoder: Literal["auto", "loop", "shared"] = "auto"
     #: shared decoder: how sampled tokens are chosen. "triton": exact top-p sampling in one
-    #: Triton kernel per step (hf_nucleus.py: no sort, no candidate set, nothing truncated);
-    #: "candidates": top-p over each row's top-k candidates (hf_candidates.py; the options
+    #: Triton kernel per step (sampling_kernel.py: no sort, no candidate set, nothing truncated);
+    #: "candidates": top-p over each row's top-k candidates (candidate_sampling.py; the options
     #: candidates and overflow_share apply); "auto": triton on CUDA where Triton runs, else
     #: candidates (also for logprobs: sampling, which the kernel does not compute)
     sampler: Literal["auto", "triton", "candidates"] = "auto"
     #: shared decoder, sampler candidates: top-p sampling over each row's top-k candidates
-    #: (exact whenever the nucleus fits in them, see hf_candidates.py); 0: the whole vocabulary
+    #: (exact whenever the nucleus fits in them, see candidate_sampling.py); 0: the whole vocabulary
     candidates: int = bounded(1024, ge=1)
     #: shared decoder, sampler candidates: share of a batch's rows per step that may take the
     #: exact full-vocabulary path when their nucleus is larger than the candidates (the rest are
@@ -99,12 +99,12 @@ class Options:
     #: shared decoder on CUDA: capture the decode step in CUDA graphs
     cuda_graphs: bool = True
     #: shared decoder: decoder layers as fused tensor functions over packed weights
-    #: (hf_fused.py). "compile": compiled with torch.compile (one compile per batch shape, a
+    #: (fused_layers.py). "compile": compiled with torch.compile (one compile per batch shape, a
     #: few seconds; falls back to "eager" if compilation fails); "eager": the same functions
     #: uncompiled; "off": the model's own modules; "auto": compile on CUDA with Triton, off on CPU
     fuse: Literal["auto", "compile", "eager", "off"] = "auto"
     #: shared decoder on CUDA in half precision: the kernel of the decode step's attention.
-    #: "triton": hf_triton.py's kernel for few queries per head (needs Triton and a head size
+    #: "triton": attention_kernel.py's kernel for few queries per head (needs Triton and a head size
     #: that is a power of two); "sdpa": PyTorch's memory-efficient kernel; "auto": triton where
     #: it can run
     decode_attention: Literal["auto", "triton", "sdpa"] = "auto"
@@ -113,7 +113,7 @@ class Options:
 def weights_fingerprint(ref: str) -> str | None:
     """A short fingerprint of a local model (folder or file) so that retraining a model into
     the same folder never serves stale cached generations; None for hub ids."""
-    from ...core.models import content_fingerprint, package_file
+    from ....core.models import content_fingerprint, package_file
 
     path = package_file(ref) if ref.startswith("pkg:") else os.path.expanduser(ref)
     return content_fingerprint(path)
@@ -184,7 +184,7 @@ class HFBackend:
             return
         import torch
 
-        from ...core.models import load_causal_lm, load_tokenizer
+        from ....core.models import load_causal_lm, load_tokenizer
 
         kwargs: dict[str, Any] = {}
         if self.options.revision:

@@ -1,4 +1,4 @@
-"""Fused decoder layers of the shared decoder (``fuse`` option, hf_fused.py) on tiny random
+"""Fused decoder layers of the shared decoder (``fuse`` option, fused_layers.py) on tiny random
 Llama, Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms) models in float32 on the CPU: the
 same tokens and log-probabilities as the models' own modules, packing without extra memory,
 the compiled version, the fallback when compilation fails, and who may be fused."""
@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from selflearn.builtin.backends.hf import HFBackend, Options
-from selflearn.builtin.backends.hf_fused import resolve, unfusable_reason
+from selflearn.builtin.backends.hf.fused_layers import resolve, unfusable_reason
 
-from ..conftest import build_tiny_tokenizer
-from .test_hf import GREEDY, PROMPTS, SAMPLED, tokens
+from ...conftest import build_tiny_tokenizer
+from .test_backend import GREEDY, PROMPTS, SAMPLED, tokens
 
 
 def build(path: Path, kind: str) -> str:
@@ -150,7 +150,7 @@ def test_the_merge_of_two_parts_is_one_softmax_over_both() -> None:
     equals the plain path's single float32 softmax over both."""
     import torch
 
-    from selflearn.builtin.backends.hf_attention import (
+    from selflearn.builtin.backends.hf.attention import (
         Shared,
         merge_parts,
         plain_attention,
@@ -186,9 +186,9 @@ import os, sys
 os.environ["TRITON_INTERPRET"] = "1"  # Triton's interpreter: the kernel runs on the CPU
 import torch
 sys.path.insert(0, os.getcwd())
-from selflearn.builtin.backends.hf_attention import Shared, fused_parts, merge_parts, plain_attention, prefix_queries
-from selflearn.builtin.backends.hf_triton import attention, attention_pair
-from tests.backends.test_hf_fused import reference
+from selflearn.builtin.backends.hf.attention import Shared, fused_parts, merge_parts, plain_attention, prefix_queries
+from selflearn.builtin.backends.hf.attention_kernel import attention, attention_pair
+from tests.backends.hf.test_fused_layers import reference
 
 torch.manual_seed(0)
 worst = 0.0
@@ -242,7 +242,7 @@ print("ok", worst)
 
 
 def test_the_triton_kernel_is_attention_with_its_log_sum_exp() -> None:
-    """hf_triton's kernel in Triton's interpreter (CPU; float32 and float16 - the interpreter
+    """attention_kernel's kernel in Triton's interpreter (CPU; float32 and float16 - the interpreter
     has no bfloat16): output and log-sum-exp against float64 attention, for both parts' shapes
     (3, 17, 30 queries, and 150: split over programs), shared and per-row key masks, a fully masked block, a sliced key buffer;
     two attentions of different shapes in one launch equal to one launch each; and the
@@ -257,15 +257,21 @@ def test_the_triton_kernel_is_attention_with_its_log_sum_exp() -> None:
     assert done.stdout.startswith("ok")
 
 
-def test_a_failing_triton_kernel_falls_back_to_pytorchs(
+def test_each_failing_piece_is_turned_off_and_only_that_piece(
     tiny_llama: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An error raised inside hf_triton (say, no C compiler for Triton's launcher) turns the
-    kernel off and keeps the compiled pieces; an error elsewhere after all fallbacks is raised."""
+    """An error raised inside the attention kernel (say, no C compiler for Triton's launcher)
+    turns the kernel off and keeps the compiled pieces; compiled selection and compiled layers
+    are turned off only when they raised; an error of no piece is raised at once."""
     import torch
 
-    from selflearn.builtin.backends import hf_triton
-    from selflearn.builtin.backends.hf_candidates import select_candidates
+    from selflearn.builtin.backends.hf import attention_kernel
+    from selflearn.builtin.backends.hf.candidate_sampling import select_candidates
+    from selflearn.builtin.backends.hf.fallbacks import (
+        CompiledLayersFailed,
+        CompiledSelectionFailed,
+        piece,
+    )
 
     b = backend(tiny_llama, fuse="eager")
     dec: Any = b._decoder
@@ -274,18 +280,34 @@ def test_a_failing_triton_kernel_falls_back_to_pytorchs(
     def broken_kernel() -> Any:
         raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
 
-    monkeypatch.setattr(hf_triton, "_kernels", broken_kernel)
+    monkeypatch.setattr(attention_kernel, "_kernels", broken_kernel)
     calls = []
 
     def step(*args: Any) -> None:
         calls.append((dec.triton, dec._select is select_candidates, dec.fuse))
         if dec.triton:
             x = torch.zeros(1, 1, 1, 16)
-            hf_triton.attention(x, x, x, torch.zeros(1), 1.0)
-        raise ValueError("an operation inductor cannot lower")
+            attention_kernel.attention(x, x, x, torch.zeros(1), 1.0)
+        # the selection runs inside the layers' piece here: the inner piece wraps first
+        with piece(CompiledLayersFailed, active=dec.fuse == "compile"), \
+                piece(CompiledSelectionFailed, active=dec._select is not select_candidates):
+            raise ValueError("an operation inductor cannot lower")
 
     monkeypatch.setattr(dec, "_step", step)
     with caplog.at_level(logging.WARNING, logger="selflearn.hf"), pytest.raises(ValueError, match="cannot lower"):
         dec._warm_up(None, 64, None, None)
-    assert calls == [(True, False, "compile"), (False, False, "compile"), (False, True, "compile"), (False, True, "eager")]
+    # kernel off; the selection's failure; then the layers'; then the error itself
+    assert calls == [(True, False, "compile"), (False, False, "compile"), (False, True, "compile"),
+                     (False, True, "eager")]
     assert "the Triton attention kernel failed (RuntimeError: Failed to find C compiler." in caplog.text
+    assert "compiling token selection failed (ValueError: an operation inductor cannot lower)" in caplog.text
+
+    def plain_error(*args: Any) -> None:
+        calls.append("plain")
+        raise KeyError("a bug, not a piece")
+
+    dec.triton, dec.fuse = True, "compile"
+    monkeypatch.setattr(dec, "_step", plain_error)
+    with pytest.raises(KeyError, match="a bug"):
+        dec._warm_up(None, 64, None, None)
+    assert calls[-1] == "plain" and calls.count("plain") == 1 and dec.triton and dec.fuse == "compile"

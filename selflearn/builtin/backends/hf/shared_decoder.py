@@ -2,7 +2,7 @@
 shapes, and the whole decode step (forward pass + token selection) replayed as a CUDA graph.
 
 Why: the K-sample workload is launch-bound and memory-bound, not compute-bound. The ``loop``
-decoder (:mod:`.hf_decode`) copies each prompt's KV cache K times and, per step, launches a
+decoder (:mod:`.loop_decoder`) copies each prompt's KV cache K times and, per step, launches a
 few thousand small kernels from Python. Here:
 
 * **Shared prompt prefix (cascade attention).** The batch is laid out as G prompts x M sample
@@ -12,12 +12,12 @@ few thousand small kernels from Python. Here:
   queries of a prompt against its prefix in one matrix product, scores each row against its
   own generated tokens, and takes one softmax over both parts. Per step the prefix is read once
   per prompt instead of once per sample, and nothing is copied K times.
-* **Fused layers** (:mod:`.hf_fused`, option ``fuse``; compiled by default on CUDA): the
+* **Fused layers** (:mod:`.fused_layers`, option ``fuse``; compiled by default on CUDA): the
   decoder layers as a few fused kernels each over packed weights, instead of the ~60 kernels of
   transformers' layer. With ``fuse: off`` the step calls the model's own modules, with a small
   cache object whose ``update`` writes the new key/value into the row's buffer and an attention
   function registered in transformers' ``AttentionInterface`` (active only inside the step).
-* **Attention kernel** (:mod:`.hf_triton`, option ``decode_attention``): a Triton kernel sized
+* **Attention kernel** (:mod:`.attention_kernel`, option ``decode_attention``): a Triton kernel sized
   for the few queries per head of both parts, or PyTorch's memory-efficient kernel.
 * **CUDA graphs.** On CUDA the step is captured once per shape and replayed: one launch per
   token instead of thousands. Attention reads the generated-token buffer up to a bucket of 64
@@ -27,7 +27,7 @@ few thousand small kernels from Python. Here:
   before capture (compilation and autotuning happen there, seconds for a new batch shape), and
   the graphs are kept for the next batches of the same shape.
 * **Token selection** (option ``sampler``): exact top-p sampling in one Triton kernel
-  (:mod:`.hf_nucleus`, the default on CUDA), or on top-k candidates (:mod:`.hf_candidates`);
+  (:mod:`.sampling_kernel`, the default on CUDA), or on top-k candidates (:mod:`.candidate_sampling`);
   the repetition penalty is applied from a list of seen ids rather than a vocabulary-wide mask.
 
 Rows are independent of each other (the prefix of another prompt is masked out; padding slots
@@ -45,15 +45,24 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
-from .hf_attention import ATTN_NAME, Shared, fused_parts, plain_attention, register
-from .hf_cache_api import cache_kwargs
-from .hf_candidates import full_rows_uncompiled, select_candidates
-from .hf_decode import DecodeBatch, RowOutput, StopCheck, _round_up
-from .hf_fused import FusedLayers, FuseMode, resolve
-from .hf_nucleus import select_nucleus
-from .hf_sampling import SamplingConfig, vocab_keys
-from .hf_triton import available as triton_available
-from .hf_triton import importable as triton_importable
+from .attention import ATTN_NAME, Shared, fused_parts, plain_attention, register
+from .attention_kernel import available as triton_available
+from .attention_kernel import importable as triton_importable
+from .buffers import DecodeState, RowCache, head_dim
+from .candidate_sampling import full_rows_uncompiled, select_candidates
+from .fallbacks import (
+    AttentionKernelFailed,
+    CompiledLayersFailed,
+    CompiledSelectionFailed,
+    PieceFailed,
+    SamplingKernelFailed,
+    piece,
+)
+from .fused_layers import FusedLayers, FuseMode, resolve
+from .loop_decoder import DecodeBatch, RowOutput, StopCheck, _round_up
+from .sampling import SamplingConfig
+from .sampling_kernel import select_nucleus
+from .transformers_api import cache_kwargs
 
 if TYPE_CHECKING:
     import torch
@@ -61,16 +70,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("selflearn.hf")
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
-#: the fused attention parts: "triton" (hf_triton.py), "sdpa" (PyTorch's memory-efficient
+#: the fused attention parts: "triton" (attention_kernel.py), "sdpa" (PyTorch's memory-efficient
 #: kernel), "auto" (triton where it can run)
 AttentionKernel = Literal["auto", "triton", "sdpa"]
-#: how sampled tokens are chosen: "triton" (hf_nucleus.py), "candidates" (hf_candidates.py),
+#: how sampled tokens are chosen: "triton" (sampling_kernel.py), "candidates" (candidate_sampling.py),
 #: "auto" (triton on CUDA where Triton runs)
 Sampler = Literal["auto", "triton", "candidates"]
-
-
-def _head_dim(cfg: Any) -> int:
-    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -89,67 +94,8 @@ def unsupported_reason(model: Any) -> str | None:
     return None
 
 
-class _RowCache:
-    """What the decoder layers see as their cache: writes the step's key/value at slot
-    ``t`` of each row's buffer and returns the buffers up to the current bucket."""
-
-    def __init__(self, state: _State, t_eff: int) -> None:
-        self.state, self.t_eff = state, t_eff
-
-    def update(self, key: Any, value: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        st = self.state
-        gk, gv = st.gen_k[layer_idx], st.gen_v[layer_idx]
-        gk.index_copy_(2, st.t_index, key)
-        gv.index_copy_(2, st.t_index, value)
-        return gk[:, :, : self.t_eff], gv[:, :, : self.t_eff]
-
-
-class _State:
-    """Static buffers of one batch shape (their addresses are baked into the CUDA graphs)."""
-
-    def __init__(self, model: Any, groups: int, m: int, width: int, gen_len: int, pad_id: int) -> None:
-        import torch
-
-        cfg = model.config
-        dev, dtype = model.device, model.dtype
-        rows = groups * m
-        hkv = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-        hd = _head_dim(cfg)
-        n_layers = int(cfg.num_hidden_layers)
-        vocab = int(model.lm_head.out_features)
-        self.groups, self.m, self.rows, self.width, self.gen_len = groups, m, rows, width, gen_len
-        self.prefix_k = [torch.zeros(groups, hkv, width, hd, dtype=dtype, device=dev) for _ in range(n_layers)]
-        self.prefix_v = [torch.zeros_like(x) for x in self.prefix_k]
-        # keys and values of the generated tokens, one buffer per layer so that the fused
-        # layers write a step's key and value with one copy
-        self.gen_kv = [torch.zeros(2, rows, hkv, gen_len, hd, dtype=dtype, device=dev) for _ in range(n_layers)]
-        self.gen_k = [x[0] for x in self.gen_kv]
-        self.gen_v = [x[1] for x in self.gen_kv]
-        self.prefix_bias = torch.zeros(groups, width, dtype=torch.float32, device=dev)
-        #: each prompt's first key after its left padding (the Triton kernel skips the blocks before)
-        self.prefix_first = torch.zeros(groups, dtype=torch.int32, device=dev)
-        self.gen_bias = torch.zeros(gen_len, dtype=torch.float32, device=dev)
-        # the same masks in the model's dtype (the fused kernels take a bias of the query's dtype)
-        self.prefix_bias_h = torch.zeros(groups, width, dtype=dtype, device=dev)
-        self.gen_bias_h = torch.zeros(gen_len, dtype=dtype, device=dev)
-        self.positions = torch.arange(gen_len, device=dev)
-        self.t = torch.zeros((), dtype=torch.int64, device=dev)
-        self.t_index = torch.zeros(1, dtype=torch.int64, device=dev)
-        self.logits = torch.zeros(rows, vocab, dtype=torch.float32, device=dev)
-        self.seen = torch.zeros(rows, width + gen_len, dtype=torch.int64, device=dev)
-        self.keys = torch.zeros(rows, dtype=torch.int64, device=dev)
-        self.plen = torch.zeros(rows, dtype=torch.int64, device=dev)
-        self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
-        self.length = torch.zeros(rows, dtype=torch.int64, device=dev)
-        self.out_tok = torch.full((rows, gen_len), pad_id, dtype=torch.int64, device=dev)
-        self.out_lp = torch.zeros(rows, gen_len, dtype=torch.float32, device=dev)
-        self.stats = torch.zeros(2, dtype=torch.int64, device=dev)
-        self.vocab = vocab_keys(vocab, dev)
-        self.graphs: dict[int, Any] = {}
-
-
 class SharedPrefixDecoder:
-    """Runs :class:`.hf_decode.DecodeBatch` es with the shared-prefix step (see the module doc)."""
+    """Runs :class:`.loop_decoder.DecodeBatch` es with the shared-prefix step (see the module doc)."""
 
     def __init__(
         self,
@@ -178,23 +124,23 @@ class SharedPrefixDecoder:
         #: attention with PyTorch's fused memory-efficient kernels (CUDA, half precision);
         #: False: plain matrix products (CPU, float32, and the reference)
         self.fused = str(model.device).startswith("cuda") and str(model.dtype) in ("torch.bfloat16", "torch.float16")
-        #: the fused attention parts with the Triton kernel of hf_triton.py (else PyTorch's)
-        self.triton = self.fused and kernel != "sdpa" and triton_available(_head_dim(model.config))
+        #: the fused attention parts with the Triton kernel of attention_kernel.py (else PyTorch's)
+        self.triton = self.fused and kernel != "sdpa" and triton_available(head_dim(model.config))
         if kernel == "triton" and self.fused and not self.triton:
             log.warning("hf: the Triton attention kernel needs Triton and a head size that is a power "
                         "of two from 16 to 256; using PyTorch's memory-efficient kernel")
-        #: sampled tokens with hf_nucleus's kernel (else on top-k candidates)
+        #: sampled tokens with sampling_kernel's kernel (else on top-k candidates)
         self.nucleus = self._nucleus(sampler)
         self.bucket = bucket
         self.group_bucket = group_bucket if self.graphs else 1
-        self._states: dict[tuple[Any, ...], _State] = {}
+        self._states: dict[tuple[Any, ...], DecodeState] = {}
         self._pool: Any = None
         #: counters of the last batch: overflow rows, truncated rows, graphs captured
         self.last_stats: dict[str, int] = {}
         #: row-steps sampled from their candidates only, over this decoder's life
         self.truncated_total = 0
         self.captured = 0
-        #: "compile", "eager" or "off" (see :mod:`.hf_fused`)
+        #: "compile", "eager" or "off" (see :mod:`.fused_layers`)
         self.fuse = resolve(fuse, model)
         self.layers: FusedLayers | None = None
         self._select: Any = select_candidates
@@ -208,7 +154,7 @@ class SharedPrefixDecoder:
             self._select = torch.compile(select_candidates)
 
     def _nucleus(self, sampler: Sampler) -> bool:
-        """Whether sampled tokens come from hf_nucleus's kernel: on CUDA with Triton (or in
+        """Whether sampled tokens come from sampling_kernel's kernel: on CUDA with Triton (or in
         Triton's interpreter, which the tests use on the CPU)."""
         import os
 
@@ -232,7 +178,7 @@ class SharedPrefixDecoder:
         finally:
             cfg._attn_implementation = before
 
-    def _step(self, st: _State, t_eff: int, cfg: SamplingConfig, eos: torch.Tensor) -> None:
+    def _step(self, st: DecodeState, t_eff: int, cfg: SamplingConfig, eos: torch.Tensor) -> None:
         """Select the token of step ``t`` from ``st.logits``, record it, run the forward pass
         on it and leave the next logits in ``st.logits``; all on the device, fixed shapes."""
         import torch
@@ -241,13 +187,15 @@ class SharedPrefixDecoder:
         live = ~st.done
         if self.nucleus and not cfg.greedy and cfg.logprobs != "sampling":
             tok, lp = select_nucleus(st.logits, st.seen, st.keys, t, cfg)
-        elif self.candidates > 0 and not cfg.greedy:
-            slots = int(round(self.overflow_share * st.rows))
-            tok, lp = self._select(
-                st.logits, st.seen, st.keys, t, cfg, self.candidates, slots, st.stats, st.vocab, live
-            )
         else:
-            tok, lp = self._select(st.logits, st.seen, st.keys, t, cfg, 1 << 30, 0, st.stats, st.vocab)
+            with piece(CompiledSelectionFailed, active=self._select is not select_candidates):
+                if self.candidates > 0 and not cfg.greedy:
+                    slots = int(round(self.overflow_share * st.rows))
+                    tok, lp = self._select(
+                        st.logits, st.seen, st.keys, t, cfg, self.candidates, slots, st.stats, st.vocab, live
+                    )
+                else:
+                    tok, lp = self._select(st.logits, st.seen, st.keys, t, cfg, 1 << 30, 0, st.stats, st.vocab)
         tok = torch.where(live, tok, self.pad_id)
         st.t_index.copy_(t.view(1))
         st.out_tok.index_copy_(1, st.t_index, tok[:, None])
@@ -270,7 +218,7 @@ class SharedPrefixDecoder:
             self._fused_forward(st, hidden[:, 0], rotary, shared, t_eff)
             st.t.add_(1)
             return
-        cache = _RowCache(st, t_eff)
+        cache = RowCache(st, t_eff)
         for layer in inner.layers[: self.model.config.num_hidden_layers]:
             hidden = layer(
                 hidden, attention_mask=None, position_ids=pos, use_cache=True,
@@ -282,9 +230,9 @@ class SharedPrefixDecoder:
         st.logits.copy_(self.model.lm_head(hidden[:, -1, :]))
         st.t.add_(1)
 
-    def _fused_forward(self, st: _State, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
+    def _fused_forward(self, st: DecodeState, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
                        shared: Shared, t_eff: int) -> None:
-        """The forward pass with :class:`.hf_fused.FusedLayers` (same attention, same cache);
+        """The forward pass with :class:`.fused_layers.FusedLayers` (same attention, same cache);
         the logits go to ``st.logits``."""
         layers = self.layers
         assert layers is not None
@@ -298,53 +246,44 @@ class SharedPrefixDecoder:
             return (plain_attention(q[0], key, value, pk, pv, shared, scale),)
 
         cos, sin = rotary
-        layers.forward(hidden, cos, sin, st.m, st.gen_kv, st.t_index, attend, st.logits)
+        # the attention kernel raises its own failure type, which passes through unchanged
+        with piece(CompiledLayersFailed, active=self.fuse == "compile"):
+            layers.forward(hidden, cos, sin, st.m, st.gen_kv, st.t_index, attend, st.logits)
 
-    def _warm_up(self, st: _State, t_eff: int, cfg: SamplingConfig, eos: torch.Tensor) -> None:
-        """One step on the new state (compiles what is compiled). Should something compiled fail
+    def _warm_up(self, st: DecodeState, t_eff: int, cfg: SamplingConfig, eos: torch.Tensor) -> None:
+        """One step on the new state (compiles what is compiled). Should an optional piece fail
         (no C compiler or Triton for this GPU, an operation inductor cannot lower), the decoder
-        goes on without it and says so: the Triton attention kernel when the error comes from it,
-        else compiled token selection (the riskier graph), then the compiled layers."""
-        import torch
-
+        goes on without that piece and says so; each piece raises its own type
+        (:mod:`.fallbacks`), so the one turned off is the one that failed."""
         while True:
             try:
                 self._step(st, t_eff, cfg, eos)
                 return
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as exc:
-                self._give_up_one(exc)
+            except PieceFailed as exc:
+                self._give_up(exc)
 
-    def _give_up_one(self, exc: Exception) -> None:
-        """Drop the compiled piece that most likely raised ``exc``, or re-raise it."""
-        import traceback
-
-        text = str(exc).strip()
-        first = text.splitlines()[0][:300] if text else ""
-        frames = traceback.extract_tb(exc.__traceback__)
-        if self.triton and any(f.filename.endswith("hf_triton.py") for f in frames):
-            log.warning("hf: the Triton attention kernel failed (%s: %s); using PyTorch's "
-                        "memory-efficient kernel", type(exc).__name__, first)
+    def _give_up(self, exc: PieceFailed) -> None:
+        """Turn off the piece that raised ``exc`` (re-raise its cause if it is off already)."""
+        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        if isinstance(exc, AttentionKernelFailed) and self.triton:
             self.triton = False
-        elif self.nucleus and any(f.filename.endswith("hf_nucleus.py") for f in frames):
-            log.warning("hf: the Triton sampling kernel failed (%s: %s); sampling on top-k candidates",
-                        type(exc).__name__, first)
+            then = "using PyTorch's memory-efficient kernel"
+        elif isinstance(exc, SamplingKernelFailed) and self.nucleus:
             self.nucleus = False
-        elif self.fuse == "compile" and self._select is not select_candidates:
-            log.warning("hf: compiling token selection failed (%s: %s); running it uncompiled",
-                        type(exc).__name__, first)
+            then = "sampling on top-k candidates"
+        elif isinstance(exc, CompiledSelectionFailed) and self._select is not select_candidates:
             self._select = select_candidates
-        elif self.fuse == "compile":
-            log.warning("hf: compiling the fused layers failed (%s: %s); running them uncompiled",
-                        type(exc).__name__, first)
+            then = "running it uncompiled"
+        elif isinstance(exc, CompiledLayersFailed) and self.fuse == "compile":
             self.fuse = "eager"
             self.layers = FusedLayers(self.model, compile=False, fused_attention=self.fused)
+            then = "running them uncompiled"
         else:
-            raise exc
+            raise cause
+        log.warning("hf: %s failed (%s); %s", exc.piece, exc.summary, then)
 
     # -- shapes, prefill, graphs ----------------------------------------------------------------
-    def _state(self, groups: int, m: int, width: int, gen_len: int, cfg: SamplingConfig) -> tuple[_State, bool]:
+    def _state(self, groups: int, m: int, width: int, gen_len: int, cfg: SamplingConfig) -> tuple[DecodeState, bool]:
         key = (groups, m, width, gen_len, cfg)
         st = self._states.get(key)
         if st is not None:
@@ -355,11 +294,11 @@ class SharedPrefixDecoder:
                 import torch
 
                 torch.cuda.empty_cache()
-        st = _State(self.model, groups, m, width, gen_len, self.pad_id)
+        st = DecodeState(self.model, groups, m, width, gen_len, self.pad_id)
         self._states[key] = st
         return st, True
 
-    def _prefill(self, st: _State, prompts: list[list[int]], width: int) -> None:
+    def _prefill(self, st: DecodeState, prompts: list[list[int]], width: int) -> None:
         """Prefill the distinct prompts (left-padded to ``width``) in chunks, into the prefix
         buffers; the logits of their last position go to every sample row of the prompt."""
         import torch
@@ -398,7 +337,7 @@ class SharedPrefixDecoder:
         seen = torch.cat([ids.masked_fill(mask == 0, 0) + (mask == 0) * ids[:, -1:], ids[:, -1:].expand(-1, st.gen_len)], 1)
         st.seen.copy_(seen.index_select(0, group_of))
 
-    def _capture(self, st: _State, cfg: SamplingConfig, eos: torch.Tensor) -> None:
+    def _capture(self, st: DecodeState, cfg: SamplingConfig, eos: torch.Tensor) -> None:
         """Capture one graph per attention bucket (warm-up runs first, on a side stream)."""
         import torch
 
@@ -504,7 +443,7 @@ class SharedPrefixDecoder:
             )
         return self._collect(st, row_index, cfg.logprobs is not None)
 
-    def _check_stops(self, st: _State, stop_check: StopCheck) -> None:
+    def _check_stops(self, st: DecodeState, stop_check: StopCheck) -> None:
         live = (~st.done).nonzero()[:, 0].tolist()
         if not live:
             return
@@ -514,7 +453,7 @@ class SharedPrefixDecoder:
         if hit:
             st.done[hit] = True
 
-    def _collect(self, st: _State, row_index: list[int], want_lp: bool) -> list[RowOutput]:
+    def _collect(self, st: DecodeState, row_index: list[int], want_lp: bool) -> list[RowOutput]:
         lens = st.length.tolist()
         toks = st.out_tok.tolist()
         lps = st.out_lp.tolist() if want_lp else None

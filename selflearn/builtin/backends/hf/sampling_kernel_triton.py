@@ -1,4 +1,4 @@
-"""The Triton code of :mod:`.hf_nucleus` (imported only when the kernel runs: it needs Triton,
+"""The Triton code of :mod:`.sampling_kernel` (imported only when the kernel runs: it needs Triton,
 which CPU installs may lack; Triton resolves the helpers below as module globals)."""
 
 # mypy: ignore-errors
@@ -11,7 +11,7 @@ from triton.language.extra import libdevice
 
 @triton.jit
 def _mix64(x):
-    # splitmix64's finaliser on uint64 (logical shifts, wrapping products): hf_sampling.mix64
+    # splitmix64's finaliser on uint64 (logical shifts, wrapping products): sampling.mix64
     x = x ^ (x >> 30)
     x = x * 0xBF58476D1CE4E5B9
     x = x ^ (x >> 27)
@@ -21,7 +21,7 @@ def _mix64(x):
 
 @triton.jit
 def _gumbel(step_key, ids, LIBDEVICE: tl.constexpr):
-    # hf_sampling.uniform_at at these token ids, then -log(-log(u)); libdevice's logarithm is
+    # sampling.uniform_at at these token ids, then -log(-log(u)); libdevice's logarithm is
     # accurate to the last bit (as PyTorch's); Triton's interpreter (CPU tests) lacks it
     h = _mix64(step_key + ids.to(tl.uint64) * 0xD1B54A32D192ED03)
     u = (((h >> 41) & 0x7FFFFF).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
@@ -90,11 +90,11 @@ def _try_entry(base, out_ptr, row, tok, s_tok, mass, cand, lse, top_p, temperatu
 
 @triton.jit
 def nucleus_sample(
-    s_ptr, stride_s, keys_ptr, step_ptr, out_ptr,
+    s_ptr, stride_s, keys_ptr, step_ptr, stride_step, out_ptr,
     top_p, temperature,
     VOCAB: tl.constexpr, FILTER: tl.constexpr, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr,
 ):
-    """One program per row; see hf_nucleus's module docstring for the passes.
+    """One program per row; see sampling_kernel's module docstring for the passes.
 
     The answer is stored as soon as a candidate is known and again at each later candidate:
     on the GPU, a value reassigned inside a while loop was not seen after it (Triton 3.6, found
@@ -102,7 +102,7 @@ def nucleus_sample(
     row = tl.program_id(0)
     base = s_ptr + row.to(tl.int64) * stride_s
     key = tl.load(keys_ptr + row).to(tl.uint64, bitcast=True)
-    step = tl.load(step_ptr).to(tl.uint64, bitcast=True)
+    step = tl.load(step_ptr + row * stride_step).to(tl.uint64, bitcast=True)
     step_key = _mix64(key + (step + 1) * 0x9E3779B97F4A7C15)
     # pass 1: log-sum-exp, and the four best noisy scores s + g over every token (the first
     # is the Gumbel argmax; the others are the next candidates should it be outside the nucleus)

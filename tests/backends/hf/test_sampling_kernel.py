@@ -1,6 +1,6 @@
-"""The Triton sampling kernel of the shared decoder (``sampler: triton``, hf_nucleus.py), run
+"""The Triton sampling kernel of the shared decoder (``sampler: triton``, sampling_kernel.py), run
 in Triton's interpreter on the CPU: the same token as the full-vocabulary path of
-hf_sampling.select for every row (flat and peaked rows, ties, -inf logits, temperatures,
+sampling.select for every row (flat and peaked rows, ties, -inf logits, temperatures,
 top_p 1.0, rows whose first draw falls outside the nucleus, rows whose token is not among the
 four best noisy scores), the raw log-probabilities, and the
 shared decoder with the kernel equal to the loop decoder; plus when the kernel is chosen and
@@ -15,16 +15,16 @@ from typing import Any
 import pytest
 
 from selflearn.builtin.backends.hf import HFBackend, Options
-from selflearn.builtin.backends.hf_nucleus import select_nucleus
-from selflearn.builtin.backends.hf_sampling import SamplingConfig
+from selflearn.builtin.backends.hf.sampling import SamplingConfig
+from selflearn.builtin.backends.hf.sampling_kernel import select_nucleus
 
 NUCLEUS_SCRIPT = """
 import os, sys
 os.environ["TRITON_INTERPRET"] = "1"  # Triton's interpreter: the kernel runs on the CPU
 import torch
 sys.path.insert(0, os.getcwd())
-from selflearn.builtin.backends.hf_nucleus import sample, select_nucleus
-from selflearn.builtin.backends.hf_sampling import SamplingConfig, select, uniform_noise, top_p_filter, vocab_keys
+from selflearn.builtin.backends.hf.sampling_kernel import sample, select_nucleus
+from selflearn.builtin.backends.hf.sampling import SamplingConfig, select, uniform_noise, top_p_filter, vocab_keys
 
 torch.manual_seed(0)
 rows, vocab = 48, 3000
@@ -63,7 +63,7 @@ assert float((lp - ref_lp).abs().max()) < 1e-5
 assert bool((seen.gather(1, ref[:, None])).any())  # some chosen tokens were penalised ones
 # the shared decoder with the kernel (sampler triton) against the loop decoder
 from selflearn.builtin.backends.hf import HFBackend, Options
-from tests.backends.test_hf import PROMPTS, SAMPLED, tokens
+from tests.backends.hf.test_backend import PROMPTS, SAMPLED, tokens
 model = sys.argv[1]
 make = lambda **o: HFBackend(Options(batch_size=16, **o), model, seed=42)
 shared, loop = make(decoder="shared", sampler="triton"), make(decoder="loop")
@@ -79,7 +79,7 @@ print("ok", outside, beyond)
 
 
 def test_the_kernel_chooses_the_full_paths_token(tiny_llama: str) -> None:
-    """hf_nucleus's kernel in Triton's interpreter: the full path's tokens and log-probs, and the
+    """sampling_kernel's kernel in Triton's interpreter: the full path's tokens and log-probs, and the
     shared decoder with it equal to the loop decoder (see NUCLEUS_SCRIPT)."""
     import subprocess
     import sys
@@ -103,7 +103,7 @@ def test_the_kernel_is_for_cuda_and_falls_back_when_it_fails(
     tiny_llama: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """On the CPU (no interpreter) the candidates path samples, with a warning when the kernel
-    was asked for; an error raised inside hf_nucleus turns the kernel off, once."""
+    was asked for; an error raised inside sampling_kernel turns the kernel off, once."""
     import torch
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -113,12 +113,12 @@ def test_the_kernel_is_for_cuda_and_falls_back_when_it_fails(
     assert not dec.nucleus and "needs CUDA and Triton" in caplog.text
     dec.nucleus = True  # as on a GPU
 
-    from selflearn.builtin.backends import hf_nucleus
+    from selflearn.builtin.backends.hf import sampling_kernel
 
     def broken_kernel() -> Any:
         raise RuntimeError("PassManager::run failed")
 
-    monkeypatch.setattr(hf_nucleus, "_kernel", broken_kernel)
+    monkeypatch.setattr(sampling_kernel, "_kernel", broken_kernel)
     b = HFBackend(Options(batch_size=16, decoder="shared"), tiny_llama, seed=7)
     b._load()
     b._decoder = dec
@@ -127,7 +127,7 @@ def test_the_kernel_is_for_cuda_and_falls_back_when_it_fails(
         st, bucket = _one_state(dec)
         dec._warm_up(st, bucket, SamplingConfig(greedy=False, top_p=0.9), torch.tensor([2]))
     assert not dec.nucleus and "sampling kernel failed" in caplog.text
-    from .test_hf import PROMPTS, SAMPLED
+    from .test_backend import PROMPTS, SAMPLED
 
     assert b.generate(PROMPTS, SAMPLED, n=2)  # goes on with the candidates
 

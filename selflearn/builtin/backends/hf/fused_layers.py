@@ -1,4 +1,4 @@
-"""Fused decoder layers for the ``shared`` decoder's step (:mod:`.hf_shared`).
+"""Fused decoder layers for the ``shared`` decoder's step (:mod:`.shared_decoder`).
 
 Why: inside a CUDA graph the step of a small model is still bound by kernel launches, not by
 memory or arithmetic. transformers' Llama layer runs about 60 kernels per decode step (RMSNorm
@@ -26,7 +26,7 @@ statistics, rotary in the model's dtype, the same activation function), so in fl
 tokens equal those of the model's modules; in bfloat16 the fused kernels round intermediate
 values differently (once instead of after every operation), as any fused implementation does.
 
-Supported: the Llama-family layers of :data:`.hf_shared.SUPPORTED` built from plain
+Supported: the Llama-family layers of :data:`.shared_decoder.SUPPORTED` built from plain
 ``nn.Linear`` modules without hooks (quantised, LoRA-wrapped or offloaded models use the
 model's modules instead, see :func:`unfusable_reason`).
 """
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from .hf_attention import merge_parts, prefix_queries
+from .attention import merge_parts, prefix_queries
 
 if TYPE_CHECKING:
     import torch
@@ -207,7 +207,7 @@ class FusedLayers:
     Shapes: ``hidden`` (R, H) with R = groups x m rows; ``cos``/``sin`` (R, 1, head_dim) from
     the model's rotary embedding. The attention (not fused here: its key length changes with the
     step) returns either the merged output (R, Hq*d) (``fused_attention=False``) or the two parts
-    of :func:`.hf_attention.fused_parts` ((G, Hkv, m*gq, d), its log-sum-exp, (R, Hkv, gq, d),
+    of :func:`.attention.fused_parts` ((G, Hkv, m*gq, d), its log-sum-exp, (R, Hkv, gq, d),
     its log-sum-exp), which ``mid``/``last`` merge.
     """
 
@@ -347,7 +347,7 @@ def resolve(mode: FuseMode, model: Any) -> Literal["compile", "eager", "off"]:
     if mode == "auto":
         if not str(model.device).startswith("cuda"):
             return "off"
-        from .hf_triton import importable
+        from .attention_kernel import importable
 
         return "compile" if importable() else "eager"
     return mode

@@ -1,4 +1,4 @@
-"""The Triton code of :mod:`.hf_triton` (imported only when a kernel runs: it needs Triton,
+"""The Triton code of :mod:`.attention_kernel` (imported only when a kernel runs: it needs Triton,
 which CPU installs may lack; Triton resolves the helper below as a module global)."""
 
 # mypy: ignore-errors

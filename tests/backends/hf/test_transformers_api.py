@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from selflearn.builtin.backends.hf import HFBackend, Options
-from selflearn.builtin.backends.hf_cache_api import cache_argument, returned_cache
+from selflearn.builtin.backends.hf.transformers_api import cache_argument, returned_cache
 
-from .test_hf import GREEDY, PROMPTS, SAMPLED, tokens
-from .test_hf_fused import model_path  # noqa: F401  (the Llama/Qwen2/Qwen3 fixture)
+from .test_backend import GREEDY, PROMPTS, SAMPLED, tokens
+from .test_fused_layers import model_path  # noqa: F401  (the Llama/Qwen2/Qwen3 fixture)
 
 PATHS: dict[str, dict[str, Any]] = {
     "loop-dynamic": {"decoder": "loop"},

@@ -1,7 +1,7 @@
-"""Token selection on a top-k candidate set: the same samples as :func:`.hf_sampling.select`,
+"""Token selection on a top-k candidate set: the same samples as :func:`.sampling.select`,
 without the vocabulary-wide sort and noise.
 
-Why: :func:`.hf_sampling.select` sorts every row's whole vocabulary for top-p and hashes one
+Why: :func:`.sampling.select` sorts every row's whole vocabulary for top-p and hashes one
 noise value per vocabulary entry: at 640 rows x 49,152 entries that is 31 M sort keys and 31 M
 64-bit hashes per generated token, more work than a small model's forward pass. Here each row
 keeps only its ``k`` best-scoring tokens (``torch.topk``, sorted), and everything after that
@@ -23,7 +23,7 @@ within about 1e-7 of ``top_p`` can fall on the other side).
 
 **Rows whose nucleus is larger than k** (flat distributions) are *overflow rows*. Up to
 ``overflow_slots`` of them per step take the exact full-vocabulary path
-(:func:`.hf_sampling.select` on just those rows), so they too get exactly the full path's token.
+(:func:`.sampling.select` on just those rows), so they too get exactly the full path's token.
 Overflow rows beyond that are **truncated**: sampled from their ``k`` candidates (the top of
 their nucleus, renormalised) - a different, slightly narrower distribution, and no longer
 batch-invariant. Their number is added to a counter (``stats[1]``) that the decoder reports
@@ -39,10 +39,17 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .hf_sampling import SamplingConfig, top_p_filter, uniform_at, uniform_noise
+from .sampling import SamplingConfig, top_p_filter, uniform_at, uniform_noise
 
 if TYPE_CHECKING:
     import torch
+
+
+def _rows_of(step: torch.Tensor | int, idx: torch.Tensor) -> torch.Tensor | int:
+    """``step`` at rows ``idx`` when it is one per row (the shared decoder's own steps)."""
+    if isinstance(step, int) or step.dim() == 0 or step.numel() == 1:
+        return step
+    return step.index_select(0, idx)
 
 
 def penalize_ids(logits: torch.Tensor, seen_ids: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -65,7 +72,7 @@ def _full_rows(
     scores: torch.Tensor, keys: torch.Tensor, step: torch.Tensor | int, top_p: float,
     vocab: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The full path of :func:`.hf_sampling.select` on some rows: tokens and the sampling
+    """The full path of :func:`.sampling.select` on some rows: tokens and the sampling
     log-probability of each under the nucleus."""
     import torch
 
@@ -104,7 +111,7 @@ def select_candidates(
     ``logits``: float32 (rows, V) raw logits, **modified in place** (repetition penalty);
     ``seen_ids``: int64 (rows, S) prompt and generated ids; ``keys``: int64 (rows,);
     ``stats``: int64 (2,) counters (overflow rows, truncated rows), incremented in place;
-    ``vocab``: :func:`.hf_sampling.vocab_keys` of width V; ``live``: bool (rows,), the rows
+    ``vocab``: :func:`.sampling.vocab_keys` of width V; ``live``: bool (rows,), the rows
     still generating (None: all). Finished and padding rows keep running in a fixed-shape
     batch on logits that mean nothing (often flat): they neither take an exact slot from a
     live row nor count as overflow or truncated.
@@ -152,7 +159,7 @@ def select_candidates(
         use = over.index_select(0, idx)
         full = full_rows_uncompiled() if torch.compiler.is_compiling() else _full_rows
         sub_tok, sub_lp = full(
-            scores.index_select(0, idx), keys.index_select(0, idx), step, cfg.top_p, vocab
+            scores.index_select(0, idx), keys.index_select(0, idx), _rows_of(step, idx), cfg.top_p, vocab
         )
         tokens = tokens.scatter(0, idx, torch.where(use, sub_tok, tokens.index_select(0, idx)))
         if lp is not None:

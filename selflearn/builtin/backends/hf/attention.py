@@ -1,4 +1,4 @@
-"""The attention of the ``shared`` decoder (:mod:`.hf_shared`): one decode step's queries
+"""The attention of the ``shared`` decoder (:mod:`.shared_decoder`): one decode step's queries
 against (the prompt prefix, shared by the prompt's samples) + (the row's own generated tokens),
 with one softmax over both parts.
 
@@ -37,7 +37,7 @@ class Shared:
         self.prefix_k, self.prefix_v = prefix_k, prefix_v
         self.prefix_bias, self.prefix_bias_h = prefix_bias, prefix_bias_h
         self.gen_bias, self.gen_bias_h = gen_bias, gen_bias_h
-        #: the fused parts: True: :mod:`.hf_triton`'s kernel; False: PyTorch's memory-efficient one
+        #: the fused parts: True: :mod:`.attention_kernel`'s kernel; False: PyTorch's memory-efficient one
         self.fused, self.triton = fused, triton
         self.prefix_first, self.gen_last = prefix_first, gen_last
 
@@ -135,10 +135,10 @@ def fused_parts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The two attention parts, each with its log-sum-exp: the prefix (``q_pre`` from
     :func:`prefix_queries`) and the row's own tokens (``q_gen`` (R, Hkv, gq, d)), with the
-    Triton kernel of :mod:`.hf_triton` (``st.triton``) or PyTorch's memory-efficient kernel.
+    Triton kernel of :mod:`.attention_kernel` (``st.triton``) or PyTorch's memory-efficient kernel.
     :func:`merge_parts` combines them."""
     if st.triton:
-        from .hf_triton import OWN_BLOCK_N, attention, attention_pair, default_warps
+        from .attention_kernel import OWN_BLOCK_N, attention, attention_pair, default_warps
 
         pre = (q_pre, pk, pv, st.prefix_bias, st.prefix_first, None)
         own = (q_gen, key, value, st.gen_bias, None, st.gen_last)

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from selflearn.builtin.backends.hf import HFBackend, Options
-from selflearn.builtin.backends.hf_candidates import penalize_ids, select_candidates
-from selflearn.builtin.backends.hf_decode import Decoder
-from selflearn.builtin.backends.hf_sampling import SamplingConfig, select, vocab_keys
-from selflearn.builtin.backends.hf_shared import SharedPrefixDecoder, unsupported_reason
+from selflearn.builtin.backends.hf.candidate_sampling import penalize_ids, select_candidates
+from selflearn.builtin.backends.hf.loop_decoder import Decoder
+from selflearn.builtin.backends.hf.sampling import SamplingConfig, select, vocab_keys
+from selflearn.builtin.backends.hf.shared_decoder import SharedPrefixDecoder, unsupported_reason
 from selflearn.core.errors import ConfigError
 from selflearn.core.protocols import GenerationParams
 
-from .test_hf import GREEDY, PROMPTS, SAMPLED, tokens
+from .test_backend import GREEDY, PROMPTS, SAMPLED, tokens
 
 
 def backend(tiny_llama: str, peaked: bool = False, **options: Any) -> HFBackend:
@@ -174,7 +174,7 @@ def test_finished_rows_take_no_exact_slot_and_are_not_counted() -> None:
 def test_penalize_ids_matches_the_mask_form() -> None:
     import torch
 
-    from selflearn.builtin.backends.hf_sampling import apply_repetition_penalty
+    from selflearn.builtin.backends.hf.sampling import apply_repetition_penalty
 
     logits = torch.randn(3, 40)
     ids = torch.tensor([[1, 1, 5, 7], [0, 2, 2, 2], [39, 3, 3, 39]])
