@@ -163,12 +163,12 @@ def test_the_merge_of_two_parts_is_one_softmax_over_both() -> None:
     q = torch.randn(rows, hkv, gq, d)
     k, v = torch.randn(rows, hkv, t, d), torch.randn(rows, hkv, t, d)
     pk, pv = torch.randn(g, hkv, w, d), torch.randn(g, hkv, w, d)
-    gen_bias = torch.zeros(t)
-    gen_bias[11:] = float("-inf")
+    own = torch.tensor([11, 3, 0, 15, 7, 11])  # each row's own step (refilled rows restart)
+    gen_bias = torch.where(torch.arange(t)[None, :] <= own[:, None], 0.0, float("-inf"))
     prefix_bias = torch.zeros(g, w)
     prefix_bias[:, :4] = float("-inf")  # left padding
     o1, l1 = reference(prefix_queries(q, g), pk, pv, prefix_bias[:, None, None, :], scale)
-    o2, l2 = reference(q, k, v, gen_bias, scale)
+    o2, l2 = reference(q, k, v, gen_bias[:, None, None, :], scale)
     merged = merge_parts(o1.float(), l1.float(), o2.float(), l2.float(), torch.float32)
     st = Shared([pk], [pv], prefix_bias, prefix_bias, gen_bias, gen_bias, False)
     ref = plain_attention(q.reshape(rows, hkv * gq, 1, d), k, v, pk, pv, st, scale)
@@ -227,12 +227,12 @@ for mm in (4, 12):  # 12 prompts' queries per program (36) take other warps: two
     q = torch.randn(g * mm, hkv, gq, d)
     k, v = torch.randn(g * mm, hkv, t, d), torch.randn(g * mm, hkv, t, d)
     pk, pv = torch.randn(g, hkv, w, d), torch.randn(g, hkv, w, d)
-    gen_bias = torch.zeros(t)
-    gen_bias[9:] = float("-inf")
+    own = torch.randint(0, 40, (g * mm,))  # each row at its own step (refilled rows restart)
+    gen_bias = torch.where(torch.arange(t)[None, :] <= own[:, None], 0.0, float("-inf"))
     prefix_bias = torch.zeros(g, w)
     prefix_bias[1, :20] = float("-inf")
     st = Shared([pk], [pv], prefix_bias, prefix_bias, gen_bias, gen_bias, True, True,
-                prefix_first=torch.tensor([0, 20, 0]), gen_last=torch.tensor([8]))
+                prefix_first=torch.tensor([0, 20, 0]), gen_last=own.max().view(1))
     parts = fused_parts(prefix_queries(q, g), q, k, v, pk, pv, st, 0.25)
     got = merge_parts(*parts, torch.float32).reshape(g * mm, 1, hkv * gq, d)
     ref = plain_attention(q.reshape(g * mm, hkv * gq, 1, d), k, v, pk, pv, st, 0.25)
@@ -246,7 +246,7 @@ def test_the_triton_kernel_is_attention_with_its_log_sum_exp() -> None:
     has no bfloat16): output and log-sum-exp against float64 attention, for both parts' shapes
     (3, 17, 30 queries, and 150: split over programs), shared and per-row key masks, a fully masked block, a sliced key buffer;
     two attentions of different shapes in one launch equal to one launch each; and the
-    decoder's fused parts with it equal the plain path."""
+    decoder's fused parts with it (rows at different own steps) equal the plain path."""
     import subprocess
     import sys
 

@@ -134,11 +134,10 @@ def test_the_kernel_is_for_cuda_and_falls_back_when_it_fails(
 
 def _one_state(dec: Any) -> tuple[Any, int]:
     """A prefilled state of the decoder for two rows of one prompt, and its first bucket."""
-    import torch
-
     st, _ = dec._state(1, 2, 64, 64, SamplingConfig(greedy=False, top_p=0.9))
-    dec._prefill(st, [[1, 2, 3]], 64)
-    st.keys.copy_(torch.tensor([5, 6]))
+    dec._load(st, [(0, [1, 2, 3], [5, 6])], 64)
+    assert st.keys.tolist() == [5, 6] and not st.done.any()
+    st.max_new.fill_(64)
     return st, dec.bucket
 
 

@@ -21,10 +21,11 @@ _OUT_DTYPE_OK: dict[str, bool] = {}
 
 class Shared:
     """What the attention function reads besides q/k/v: per layer the prompt prefix's keys and
-    values (G, kv heads, W, head dim), the prefix mask (G, W) and the generated-token mask (T,)
-    as additive biases (float32, and in the model's dtype for the fused kernels); for the Triton
-    kernel, optionally the first unpadded prefix key of each prompt (G,) and the current step
-    (one element): key blocks wholly outside are not read."""
+    values (G, kv heads, W, head dim), the prefix mask (G, W) and the generated-token mask of
+    each row (R, T) as additive biases (float32, and in the model's dtype for the fused
+    kernels); for the Triton kernel, optionally the first unpadded prefix key of each prompt
+    (G,) and the largest own step of any row (one element): key blocks wholly outside are not
+    read."""
 
     __slots__ = ("fused", "gen_bias", "gen_bias_h", "gen_last", "prefix_bias", "prefix_bias_h", "prefix_first",
                  "prefix_k", "prefix_v", "triton")
@@ -95,7 +96,7 @@ def plain_attention(
     gq = hq // hkv
     q = query.reshape(rows, hkv, gq, d)
     s1 = _scores(prefix_queries(q, groups), pk.transpose(-1, -2)) * scale + st.prefix_bias[:, None, None, :]
-    s2 = _scores(q, key.transpose(-1, -2)) * scale + st.gen_bias
+    s2 = _scores(q, key.transpose(-1, -2)) * scale + st.gen_bias[:, None, None, :]
     p = torch.cat([row_layout(s1, rows, gq), s2], dim=-1).softmax(dim=-1).to(query.dtype)
     o1 = row_layout(torch.matmul(prefix_queries(p[..., :width], groups), pv), rows, gq)
     o2 = torch.matmul(p[..., width:], value)
@@ -148,7 +149,7 @@ def fused_parts(
         return (*attention(*pre[:4], scale, first=pre[4]),
                 *attention(*own[:4], scale, last=own[5], block_n=OWN_BLOCK_N))
     o1, l1 = _part(q_pre, pk, pv, st.prefix_bias_h[:, None, None, :], scale)
-    o2, l2 = _part(q_gen, key, value, st.gen_bias_h[None, None, None, :], scale)
+    o2, l2 = _part(q_gen, key, value, st.gen_bias_h[:, None, None, :], scale)
     return o1, l1, o2, l2
 
 

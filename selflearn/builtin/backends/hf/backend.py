@@ -108,6 +108,10 @@ class Options:
     #: that is a power of two); "sdpa": PyTorch's memory-efficient kernel; "auto": triton where
     #: it can run
     decode_attention: Literal["auto", "triton", "sdpa"] = "auto"
+    #: shared decoder: when every sample of a prompt has ended (EOS, stop string), its slots
+    #: take the next waiting prompt (continuous batching; the same tokens per sample). False:
+    #: batches of batch_size rows, each decoded until its longest row ends
+    refill: bool = True
 
 
 def weights_fingerprint(ref: str) -> str | None:
@@ -322,8 +326,10 @@ class HFBackend:
         keys: dict[tuple[int, int], int],
         cfg: SamplingConfig,
         params: GenerationParams,
+        slots: int | None = None,
     ) -> dict[tuple[int, int], RowOutput]:
-        """Decode ``rows`` ((prompt, sample) pairs), halving the batch on out-of-memory."""
+        """Decode ``rows`` ((prompt, sample) pairs), halving the batch on out-of-memory.
+        ``slots``: the shared decoder's rows at a time when it refills (None: all of ``rows``)."""
         import torch
 
         assert self._decoder is not None
@@ -341,9 +347,18 @@ class HFBackend:
                 s in tok.decode(ids, skip_special_tokens=True) for s in stops
             )
         try:
-            outs = self._decoder.run(batch, cfg, params.max_new_tokens, stop_check)
+            if isinstance(self._decoder, SharedPrefixDecoder):
+                outs = self._decoder.run(batch, cfg, params.max_new_tokens, stop_check, slots=slots)
+            else:
+                outs = self._decoder.run(batch, cfg, params.max_new_tokens, stop_check)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
+            per_prompt = max(batch.rows.count(i) for i in range(len(batch.prompts)))
+            if slots is not None and slots > per_prompt:  # fewer rows at a time, same run
+                self._oom_cap = max(per_prompt, slots // 2 - (slots // 2) % per_prompt)
+                log.warning("hf: out of memory at %d sequences at a time; retrying with %d",
+                            slots, self._oom_cap)
+                return self._run_rows(rows, encoded, keys, cfg, params, slots=self._oom_cap)
             if len(rows) <= 1:
                 raise BackendError(
                     f"hf: out of GPU memory generating one sequence with {self.model_ref!r} "
@@ -398,6 +413,9 @@ class HFBackend:
             size = self._batch_size(len(encoded[pending[0][0]]), params)
             if isinstance(self._decoder, SharedPrefixDecoder) and size >= per_prompt:
                 size -= size % per_prompt  # whole prompts: their samples share one prefix
+                if self.options.refill:  # all rows in one run, ``size`` of them at a time
+                    results.update(self._run_rows(pending, encoded, keys, cfg, params, slots=size))
+                    break
             chunk, pending = pending[:size], pending[size:]
             results.update(self._run_rows(chunk, encoded, keys, cfg, params))
         # one batched (Rust-parallel) detokenisation of every row instead of one call per row

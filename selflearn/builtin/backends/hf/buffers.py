@@ -19,7 +19,7 @@ def head_dim(cfg: Any) -> int:
 
 class RowCache:
     """What the decoder layers see as their cache: writes the step's key/value at slot
-    ``t`` of each row's buffer and returns the buffers up to the current bucket."""
+    ``t_index`` (each row's own step) of each row's buffer and returns the buffers up to the current bucket."""
 
     def __init__(self, state: DecodeState, t_eff: int) -> None:
         self.state, self.t_eff = state, t_eff
@@ -27,8 +27,9 @@ class RowCache:
     def update(self, key: Any, value: Any, layer_idx: int, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         st = self.state
         gk, gv = st.gen_k[layer_idx], st.gen_v[layer_idx]
-        gk.index_copy_(2, st.t_index, key)
-        gv.index_copy_(2, st.t_index, value)
+        index = st.t_index.view(-1, 1, 1, 1).expand(key.shape)  # each row at its own step
+        gk.scatter_(2, index, key)
+        gv.scatter_(2, index, value)
         return gk[:, :, : self.t_eff], gv[:, :, : self.t_eff]
 
 
@@ -56,21 +57,32 @@ class DecodeState:
         self.prefix_bias = torch.zeros(groups, width, dtype=torch.float32, device=dev)
         #: each prompt's first key after its left padding (the Triton kernel skips the blocks before)
         self.prefix_first = torch.zeros(groups, dtype=torch.int32, device=dev)
-        self.gen_bias = torch.zeros(gen_len, dtype=torch.float32, device=dev)
+        #: per row: its generated positions up to its own step (rows start at different steps
+        #: once finished rows are refilled)
+        self.gen_bias = torch.zeros(rows, gen_len, dtype=torch.float32, device=dev)
         # the same masks in the model's dtype (the fused kernels take a bias of the query's dtype)
         self.prefix_bias_h = torch.zeros(groups, width, dtype=dtype, device=dev)
-        self.gen_bias_h = torch.zeros(gen_len, dtype=dtype, device=dev)
+        self.gen_bias_h = torch.zeros(rows, gen_len, dtype=dtype, device=dev)
         self.positions = torch.arange(gen_len, device=dev)
-        self.t = torch.zeros((), dtype=torch.int64, device=dev)
-        self.t_index = torch.zeros(1, dtype=torch.int64, device=dev)
+        #: each row's own step (the index of the token it generates next; a refilled row starts
+        #: at 0) and where the step writes its token, key and value (the step, kept in range
+        #: for rows that finished)
+        self.step = torch.zeros(rows, dtype=torch.int64, device=dev)
+        self.t_index = torch.zeros(rows, dtype=torch.int64, device=dev)
+        #: the most tokens a row generates in this run (a tensor: graphs are shared by runs)
+        self.max_new = torch.zeros((), dtype=torch.int64, device=dev)
+        #: the largest own step of any row (the attention kernel reads no key after it)
+        self.last = torch.zeros(1, dtype=torch.int64, device=dev)
+        # seen ids, tokens and log-probs have one spare column past the generation length:
+        # finished rows write there, so nothing a row generated is overwritten
         self.logits = torch.zeros(rows, vocab, dtype=torch.float32, device=dev)
-        self.seen = torch.zeros(rows, width + gen_len, dtype=torch.int64, device=dev)
+        self.seen = torch.zeros(rows, width + gen_len + 1, dtype=torch.int64, device=dev)
         self.keys = torch.zeros(rows, dtype=torch.int64, device=dev)
         self.plen = torch.zeros(rows, dtype=torch.int64, device=dev)
         self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.length = torch.zeros(rows, dtype=torch.int64, device=dev)
-        self.out_tok = torch.full((rows, gen_len), pad_id, dtype=torch.int64, device=dev)
-        self.out_lp = torch.zeros(rows, gen_len, dtype=torch.float32, device=dev)
+        self.out_tok = torch.full((rows, gen_len + 1), pad_id, dtype=torch.int64, device=dev)
+        self.out_lp = torch.zeros(rows, gen_len + 1, dtype=torch.float32, device=dev)
         self.stats = torch.zeros(2, dtype=torch.int64, device=dev)
         self.vocab = vocab_keys(vocab, dev)
         self.graphs: dict[int, Any] = {}

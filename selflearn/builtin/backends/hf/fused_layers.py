@@ -225,7 +225,7 @@ class FusedLayers:
                 cos: torch.Tensor, sin: torch.Tensor, m: int, cache: torch.Tensor,
                 t_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
             """Projections, rotary embedding, and the step's key/value written into ``cache``
-            (2, R, Hkv, T, d) at ``t_index`` (fused with the rotary kernel); the queries."""
+            (2, R, Hkv, T, d) at each row's ``t_index`` (fused with the rotary kernel); the queries."""
             rows = x.shape[0]
             hd = d.head_dim
             y = torch.nn.functional.linear(x, lw_qkv_w, lw_qkv_b)
@@ -234,7 +234,8 @@ class FusedLayers:
             if q_norm is not None:
                 q, k = _rms(q, q_norm, d.qk_eps), _rms(k, k_norm, d.qk_eps)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            cache.index_copy_(3, t_index, torch.stack((k, v))[:, :, :, None, :])
+            kv = torch.stack((k, v))[:, :, :, None, :]  # (2, R, Hkv, 1, d)
+            cache.scatter_(3, t_index.view(1, rows, 1, 1, 1).expand(kv.shape), kv)
             if m <= 0:  # plain attention takes (R, Hq, 1, d)
                 return (q.view(rows, d.hq, 1, hd),)
             q_gen = q.view(rows, d.hkv, d.hq // d.hkv, hd)
@@ -296,7 +297,7 @@ class FusedLayers:
         """The whole forward pass of one decode step, float32 logits (R, V) written into ``out``.
 
         Layer i writes the step's key and value into ``caches[i]`` (2, R, Hkv, T, d) at position
-        ``t_index`` (a one-element int64 tensor); ``attend(layer, queries)`` returns the
+        ``t_index`` (int64 (R,), each row's own step); ``attend(layer, queries)`` returns the
         attention output parts; ``m`` is the sample slots per prompt (0: plain attention, which
         takes the queries as (R, Hq, 1, d)).
         """

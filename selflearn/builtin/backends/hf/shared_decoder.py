@@ -62,6 +62,7 @@ from .fused_layers import FusedLayers, FuseMode, resolve
 from .loop_decoder import DecodeBatch, RowOutput, StopCheck, _round_up
 from .sampling import SamplingConfig
 from .sampling_kernel import select_nucleus
+from .schedule import Schedule
 from .transformers_api import cache_kwargs
 
 if TYPE_CHECKING:
@@ -179,56 +180,67 @@ class SharedPrefixDecoder:
             cfg._attn_implementation = before
 
     def _step(self, st: DecodeState, t_eff: int, cfg: SamplingConfig, eos: torch.Tensor) -> None:
-        """Select the token of step ``t`` from ``st.logits``, record it, run the forward pass
-        on it and leave the next logits in ``st.logits``; all on the device, fixed shapes."""
+        """Select each row's token of its own step from ``st.logits``, record it, run the
+        forward pass on it and leave the next logits in ``st.logits``; all on the device, fixed
+        shapes. ``t_eff``: the generated positions attention reads (past every row's step)."""
         import torch
 
-        inner, t = self.model.model, st.t
+        inner = self.model.model
         live = ~st.done
+        tok = self._select_tokens(st, cfg, live)
+        st.length.add_(live.long())
+        st.done.logical_or_(torch.isin(tok, eos))
+        # the forward pass of the chosen tokens, each row at its own step
+        st.t_index.copy_(st.step.clamp(max=st.gen_len - 1))
+        st.last.copy_(st.t_index.amax().view(1))
+        st.gen_bias.copy_(torch.where(st.positions[None, :] <= st.step[:, None], 0.0, float("-inf")))
+        if self.fused:
+            st.gen_bias_h.copy_(st.gen_bias)
+        pos = (st.plen + st.step)[:, None]
+        hidden = inner.embed_tokens(tok[:, None])
+        rotary = inner.rotary_emb(hidden, pos)
+        shared = Shared(st.prefix_k, st.prefix_v, st.prefix_bias, st.prefix_bias_h,
+                        st.gen_bias[:, :t_eff], st.gen_bias_h[:, :t_eff], self.fused, self.triton,
+                        prefix_first=st.prefix_first, gen_last=st.last)
+        if self.layers is not None:
+            self._fused_forward(st, hidden[:, 0], rotary, shared, t_eff)
+        else:
+            cache = RowCache(st, t_eff)
+            for layer in inner.layers[: self.model.config.num_hidden_layers]:
+                hidden = layer(
+                    hidden, attention_mask=None, position_ids=pos, use_cache=True,
+                    position_embeddings=rotary, selflearn_shared=shared, **cache_kwargs(layer, cache),
+                )
+                if isinstance(hidden, tuple):  # older layers return (hidden, ...)
+                    hidden = hidden[0]
+            st.logits.copy_(self.model.lm_head(inner.norm(hidden)[:, -1, :]))
+        st.step.add_(live.long())
+        st.done.logical_or_(st.step >= st.max_new)
+
+    def _select_tokens(self, st: DecodeState, cfg: SamplingConfig, live: torch.Tensor) -> torch.Tensor:
+        """The rows' tokens (padding for finished rows), recorded at each live row's own step
+        (finished rows write to the spare last column)."""
+        import torch
+
+        step = st.step
         if self.nucleus and not cfg.greedy and cfg.logprobs != "sampling":
-            tok, lp = select_nucleus(st.logits, st.seen, st.keys, t, cfg)
+            tok, lp = select_nucleus(st.logits, st.seen, st.keys, step, cfg)
         else:
             with piece(CompiledSelectionFailed, active=self._select is not select_candidates):
                 if self.candidates > 0 and not cfg.greedy:
                     slots = int(round(self.overflow_share * st.rows))
                     tok, lp = self._select(
-                        st.logits, st.seen, st.keys, t, cfg, self.candidates, slots, st.stats, st.vocab, live
+                        st.logits, st.seen, st.keys, step, cfg, self.candidates, slots, st.stats, st.vocab, live
                     )
                 else:
-                    tok, lp = self._select(st.logits, st.seen, st.keys, t, cfg, 1 << 30, 0, st.stats, st.vocab)
+                    tok, lp = self._select(st.logits, st.seen, st.keys, step, cfg, 1 << 30, 0, st.stats, st.vocab)
         tok = torch.where(live, tok, self.pad_id)
-        st.t_index.copy_(t.view(1))
-        st.out_tok.index_copy_(1, st.t_index, tok[:, None])
+        at = torch.where(live, step, st.gen_len)[:, None]
+        st.out_tok.scatter_(1, at, tok[:, None])
         if lp is not None:
-            st.out_lp.index_copy_(1, st.t_index, lp[:, None])
-        st.length.add_(live.long())
-        st.seen.index_copy_(1, st.t_index + st.width, tok[:, None])
-        st.done.logical_or_(torch.isin(tok, eos))
-        # the forward pass of the chosen tokens
-        st.gen_bias.copy_(torch.where(st.positions <= t, 0.0, float("-inf")))
-        if self.fused:
-            st.gen_bias_h.copy_(st.gen_bias)
-        pos = (st.plen + t)[:, None]
-        hidden = inner.embed_tokens(tok[:, None])
-        rotary = inner.rotary_emb(hidden, pos)
-        shared = Shared(st.prefix_k, st.prefix_v, st.prefix_bias, st.prefix_bias_h,
-                        st.gen_bias[:t_eff], st.gen_bias_h[:t_eff], self.fused, self.triton,
-                        prefix_first=st.prefix_first, gen_last=st.t_index)
-        if self.layers is not None:
-            self._fused_forward(st, hidden[:, 0], rotary, shared, t_eff)
-            st.t.add_(1)
-            return
-        cache = RowCache(st, t_eff)
-        for layer in inner.layers[: self.model.config.num_hidden_layers]:
-            hidden = layer(
-                hidden, attention_mask=None, position_ids=pos, use_cache=True,
-                position_embeddings=rotary, selflearn_shared=shared, **cache_kwargs(layer, cache),
-            )
-            if isinstance(hidden, tuple):  # older layers return (hidden, ...)
-                hidden = hidden[0]
-        hidden = inner.norm(hidden)
-        st.logits.copy_(self.model.lm_head(hidden[:, -1, :]))
-        st.t.add_(1)
+            st.out_lp.scatter_(1, at, lp[:, None])
+        st.seen.scatter_(1, at + st.width, tok[:, None])
+        return tok
 
     def _fused_forward(self, st: DecodeState, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
                        shared: Shared, t_eff: int) -> None:
@@ -298,26 +310,53 @@ class SharedPrefixDecoder:
         self._states[key] = st
         return st, True
 
-    def _prefill(self, st: DecodeState, prompts: list[list[int]], width: int) -> None:
-        """Prefill the distinct prompts (left-padded to ``width``) in chunks, into the prefix
-        buffers; the logits of their last position go to every sample row of the prompt."""
+    def _load(self, st: DecodeState, pairs: list[tuple[int, list[int], list[int]]], width: int) -> None:
+        """Prefill prompts into groups and (re)start their rows: ``pairs`` holds (group,
+        prompt ids, the keys of its samples). The prompt (left-padded to ``width``) is prefilled
+        in chunks into the group's prefix buffers; its last logits go to every sample row;
+        slots beyond its samples start finished."""
+        import torch
+
+        dev, m = self.model.device, st.m
+        slot = torch.tensor([g for g, _, _ in pairs], dtype=torch.long)
+        ids = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        keys = torch.zeros(len(pairs), m, dtype=torch.int64)
+        done = torch.ones(len(pairs), m, dtype=torch.bool)
+        for i, (_, p, k) in enumerate(pairs):
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+            keys[i, : len(k)] = torch.tensor(k, dtype=torch.int64)
+            done[i, : len(k)] = False
+        ids, mask, slot = ids.to(dev), mask.to(dev), slot.to(dev)
+        last = self._prefill(st, ids, mask, slot)
+        rows = (slot[:, None] * m + torch.arange(m, device=dev)).reshape(-1)
+        st.prefix_bias.index_copy_(0, slot, torch.where(mask.bool(), 0.0, float("-inf")))
+        st.prefix_bias_h.index_copy_(0, slot, st.prefix_bias.index_select(0, slot).to(st.prefix_bias_h.dtype))
+        st.prefix_first.index_copy_(0, slot, (width - mask.sum(-1)).to(torch.int32))
+        st.logits.index_copy_(0, rows, last.repeat_interleave(m, 0))
+        st.plen.index_copy_(0, rows, mask.sum(-1).repeat_interleave(m, 0))
+        # seen ids: the prompt (padding repeats its last token), then the generated slots
+        seen = torch.cat([ids.masked_fill(mask == 0, 0) + (mask == 0) * ids[:, -1:],
+                          ids[:, -1:].expand(-1, st.gen_len + 1)], 1)
+        st.seen.index_copy_(0, rows, seen.repeat_interleave(m, 0))
+        st.keys.index_copy_(0, rows, keys.reshape(-1).to(dev))
+        st.done.index_copy_(0, rows, done.reshape(-1).to(dev))
+        for buf, value in ((st.length, 0), (st.step, 0), (st.out_tok, self.pad_id), (st.out_lp, 0.0)):
+            buf.index_fill_(0, rows, value)
+
+    def _prefill(self, st: DecodeState, ids: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """The prompts' keys and values into the prefix buffers of groups ``slot``, in chunks;
+        float32 logits of their last position (n, V)."""
         import torch
         from transformers import DynamicCache
 
-        dev = self.model.device
-        g = len(prompts)
-        ids = torch.full((st.groups, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((st.groups, width), dtype=torch.long)
-        for i in range(st.groups):
-            p = prompts[i] if i < g else prompts[0]  # padding groups copy prompt 0 (rows start done)
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
+        n, width = ids.shape
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         chunk = max(1, 32768 // width)
-        last = torch.empty(st.groups, st.logits.shape[1], dtype=torch.float32, device=dev)
-        for lo in range(0, st.groups, chunk):
-            hi = min(st.groups, lo + chunk)
+        last = torch.empty(n, st.logits.shape[1], dtype=torch.float32, device=ids.device)
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
             kv: Any = DynamicCache(config=self.model.config)
             out = self.model(
                 input_ids=ids[lo:hi], attention_mask=mask[lo:hi], position_ids=positions[lo:hi],
@@ -325,17 +364,9 @@ class SharedPrefixDecoder:
             )
             last[lo:hi] = out.logits[:, -1, :].float()
             for layer, (pk, pv) in enumerate(zip(st.prefix_k, st.prefix_v, strict=True)):
-                pk[lo:hi].copy_(kv.layers[layer].keys)
-                pv[lo:hi].copy_(kv.layers[layer].values)
-        st.prefix_bias.copy_(torch.where(mask.bool(), 0.0, float("-inf")))
-        st.prefix_bias_h.copy_(st.prefix_bias)
-        st.prefix_first.copy_(width - mask.sum(-1))
-        group_of = torch.arange(st.rows, device=dev) // st.m
-        st.logits.copy_(last.index_select(0, group_of))
-        st.plen.copy_(mask.sum(-1).index_select(0, group_of))
-        # seen ids: the prompt (padding repeats the prompt's last token), then generated slots
-        seen = torch.cat([ids.masked_fill(mask == 0, 0) + (mask == 0) * ids[:, -1:], ids[:, -1:].expand(-1, st.gen_len)], 1)
-        st.seen.copy_(seen.index_select(0, group_of))
+                pk.index_copy_(0, slot[lo:hi], kv.layers[layer].keys)
+                pv.index_copy_(0, slot[lo:hi], kv.layers[layer].values)
+        return last
 
     def _capture(self, st: DecodeState, cfg: SamplingConfig, eos: torch.Tensor) -> None:
         """Capture one graph per attention bucket (warm-up runs first, on a side stream)."""
@@ -362,34 +393,25 @@ class SharedPrefixDecoder:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(
-        self, batch: DecodeBatch, cfg: SamplingConfig, max_new_tokens: int, stop_check: StopCheck | None = None
+        self, batch: DecodeBatch, cfg: SamplingConfig, max_new_tokens: int, stop_check: StopCheck | None = None,
+        slots: int | None = None,
     ) -> list[RowOutput]:
+        """Decode ``batch``. ``slots``: the most rows decoded at once (None: all); when the batch
+        has more, finished prompts' groups take the waiting prompts (:mod:`.schedule`)."""
         import torch
 
         n_rows = len(batch.rows)
         if n_rows == 0 or max_new_tokens <= 0:
             return [RowOutput([], [] if cfg.logprobs else None, False) for _ in batch.rows]
         with torch.inference_mode():
-            return self._run(batch, cfg, max_new_tokens, stop_check)
+            return self._run(batch, cfg, max_new_tokens, stop_check, slots)
 
-    def _run(
-        self, batch: DecodeBatch, cfg: SamplingConfig, max_new_tokens: int, stop_check: StopCheck | None
-    ) -> list[RowOutput]:
+    def _prepare(self, groups: int, m: int, width: int, gen_len: int, cfg: SamplingConfig,
+                 eos: torch.Tensor) -> DecodeState:
+        """The buffers of this shape, with graphs captured (or compiled pieces warmed up) when new."""
         import torch
 
-        dev = self.model.device
-        g = len(batch.prompts)
-        slot_of: list[int] = []
-        seen_count = [0] * g
-        for p in batch.rows:
-            slot_of.append(seen_count[p])
-            seen_count[p] += 1
-        m = max(seen_count)
-        groups = _round_up(g, self.group_bucket)
-        width = _round_up(max(len(p) for p in batch.prompts), self.bucket if self.graphs or self.fused else 1)
-        gen_len = _round_up(max_new_tokens, self.bucket)
         st, new = self._state(groups, m, width, gen_len, cfg)
-        eos = torch.tensor(self.eos_ids or (-1,), dtype=torch.long, device=dev)
         if new and self.graphs:
             try:
                 self._capture(st, cfg, eos)
@@ -403,31 +425,72 @@ class SharedPrefixDecoder:
         elif new and self.fuse == "compile":
             with self._attention():
                 self._warm_up(st, self.bucket, cfg, eos)
-        row_index = [p * m + s for p, s in zip(batch.rows, slot_of, strict=True)]
-        self._prefill(st, batch.prompts, width)
-        keys = torch.zeros(st.rows, dtype=torch.int64)
-        keys[row_index] = torch.tensor(batch.keys, dtype=torch.int64)
-        done = torch.ones(st.rows, dtype=torch.bool)
-        done[row_index] = False
-        st.keys.copy_(keys)
-        st.done.copy_(done)
-        st.length.zero_()
-        st.out_tok.fill_(self.pad_id)
-        st.out_lp.zero_()
-        st.stats.zero_()
-        st.t.zero_()
-        with self._attention():
-            for t in range(max_new_tokens):
-                t_eff = _round_up(t + 1, self.bucket)
-                if self.graphs:
-                    st.graphs[t_eff].replay()
-                else:
+        return st
+
+    def _run(
+        self, batch: DecodeBatch, cfg: SamplingConfig, max_new_tokens: int, stop_check: StopCheck | None,
+        slots: int | None,
+    ) -> list[RowOutput]:
+        import torch
+
+        samples: list[list[int]] = [[] for _ in batch.prompts]  # batch rows of each prompt
+        for i, p in enumerate(batch.rows):
+            samples[p].append(i)
+        m = max(len(s) for s in samples)
+        g = len(batch.prompts)
+        held = g if slots is None else max(1, min(g, slots // m))
+        groups = _round_up(held, self.group_bucket)
+        width = _round_up(max(len(p) for p in batch.prompts), self.bucket if self.graphs or self.fused else 1)
+        eos = torch.tensor(self.eos_ids or (-1,), dtype=torch.long, device=self.model.device)
+        st = self._prepare(groups, m, width, _round_up(max_new_tokens, self.bucket), cfg, eos)
+        st.done.fill_(True)  # groups that hold no prompt: their rows stay finished
+        for buf in (st.stats, st.step, st.length):
+            buf.zero_()
+        st.max_new.fill_(max_new_tokens)
+        schedule = Schedule.of(g, held, max_new_tokens)
+        results: list[RowOutput | None] = [None] * len(batch.rows)
+        t = 0
+        self._refill(st, schedule, batch, samples, width, t)
+        while schedule.active():
+            t_eff = min(_round_up(schedule.own_steps(t) + 1, self.bucket), st.gen_len)
+            if self.graphs:
+                st.graphs[t_eff].replay()
+            else:
+                with self._attention():  # the prefill of a refill uses the model's own attention
                     self._step(st, t_eff, cfg, eos)
-                if t + 1 < max_new_tokens and (t + 1) % self.sync_every == 0:
-                    if stop_check is not None:
-                        self._check_stops(st, stop_check)
-                    if bool(st.done.all()):
-                        break
+            t += 1
+            if t % self.sync_every == 0 or t >= schedule.horizon():
+                if stop_check is not None:
+                    self._check_stops(st, stop_check)
+                self._harvest(st, schedule, samples, results, cfg.logprobs is not None)
+                self._refill(st, schedule, batch, samples, width, t)
+        self._report(st)
+        assert all(r is not None for r in results)
+        return [r for r in results if r is not None]
+
+    def _refill(self, st: DecodeState, schedule: Schedule, batch: DecodeBatch, samples: list[list[int]],
+                width: int, t: int) -> None:
+        pairs = schedule.assign(t)
+        if pairs:
+            self._load(st, [(grp, batch.prompts[p], [batch.keys[i] for i in samples[p]]) for grp, p in pairs], width)
+
+    def _harvest(self, st: DecodeState, schedule: Schedule, samples: list[list[int]],
+                 results: list[RowOutput | None], want_lp: bool) -> None:
+        """Collect the rows of the groups whose rows all ended, and free those groups."""
+        active = schedule.active()
+        ended = st.done.view(st.groups, st.m).all(dim=1).tolist()
+        finished = [grp for grp in active if ended[grp]]
+        if not finished:
+            return
+        rows = [grp * st.m + j for grp in finished for j in range(len(samples[schedule.owner[grp]]))]
+        outs = self._collect(st, rows, want_lp)
+        k = 0
+        for grp in finished:
+            for i in samples[schedule.release(grp)]:
+                results[i] = outs[k]
+                k += 1
+
+    def _report(self, st: DecodeState) -> None:
         over, truncated = (int(x) for x in st.stats.tolist())
         self.last_stats = {"overflow_rows": over, "truncated_rows": truncated}
         if truncated:
@@ -441,7 +504,6 @@ class SharedPrefixDecoder:
                 "overflow_share to avoid it)%s", truncated, self.candidates,
                 "; later batches are logged at DEBUG level" if first else f" ({self.truncated_total} so far)",
             )
-        return self._collect(st, row_index, cfg.logprobs is not None)
 
     def _check_stops(self, st: DecodeState, stop_check: StopCheck) -> None:
         live = (~st.done).nonzero()[:, 0].tolist()
@@ -453,17 +515,20 @@ class SharedPrefixDecoder:
         if hit:
             st.done[hit] = True
 
-    def _collect(self, st: DecodeState, row_index: list[int], want_lp: bool) -> list[RowOutput]:
-        lens = st.length.tolist()
-        toks = st.out_tok.tolist()
-        lps = st.out_lp.tolist() if want_lp else None
+    def _collect(self, st: DecodeState, rows: list[int], want_lp: bool) -> list[RowOutput]:
+        import torch
+
+        index = torch.tensor(rows, dtype=torch.long, device=st.length.device)
+        lens = st.length.index_select(0, index).tolist()
+        toks = st.out_tok.index_select(0, index).tolist()
+        lps = st.out_lp.index_select(0, index).tolist() if want_lp else None
         eos = set(self.eos_ids)
         outputs = []
-        for r in row_index:
-            tokens = toks[r][: lens[r]]
+        for i in range(len(rows)):
+            tokens = toks[i][: lens[i]]
             outputs.append(RowOutput(
                 tokens=tokens,
-                logprobs=lps[r][: lens[r]] if lps is not None else None,
+                logprobs=lps[i][: lens[i]] if lps is not None else None,
                 eos=bool(tokens) and tokens[-1] in eos,
             ))
         return outputs
