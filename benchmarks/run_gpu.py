@@ -293,6 +293,13 @@ def gen_model(args: argparse.Namespace, work: str, corpus: list[str], name: str,
             full = _twin(backend, attrs.evolve(base, sampler="candidates", candidates=0))
             _variant(row, f"hf shared, full-vocabulary sampling, {args.rows} seqs",
                      partial(_ours, full, batch, k, max_new), 1)
+        if name == "real" and max_new == min(args.tokens):
+            # rows of a real model end (EOS) at different steps: what refilling their slots gives
+            whole = _twin(backend, attrs.evolve(base, refill=False))
+            _variant(row, f"hf shared, refill: false, {args.rows} seqs", partial(_ours, whole, batch, k, max_new), 1)
+            _variant(row, f"hf shared, {args.rows} seqs at a time, {args.big_rows} seqs (refill)",
+                     partial(_ours, backend, prompts(corpus, args.big_rows // k), k, max_new), 1)
+            save(args.out)
         if time_left() < (150 if max_new > 128 else 40):
             row["eager generate"] = {"skipped": "time budget of the run"}
             log(name, max_new, "eager skipped: time budget")
