@@ -392,7 +392,7 @@ def parse_reply(text: str, endpoint: str, logprobs: bool, require_text: bool) ->
     usage = data.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     completion_tokens = _count(usage.get("completion_tokens"))
-    if completion_tokens == 0 and any(not c.text for c in parsed):
+    if completion_tokens == 0 and any(not c.text.strip() for c in parsed):
         # a model that ends at once still generated its end-of-sequence token
         raise MalformedReply(f"an empty `{field}` with no generated token counted", text)
     return ChatResult(parsed, _count(usage.get("prompt_tokens")), completion_tokens)

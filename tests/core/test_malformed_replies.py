@@ -278,3 +278,15 @@ def test_an_empty_answer_backed_by_a_generated_token_is_kept(tmp_path: Path) -> 
                                           b'"eos_token", "generated_tokens": 1, "tokens": []}}'))
         out = backend.generate(["q"], GREEDY)
         assert out[0][0].text == "" and len(server.requests) == 2
+
+
+def test_a_judges_own_empty_answer_is_unparseable_not_fatal(tmp_path: Path) -> None:
+    """An empty verdict the server counts a token for is the model's answer: the protocol asks
+    again with the next seed and, when it stays empty, the item is "unjudged" (no stage error,
+    no empty verdict)."""
+    ended = (b'{"choices": [{"index": 0, "message": {"content": ""}, "finish_reason": "stop"}], '
+             b'"usage": {"prompt_tokens": 9, "completion_tokens": 1}}')
+    with FakeServer(always(ended)) as server:
+        verdicts = judge(server, JsonlCache(str(tmp_path / "judge.jsonl"))).judge([ITEM])
+        assert len(server.requests) == 2 * 3  # both orders, max_attempts each, no client retry
+    assert verdicts[0].outcome == "unjudged"

@@ -407,7 +407,7 @@ def parse_generate(body: str) -> list[tuple[str, dict[str, Any]]]:
     details = data.get("details") or {}
     if not isinstance(details, dict):
         raise MalformedReply("`details` is not an object", body)
-    if not data["generated_text"] and not _generated(details, body):
+    if not data["generated_text"].strip() and not _generated(details, body):
         # a model that ends at once still generated its end-of-sequence token
         raise MalformedReply("an empty `generated_text` with no generated token counted", body)
     seqs = [(data["generated_text"], _checked_details(details, body))]
@@ -417,7 +417,7 @@ def parse_generate(body: str) -> list[tuple[str, dict[str, Any]]]:
     for seq in others:
         if not isinstance(seq, dict) or not isinstance(seq.get("generated_text"), str):
             raise MalformedReply("a best_of sequence without a `generated_text` string", body)
-        if not seq["generated_text"] and not _generated(seq, body):
+        if not seq["generated_text"].strip() and not _generated(seq, body):
             raise MalformedReply("an empty best_of `generated_text` with no token counted", body)
         seqs.append((seq["generated_text"], _checked_details(seq, body)))
     return seqs
@@ -445,7 +445,7 @@ def parse_messages(body: str) -> tuple[str, dict[str, Any], int]:
         "tokens": tokens,
         "generated_tokens": usage.get("completion_tokens", 0),
     }, body)
-    if not text and not _generated(d, body):
+    if not text.strip() and not _generated(d, body):
         raise MalformedReply("an empty `message.content` with no generated token counted", body)
     return text, d, _int(usage.get("prompt_tokens"), body)
 

@@ -99,8 +99,10 @@ class OpenAIJudge:
                 temperature=o.temperature,
                 max_tokens=o.max_tokens,
                 seed=self.seed + req.attempt,
-                require_text=True,  # an empty or shapeless reply is retried, never recorded
             )
+            # a shapeless reply, or an empty one no generated token backs, was retried by the
+            # client and never gets here; a model's own empty answer is unparseable, so the
+            # protocol asks again with the next seed and, after max_attempts, says "unjudged"
             on_result(index, res.choices[0].text)
 
         self.client.map(one, range(len(requests)))
