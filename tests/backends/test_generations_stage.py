@@ -188,6 +188,7 @@ def _openai(url: str, **options: Any) -> dict[str, Any]:
 
 def test_sample_diversity_in_the_summary(run_dir: str) -> None:
     records, summary = run_stage(run_dir, "echo", k=3)
+    assert "notes" not in summary
     div = summary["sample_diversity"]
     assert div["with_passage"] == {"questions": 7, "all_identical": 0.0, "all_equal_reference": 0.0}
     assert div["without_passage"]["questions"] == 7 and div["without_passage"]["all_identical"] == 0.0
@@ -209,6 +210,8 @@ def test_a_server_that_ignores_temperature_is_flagged(run_dir: str, caplog: pyte
         assert div["without_passage"]["all_equal_reference"] == 0.0
         warning = " ".join(r.getMessage() for r in caplog.records)
         assert "transformers serve" in warning and "do_sample" in warning and "max_identical_share" in warning
+        (note,) = summary["notes"]  # report.md lists it first
+        assert note.startswith("generations: 100% of the 7 questions") and "do_sample" in note
 
         strict = os.path.join(run_dir, "strict")
         pipe = Pipeline({"run_dir": strict, "backend": _openai(server.url), "generations": {"k": 3},

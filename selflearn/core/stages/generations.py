@@ -266,7 +266,7 @@ class GenerationsStage(Stage):
                     "generations.logprobs",
                 )
             records, made, execution = self._generate(task, identity, questions, passages)
-            diversity = self._check(records, identity)
+            diversity, notes = self._check(records, identity)
             self.store.write_records("generations.jsonl", records)
         finally:
             if self.flow == "paper":
@@ -274,6 +274,8 @@ class GenerationsStage(Stage):
         summary = self._summary(records, made, self._ks())
         summary["execution"] = execution
         summary["sample_diversity"] = diversity
+        if notes:  # first in report.md (a warning in a log is easy to miss)
+            summary["notes"] = notes
         if o.logprobs:
             summary["missing_logprobs"] = missing_logprobs(records)[1]
         return summary
@@ -326,24 +328,28 @@ class GenerationsStage(Stage):
             records.append(_record(q, ref[0], yc, yr, provenance))
         return records
 
-    def _check(self, records: list[Generations], backend: dict[str, Any]) -> dict[str, Any]:
-        """Samples that do not vary (a warning, an error in strict mode) and log-probabilities
-        asked for but never returned (an error): before anything is written."""
+    def _check(self, records: list[Generations], backend: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Samples that do not vary (a warning and a note in the report, an error in strict
+        mode) and log-probabilities asked for but never returned (an error): before anything
+        is written. Returns the sample diversity and the notes."""
         o: GenerationsOptions = self.options
+        notes: list[str] = []
         if o.logprobs:
             answered, missing = missing_logprobs(records)
             if answered and missing == answered:
                 raise StageError(no_logprobs_message(backend, answered))
             if missing:
-                log.warning("generations: %d of %d answers came back without log-probabilities "
-                            "from %s", missing, answered, backend)
+                notes.append(f"{missing} of {answered} answers came back without log-probabilities "
+                             f"from {backend}")
         diversity = sample_diversity(records)
         problem = diversity_problem(diversity, o.max_identical_share, backend)
         if problem and self.run_ctx.host.strict:
             raise StageError(problem + " (strict mode)")
         if problem:
-            log.warning("%s", problem)
-        return diversity
+            notes.append(problem)
+        for note in notes:
+            log.warning("%s", note)
+        return diversity, notes
 
     def _summary(self, records: list[Generations], made: int, ks: tuple[int, int]) -> dict[str, Any]:
         comps = [c for r in records for c in (r.reference, *r.with_passage, *r.without_passage)]
