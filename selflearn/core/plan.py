@@ -50,8 +50,7 @@ def components(stage: Stage) -> dict[str, Any]:
         model = _option(stage, slot, "model")
         if model is None and slot in _MODEL_SLOTS:
             model = ctx.model
-        if slot == "backend" and stage.name == "generations" and stage.flow == "paper":
-            model = f"{stage.store.path('models/sft')} (G_SFT, from the sft stage)"
+        model = _stage_model(stage, slot, model)
         if model is not None:
             entry["model"] = model
         options = {k: v for k, v in spec.options.items() if k != "model"}
@@ -59,6 +58,28 @@ def components(stage: Stage) -> dict[str, Any]:
             entry["options"] = options
         out[slot] = entry
     return out
+
+
+def _stage_model(stage: Stage, slot: str, model: Any) -> Any:
+    """The model a slot works on in this stage, where the stage replaces the configured one:
+    G_SFT for paper-flow generations and for DPO after SFT, the two compared models in the
+    evaluation."""
+    ctx = stage.run_ctx
+    sft_first = ctx.has("sft_trainer")
+    sft = f"{stage.store.path('models/sft')} (the SFT model)"
+    if stage.name == "generations" and slot == "backend" and stage.flow == "paper":
+        return f"{stage.store.path('models/sft')} (G_SFT, from the sft stage)"
+    if stage.name == "train" and slot == "trainer" and sft_first:
+        return sft
+    if stage.name == "train" and slot == "sft_trainer" and stage.flow == "paper":
+        return f"{model} (already trained by the sft stage)"
+    if stage.name == "evaluate" and slot == "backend":
+        o = stage.options
+        has_dpo = ctx.has("trainer")
+        candidate = o.candidate_model or stage.store.path("models/dpo" if has_dpo else "models/sft")
+        baseline = o.baseline_model or (sft if sft_first and has_dpo else model)
+        return f"candidate {candidate} vs baseline {baseline}"
+    return model
 
 
 def _options(stage: Stage, slot: str) -> Any:
