@@ -182,6 +182,11 @@ class RunLock:
                 return bytes(f.read())
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot read the run lock {self.path!r} ({type(exc).__name__}: {exc}); check "
+                "the run directory's permissions"
+            ) from exc
 
     def _stale(self, other: Holder | None) -> bool:
         """A dead holder on this host, a silent one elsewhere, or a torn file that is old."""
@@ -209,8 +214,15 @@ class RunLock:
                                 else f" (no heartbeat for over {self.stale_after:.0f}s)")
             if other else "an unreadable lock file",
         )
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.store.fs.rm(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot remove the stale run lock {self.path!r} ({type(exc).__name__}: {exc}); "
+                "delete it by hand if its process is gone"
+            ) from exc
 
     def _busy(self, other: Holder | None) -> RunDirBusyError:
         who = other.describe() if other else "another process (its lock file is unreadable)"
