@@ -190,3 +190,21 @@ def test_fingerprint_does_not_reread_unchanged_files(tmp_path, monkeypatch):
     stat = (corpus / "f1.md").stat()
     os.utime(corpus / "f1.md", (stat.st_atime, stat.st_mtime + 5))  # touched: hashed again, same digest
     assert src.fingerprint() == first and len(reads) == 1
+
+
+def test_a_store_checksum_is_the_digest_and_no_byte_is_read():
+    from selflearn.builtin.sources.common import file_digests
+
+    class ObjectStore:  # what s3fs / gcsfs report: an ETag per object
+        protocol = "s3"
+
+        def info(self, path):  # type: ignore[no-untyped-def]
+            return {"name": path, "size": 10, "ETag": '"9b2cf535f27731c974343645a3985328"'}
+
+        def open(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise AssertionError("a file with a store checksum must not be read")
+
+    assert file_digests(ObjectStore(), ["bucket/b.md", "bucket/a.md"]) == [
+        ["bucket/a.md", 10, "ETag:9b2cf535f27731c974343645a3985328"],
+        ["bucket/b.md", 10, "ETag:9b2cf535f27731c974343645a3985328"],
+    ]

@@ -112,32 +112,52 @@ def normalize_text(text: str) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _stamp(info: dict[str, Any]) -> Any:
-    """What changes when a file changes, from its fsspec ``info``: an ETag, an MD5 or CRC a
-    remote store keeps, else the modification time (local files, memory://)."""
-    for key in ("ETag", "etag", "md5", "checksum", "crc32c", "sha256"):
+_CHECKSUMS = ("ETag", "etag", "md5", "checksum", "crc32c", "sha256")
+
+
+def _checksum(info: dict[str, Any]) -> str | None:
+    """A content checksum the store itself keeps (s3's ETag, gcs's md5/crc32c, ...)."""
+    for key in _CHECKSUMS:
         if info.get(key):
-            return str(info[key])
+            return f"{key}:{str(info[key]).strip(chr(34))}"
+    return None
+
+
+def _stamp(info: dict[str, Any]) -> Any:
+    """What changes when a file changes, from its fsspec ``info``: a checksum the store
+    keeps, else the modification time (local files, memory://)."""
+    checksum = _checksum(info)
+    if checksum is not None:
+        return checksum
     for key in ("mtime", "LastModified", "last_modified", "created"):
         if info.get(key) is not None:
             return str(info[key])
     return None
 
 
-def file_digests(fs: Any, files: Sequence[str], cache: Any = None, *, content: bool = True) -> list[list[Any]]:
-    """``[[path, size, digest]]`` of ``files``: the SHA-256 of each file's bytes.
+def file_digests(
+    fs: Any, files: Sequence[str], cache: Any = None, *, content: bool = True,
+    infos: dict[str, dict[str, Any]] | None = None,
+) -> list[list[Any]]:
+    """``[[path, size, digest]]`` of ``files``: a content digest of each file.
 
-    Hashing a large tree on every run would be slow, so the digest is kept in ``cache`` (a
+    Where the store keeps a checksum (an object store's ETag or MD5) that is the digest, and
+    no byte is read. Otherwise the SHA-256 of the bytes, kept in ``cache`` (a
     :class:`~selflearn.core.cache.JsonlCache`) under the file's path, size and modification
-    stamp: a file is read again only when it changed. Without a stamp, or with no cache, the
-    file is read every time. ``content=False`` records the stamp instead of reading the bytes
-    (for dumps of many gigabytes whose files are replaced, never edited in place).
+    time, so a file is read again only when it changed (without a stamp, or with no cache, it
+    is read every time). ``content=False`` records the stamp instead of reading the bytes (for
+    dumps of many gigabytes whose files are replaced, never edited in place). ``infos``: the
+    files' fsspec details when a listing already gave them (one request, not one per file).
     """
     out: list[list[Any]] = []
     for path in sorted(files):
-        info = fs.info(path)
+        info = (infos or {}).get(path) or fs.info(path)
         size = info.get("size")
         stamp = _stamp(info)
+        checksum = _checksum(info)
+        if checksum is not None:
+            out.append([path, size, checksum])
+            continue
         if not content:
             out.append([path, size, stamp])
             continue

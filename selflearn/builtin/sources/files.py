@@ -97,7 +97,8 @@ class FilesSource:
         or removed file re-runs the documents stage. A digest is recomputed only for files
         whose size or modification time changed (the digests are kept in the run's cache)."""
         fs, base, files = self._list()
-        rows = file_digests(fs, files, self.cache)
+        infos = self._details(fs, base, files)
+        rows = file_digests(fs, files, self.cache, infos=infos)
         for row in rows:
             row[0] = row[0][len(base) + 1 :] if base and row[0].startswith(base + "/") else posixpath.basename(row[0])
         return content_hash(rows)
@@ -110,6 +111,18 @@ class FilesSource:
         for doc in self.documents():
             counts["test" if doc.split == "test" else "train"] += 1
         return counts
+
+    @staticmethod
+    def _details(fs: Any, base: str, files: list[str]) -> dict[str, dict[str, Any]]:
+        """The files' fsspec details from one recursive listing (an object store answers one
+        request instead of one per file); empty where the listing fails."""
+        if len(files) < 2:
+            return {}
+        try:
+            found = fs.find(base, detail=True)
+        except (OSError, ValueError):
+            return {}
+        return dict(found) if isinstance(found, dict) else {}
 
     # -- listing -------------------------------------------------------------------------
     def _list(self) -> tuple[Any, str, list[str]]:
