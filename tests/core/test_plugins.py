@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -183,6 +184,30 @@ def test_example_plugin_package_pip_installed(tmp_path, run_dir):
         ("faq:shipping", "Shipping", "train"),
     ]
     assert "By card or transfer." in rows[0]["text"]
+
+
+def test_example_plugin_passes_its_own_contract_tests(tmp_path):
+    """examples/plugin-hello's own test suite (selflearn.plugins.testing's contract checks of
+    its source and its evaluator), run against the pip-installed package as its author would."""
+    repo = Path(__file__).resolve().parents[2]
+    example = repo / "examples" / "plugin-hello"
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(example)],
+        check=True,
+    )
+    env = {"PYTHONPATH": f"{target}{os.pathsep}{repo}", "PATH": "/usr/bin:/bin", "SELFLEARN_NO_PROGRESS": "1",
+           "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(example / "tests")],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 passed" in proc.stdout
+    assert str(target) in subprocess.run(  # the installed copy was tested, not the source folder
+        [sys.executable, "-c", "import selflearn_hello; print(selflearn_hello.__file__)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
 
 
 def test_config_error_type_is_config_error():

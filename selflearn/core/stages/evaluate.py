@@ -98,6 +98,8 @@ class EvaluateStage(Stage):
     def __init__(self, run: RunContext, options: Any) -> None:
         super().__init__(run, options)
         self._evaluators: list[tuple[str, Any]] | None = None
+        #: (evaluator name, its EvaluationResult) of the last run
+        self.results: list[tuple[str, Any]] = []
         #: what evaluators see (models and answers are filled as the run goes)
         self.context = EvaluationContext(run, options, {})
 
@@ -310,6 +312,7 @@ class EvaluateStage(Stage):
         rows = {role: self._answer_with(role, everything, requests) for role in ("baseline", "candidate")}
         ctx.pairs = pair_answers(rows["baseline"], rows["candidate"])
         results = self._call("evaluate", None)
+        self.results = results
         self.store.write_jsonl(f"{EVAL_DIR}/answers_baseline.jsonl", rows["baseline"])
         self.store.write_jsonl(f"{EVAL_DIR}/answers_candidate.jsonl", rows["candidate"])
         report = self._report(test, known, {"test": len(test), "known": known_info})
