@@ -28,6 +28,7 @@ repetition penalty, temperature and top-p applied).
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
@@ -353,7 +354,7 @@ class HFBackend:
                 outs = self._decoder.run(batch, cfg, params.max_new_tokens, stop_check)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            per_prompt = max(batch.rows.count(i) for i in range(len(batch.prompts)))
+            per_prompt = max(collections.Counter(batch.rows).values())
             if slots is not None and slots > per_prompt:  # fewer rows at a time, same run
                 self._oom_cap = max(per_prompt, slots // 2 - (slots // 2) % per_prompt)
                 log.warning("hf: out of memory at %d sequences at a time; retrying with %d",

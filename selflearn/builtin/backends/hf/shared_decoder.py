@@ -470,6 +470,11 @@ class SharedPrefixDecoder:
 
     def _refill(self, st: DecodeState, schedule: Schedule, batch: DecodeBatch, samples: list[list[int]],
                 width: int, t: int) -> None:
+        """Prefill waiting prompts into free groups, once a quarter of the groups is free (or
+        none is active): a prefill is an eager forward pass, so refills are batched."""
+        free = schedule.groups - len(schedule.active())
+        if free < max(1, schedule.groups // 4) and schedule.active():
+            return
         pairs = schedule.assign(t)
         if pairs:
             self._load(st, [(grp, batch.prompts[p], [batch.keys[i] for i in samples[p]]) for grp, p in pairs], width)
