@@ -17,6 +17,7 @@ import yaml
 
 from .errors import ConfigError
 from .options import check_secret_name
+from .redact import safe_url
 
 #: slot -> component kind
 SLOTS: dict[str, str] = {
@@ -71,7 +72,21 @@ class SlotSpec:
             if callable(ident):
                 described["identity"] = ident()
             return described
-        return {"use": self.name, "options": self.options}
+        return {"use": self.name, "options": _shown(self.options)}
+
+
+def _shown(options: Any) -> Any:
+    """Options as a manifest may record them: a user, password or key-like query value in a
+    URL option (``base_url``, ``url``, ...) redacted. Only URLs are touched, so two different
+    templates or prompts never describe alike."""
+    if isinstance(options, Mapping):
+        return {
+            k: safe_url(v) if isinstance(v, str) and str(k).endswith("url") else _shown(v)
+            for k, v in options.items()
+        }
+    if isinstance(options, list):
+        return [_shown(v) for v in options]
+    return options
 
 
 def parse_slot(value: Any, path: str) -> SlotSpec | None:

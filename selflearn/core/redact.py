@@ -46,7 +46,7 @@ def safe_url(url: str) -> str:
         if v else k
         for k, _, v in (item.partition("=") for item in parts.query.split("&") if item)
     )
-    return redact(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
+    return urlunsplit((parts.scheme, netloc, redact(parts.path), query, redact(parts.fragment)))
 
 
 #: query parameters that carry credentials

@@ -81,3 +81,15 @@ def test_urls_and_401_bodies_never_show_credentials() -> None:
     msg = str(err.value)
     assert "MY_KEY" in msg and "Incorrect API key provided" in msg
     assert KEY not in msg and "sk-proj-****" not in msg
+
+
+def test_the_manifest_never_records_credentials_of_a_url(tmp_path: Path) -> None:
+    url = f"http://user:{KEY}@127.0.0.1:9/v1?api_key={KEY}"
+    pipe = Pipeline({"run_dir": str(tmp_path / "run"), "source": {"use": "files", "options": {"url": str(tmp_path)}},
+                     "judge": {"use": "openai", "options": {"base_url": url}}})
+    described = pipe.describe()
+    assert KEY not in str(described)
+    assert described["judge"]["options"]["base_url"] == "http://[redacted]@127.0.0.1:9/v1?api_key=[redacted]"
+    (tmp_path / "a.txt").write_text("Alpha is a letter. " * 20)
+    pipe.run(until="documents")
+    assert KEY not in (tmp_path / "run" / "manifest.json").read_text()
