@@ -11,7 +11,9 @@ Two families of hooks:
 
 An implementation may declare fewer arguments than its spec (pluggy passes only those it
 names), which is how a spec can gain an argument without breaking existing plugins.
-``docs/hooks.md`` is generated from this module (``python -m selflearn.core.hookdocs``).
+``docs/hooks.md`` is generated from this module (``python -m selflearn.core.hookdocs``; a test
+fails when it is out of date), and every hook here must be named by a test's
+``@pytest.mark.hooks(...)`` (``tests/core/test_hook_coverage.py``).
 """
 
 from __future__ import annotations
@@ -87,8 +89,10 @@ class Hooks:
 
         A knowledge source has ``documents() -> Iterable[Document]``: valid documents with
         unique ids and non-empty text; ``metadata["split"]`` (``train``/``test``) and
-        ``metadata["category"]`` where known. Built-ins: ``wikipedia``, ``wikipedia-offline``,
-        ``files``. Contract: ``selflearn.plugins.testing.check_knowledge_source``.
+        ``metadata["category"]`` where known. Optional ``fingerprint() -> JSON-able``: a value
+        that changes when the content does, so an edited corpus re-runs the stages after it
+        (docs/plugins.md). Built-ins: ``wikipedia``, ``wikipedia-offline``, ``files``.
+        Contract: ``selflearn.plugins.testing.check_knowledge_source``.
         """
 
     @hookspec
@@ -129,8 +133,11 @@ class Hooks:
         A scorer has ``identity() -> dict`` and ``score(items: Sequence[ScoreItem]) ->
         list[ScoreResult]``: one result per item, aligned; ``score`` in [0, 1] (higher = the
         samples disagree more with the reference) or None, and one ``sample_scores`` entry
-        per sample. Built-ins: ``selfcheck-nli``, ``selfcheck-embedding``, ``bsdetector``,
-        ``semantic-entropy``, ``lexical``. Contract: ``selflearn.plugins.testing.check_scorer``.
+        per sample. Optional ``needs_logprobs``: true makes the scores stage stop with an error
+        naming the backend when no sample of the run has log-probabilities, instead of letting
+        the scorer fall back. Built-ins: ``selfcheck-nli``, ``selfcheck-embedding``,
+        ``bsdetector``, ``semantic-entropy``, ``lexical``. Contract:
+        ``selflearn.plugins.testing.check_scorer``.
         """
 
     @hookspec

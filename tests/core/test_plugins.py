@@ -59,6 +59,7 @@ def test_builtins_cover_all_kinds():
     assert host.registry.get("scorer", "selfcheck-nli").provider == nli.name
 
 
+@pytest.mark.hooks('register_knowledge_sources')
 def test_entry_point_plugin_is_discovered_and_used(plugin_path, run_dir):
     make_dist(plugin_path, "fake-src", "fakesrc", "fake_src_mod", SOURCE_PLUGIN.format(name="fake", module="fake_src_mod"))
     host = PluginHost()
@@ -230,6 +231,7 @@ def register_scorers(register):
 '''
 
 
+@pytest.mark.hooks('on_run_start', 'register_scorers')
 def test_hook_implementation_with_fewer_arguments_works(plugin_path, run_dir, monkeypatch):
     """pluggy passes an implementation only the arguments it declares (how specs grow)."""
     make_dist(plugin_path, "fewer-dist", "fewer", "fewer_mod", FEWER_ARGS_PLUGIN)
@@ -349,6 +351,78 @@ def on_run_start(run):
     host.lifecycle.run_start(_run_info())  # does not raise: the plugin was unregistered
 
 
+REGISTRATION_HOOKS = ["register_knowledge_sources", "register_chunkers", "register_question_generators",
+                      "register_inference_backends", "register_scorers", "register_trainers",
+                      "register_judges", "register_evaluators"]
+#: kind -> a module of selflearn.builtin whose create/Options a third party re-registers
+THIRD_PARTY = {"knowledge_source": "sources.files", "chunker": "chunking.sentences",
+               "question_generator": "questions.template", "inference_backend": "backends.echo",
+               "scorer": "scorers.lexical", "trainer": "trainers.sft", "judge": "judges.local",
+               "evaluator": "evaluation.measures.qa"}
+
+
+class EveryKindPlugin:
+    """Registers one component of every kind through each registration hook."""
+
+    __name__ = "every-kind"
+
+    def _register(self, register, kind):
+        module = f"selflearn.builtin.{THIRD_PARTY[kind]}"
+        options = None if kind == "evaluator" else f"{module}:Options"
+        register(f"tp-{kind}", f"{module}:create", options=options, description=f"third-party {kind}")
+
+    @hookimpl
+    def register_knowledge_sources(self, register):
+        self._register(register, "knowledge_source")
+
+    @hookimpl
+    def register_chunkers(self, register):
+        self._register(register, "chunker")
+
+    @hookimpl
+    def register_question_generators(self, register):
+        self._register(register, "question_generator")
+
+    @hookimpl
+    def register_inference_backends(self, register):
+        self._register(register, "inference_backend")
+
+    @hookimpl
+    def register_scorers(self, register):
+        self._register(register, "scorer")
+
+    @hookimpl
+    def register_trainers(self, register):
+        self._register(register, "trainer")
+
+    @hookimpl
+    def register_judges(self, register):
+        self._register(register, "judge")
+
+    @hookimpl
+    def register_evaluators(self, register):
+        self._register(register, "evaluator")
+
+
+@pytest.mark.hooks("register_knowledge_sources", "register_chunkers", "register_question_generators",
+                   "register_inference_backends", "register_scorers", "register_trainers",
+                   "register_judges", "register_evaluators")
+def test_every_registration_hook_contributes_a_buildable_component(run_dir):
+    from selflearn.core.hookspecs import REGISTRATION_HOOKS as SPEC
+
+    assert sorted(SPEC.values()) == sorted(REGISTRATION_HOOKS) and set(SPEC) == set(THIRD_PARTY)
+    pipe = Pipeline(run_dir=run_dir, backend="echo", plugin_objects=[EveryKindPlugin()], load_entry_points=False)
+    info = next(i for i in pipe.host.infos if i.name == "every-kind")
+    assert info.hooks == tuple(sorted(REGISTRATION_HOOKS))
+    for kind in THIRD_PARTY:
+        spec = pipe.host.registry.get(kind, f"tp-{kind}")
+        assert (spec.provider, spec.description) == ("every-kind", f"third-party {kind}")
+        options = {"url": run_dir} if kind == "knowledge_source" else None
+        built = pipe.ctx.build(kind, {"use": f"tp-{kind}", "options": options} if options else f"tp-{kind}", kind)
+        assert type(built).__module__ == f"selflearn.builtin.{THIRD_PARTY[kind]}"
+    pipe.close()
+
+
 # -- lifecycle hooks and secrets ---------------------------------------------------------------
 
 
@@ -375,6 +449,7 @@ class _Recorder:
         self.calls.append(("end", sorted(summary)))
 
 
+@pytest.mark.hooks('on_run_start', 'on_stage_end', 'on_run_end')
 def test_lifecycle_hooks_called_in_order_with_summaries(run_dir):
     rec = _Recorder()
     pipe = Pipeline(run_dir=run_dir, source="wikipedia-offline", documents={"limit": 2},
@@ -390,6 +465,7 @@ def test_lifecycle_hooks_called_in_order_with_summaries(run_dir):
     assert [c[0] for c in rec.calls] == ["start", "stage", "stage", "end"]  # skipped stages too
 
 
+@pytest.mark.hooks('on_stage_end')
 def test_lifecycle_hook_error_names_the_plugin(run_dir):
     class Broken:
         __name__ = "broken-tracker"
@@ -405,6 +481,7 @@ def test_lifecycle_hook_error_names_the_plugin(run_dir):
     assert "tracker down after documents" in str(err.value)
 
 
+@pytest.mark.hooks('resolve_secret')
 def test_resolve_secret_first_plugin_wins_then_environment(monkeypatch):
     class Vault:
         __name__ = "vault"

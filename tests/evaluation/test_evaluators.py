@@ -91,6 +91,7 @@ def _cfg(run_dir: str, **evaluate: Any) -> dict[str, Any]:
             "evaluate": {"qa": ["trivia:worldcapitals"], "qa_limit": 3, **evaluate}}
 
 
+@pytest.mark.hooks("register_evaluators")
 def test_outside_evaluator_measure_in_report_json_and_md(run_dir: str) -> None:
     root = write_run(run_dir)
     cfg = _cfg(run_dir, evaluators=[{"use": "answer-length", "options": {"unit": "words"}}])
