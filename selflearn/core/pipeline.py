@@ -21,6 +21,7 @@ from .config import (
     parse_slot,
 )
 from .context import RunContext
+from .distributed import is_main_process, rank, world_size
 from .errors import ConfigError, StageError
 from .execution import ExecutionOptions, make_engine
 from .execution.worker import WorkerSpec
@@ -296,8 +297,47 @@ class Pipeline:
         """
         from .lock import RunLock
 
+        if not is_main_process():  # accelerate launch / torchrun: rank 0 holds the lock
+            return self._follow(until)
         with RunLock(self.store, wait=lock_wait):
             return self._run(until, rerun, rounds)
+
+    def _follow(self, until: str | None, poll: float = 2.0) -> list[StageOutcome]:
+        """A non-main process of a multi-process launch: wait for each stage before the
+        training to be done by the main process, train with it, write nothing, stop after."""
+        names = self._selected(until)
+        last = max((i for i, n in enumerate(names) if self.stage(n).distributed), default=-1)
+        outcomes: list[StageOutcome] = []
+        try:
+            for name in names[: last + 1]:
+                stage = self.stage(name)
+                if stage.distributed:
+                    t0 = time.perf_counter()
+                    outcomes.append(StageOutcome(name, "ran", time.perf_counter() - t0, stage.run() or {}))
+                    continue
+                while True:
+                    fp, _ = self._fingerprint(stage)
+                    if self._is_done(stage, fp, self._manifest()):
+                        break
+                    self._check_main_alive(name)
+                    time.sleep(poll)
+                outcomes.append(StageOutcome(name, "skipped", 0.0, {}))
+        finally:
+            self.ctx.close()
+        return outcomes
+
+    def _check_main_alive(self, waiting_for: str) -> None:
+        """Stop waiting when the main process is gone (no lock on the run directory)."""
+        from .lock import LOCK_NAME
+
+        if not self.store.exists(LOCK_NAME):
+            time.sleep(5.0)  # the main process may not have taken the lock yet
+            if not self.store.exists(LOCK_NAME):
+                raise StageError(
+                    f"process {rank()} of {world_size()} waited for stage {waiting_for!r}, but the "
+                    "main process (rank 0) holds no lock on the run directory: it stopped or has "
+                    "not started. Check its log; the same launch command resumes the run"
+                )
 
     def _run(self, until: str | None, rerun: str | Iterable[str] | None,
              rounds: int | None = None) -> list[StageOutcome]:

@@ -31,6 +31,9 @@ class Stage:
     #: component slots this stage uses (their configuration enters the fingerprint)
     slots: ClassVar[tuple[str, ...]] = ()
     options_class: ClassVar[type] = NoOptions
+    #: under accelerate launch / torchrun, every process runs this stage (training); the other
+    #: stages run in the main process alone while the others wait for them
+    distributed: ClassVar[bool] = False
     #: the flows (top-level ``flow:``) this stage runs in; None: all of them
     flows: ClassVar[tuple[str, ...] | None] = None
 

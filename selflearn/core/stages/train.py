@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from ..distributed import is_main_process
 from ..errors import ArtifactError, ConfigError, StageError
 from ..hashing import content_hash
 from ..models import read_lineage
@@ -130,6 +131,9 @@ class TrainStage(Stage):
                 "trainer",
             )
 
+    #: every process of an accelerate launch / torchrun run takes part in this stage
+    distributed = True
+
     def _phases(self) -> list[str]:
         """The trainings this stage runs: SFT here only in the default flow (``flow: paper``
         trains it in the sft stage, before the preference data exists), then DPO."""
@@ -184,8 +188,9 @@ class TrainStage(Stage):
             )
         record = self._record(base, results, counts)
         record["flow"] = self.flow
-        self.store.write_json("train.json", record)
-        self.store.write_bytes("train_loss.png", _plot(record["loss"], record["eval_loss"]))
+        if is_main_process():  # under accelerate launch / torchrun the others only train
+            self.store.write_json("train.json", record)
+            self.store.write_bytes("train_loss.png", _plot(record["loss"], record["eval_loss"]))
         return {
             "base_model": base,
             "flow": self.flow,

@@ -1,0 +1,74 @@
+"""Training across processes: ``torchrun`` starts 2 CPU processes (DDP over gloo) that run
+the whole pipeline up to ``train``: rank 0 runs the data stages while rank 1 waits, both train
+SFT then DPO, and only rank 0 writes the model folders, lineage, cards and run files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import selflearn
+from tests.training.conftest import FAST, generate
+
+ROOT = Path(selflearn.__file__).resolve().parents[1]
+
+
+def test_sft_then_dpo_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
+    run_dir, trace = tmp_path / "run", tmp_path / "writes.log"
+    config = {
+        "run_dir": str(run_dir),
+        "model": tiny_llama,
+        "source": {"use": "wikipedia-offline", "options": {
+            "categories": ["History"], "train_per_category": 4, "test_per_category": 1, "min_words": 40}},
+        "chunker": {"use": "sentences", "options": {"max_tokens": 96}},  # short RC prompts
+        "passages": {"max_per_document_train": 1, "max_per_document_test": 1},
+        "question_generator": "template",
+        "backend": "echo",
+        "generations": {"k": 2},
+        "scorer": {"use": "selfcheck-embedding", "options": {"model": tiny_encoder}},
+        "datasets": {"consistency_filter": False, "knowledge_filter": False, "truncated_samples": "keep",
+                     "drop_truncated_reference": False, "sft_rc_fraction": 1.0},
+        "sft_trainer": {"use": "trl-sft", "options": {**FAST, "max_steps": 2, "max_length": 1024}},
+        "trainer": {"use": "trl-dpo", "options": {**FAST, "max_steps": 2, "max_prompt_length": 384,
+                                                  "max_length": 1024}},
+    }
+    (tmp_path / "run.yaml").write_text(json.dumps(config))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "write_trace"), str(ROOT)]),
+        "SELFLEARN_WRITE_TRACE": str(trace),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "selflearn.cli", "run", str(tmp_path / "run.yaml"), "--until", "train"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    writes = [line.split(" ", 2) for line in trace.read_text().splitlines()]
+    assert writes and {rank for rank, _, _ in writes} == {"0"}  # rank 1 wrote nothing
+    lineage = Counter(path for _, kind, path in writes if kind == "lineage")
+    assert set(lineage.values()) == {1} and len(lineage) == 2  # sft and dpo, once each
+    models = Counter(path for _, kind, path in writes if kind == "model")
+    assert set(models.values()) == {1}
+    for name in ("sft", "dpo"):
+        folder = run_dir / "models" / name
+        record = json.loads((folder / "selflearn-lineage.json").read_text())
+        assert record["training"]["world_size"] == 2  # DDP over both processes
+        assert (folder / "README.md").exists()
+        generate(folder)  # the model folder loads and generates
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert "train" in manifest["stages"]
+    assert json.loads((run_dir / "train.json").read_text())["models"]["dpo"] == str(run_dir / "models" / "dpo")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tests.conftest import build_tiny_llama
+
+    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-dist")))
