@@ -126,6 +126,7 @@ class RunLock:
         me = Holder(os.getpid(), socket.gethostname(),
                     datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     time.time(), uuid.uuid4().hex)
+        waiting = False
         while True:
             if self._create(me):
                 self.holder = me
@@ -140,6 +141,11 @@ class RunLock:
                 continue
             if time.monotonic() >= deadline:
                 raise self._busy(other)
+            if not waiting:
+                waiting = True
+                log.warning("run directory %s is in use by %s; waiting up to %.0fs for it",
+                            self.store.url, other.describe() if other else "another process",
+                            self.wait)
             time.sleep(self.poll)
 
     def _create(self, me: Holder) -> bool:

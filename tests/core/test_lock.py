@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,13 @@ from tests.servers import FakeServer, openai_handler
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def slow_handler(delay: float) -> Any:
-    """An OpenAI-style question writer that takes ``delay`` seconds per request."""
+def gated_handler(gate: threading.Event) -> Any:
+    """An OpenAI-style question writer that answers only once ``gate`` is set, so the run
+    using it holds its lock until the test lets it go on (no timing assumptions)."""
     script = Script(good)
 
     def respond(body: dict[str, Any], i: int) -> str:
-        time.sleep(delay)
+        assert gate.wait(120), "the test never opened the gate"
         return script(body, i)
 
     return openai_handler(respond)
@@ -79,7 +81,8 @@ def wait_for_lock(path: Path, proc: subprocess.Popen[str], timeout: float = 60.0
 
 
 def test_a_second_process_stops_at_once_naming_the_holder(tmp_path: Path) -> None:
-    with FakeServer(slow_handler(0.5)) as server:
+    gate = threading.Event()
+    with FakeServer(gated_handler(gate)) as server:
         cfg = write_config(tmp_path, server.url)
         first = start(cfg)
         held = wait_for_lock(tmp_path / "run" / LOCK_NAME, first)
@@ -93,6 +96,7 @@ def test_a_second_process_stops_at_once_naming_the_holder(tmp_path: Path) -> Non
         assert f"is in use by process {first.pid} on host '{socket.gethostname()}'" in err
         assert f"running since {held['started']}" in err and "Traceback" not in err
         assert first.poll() is None  # the holder is still running, undisturbed
+        gate.set()
         first_out, first_err = first.communicate(timeout=120)
         assert first.returncode == 0, first_err
         calls = len(server.requests)
@@ -104,11 +108,20 @@ def test_a_second_process_stops_at_once_naming_the_holder(tmp_path: Path) -> Non
 
 
 def test_a_second_process_can_wait_for_the_first(tmp_path: Path) -> None:
-    with FakeServer(slow_handler(0.3)) as server:
+    gate = threading.Event()
+    with FakeServer(gated_handler(gate)) as server:
         cfg = write_config(tmp_path, server.url)
         first = start(cfg)
         wait_for_lock(tmp_path / "run" / LOCK_NAME, first)
         second = start(cfg, "--wait-for-lock", "120")
+        assert second.stderr is not None
+        for line in second.stderr:  # the second run says it waits, while the first holds on
+            if "waiting up to 120s" in line:
+                assert f"in use by process {first.pid}" in line
+                break
+        else:
+            raise AssertionError(f"the second run did not wait: {second.communicate()}")
+        gate.set()
         out2, err2 = second.communicate(timeout=180)
         _, err1 = first.communicate(timeout=180)
         assert first.returncode == 0, err1
@@ -121,12 +134,14 @@ def test_a_second_process_can_wait_for_the_first(tmp_path: Path) -> None:
 
 
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with FakeServer(slow_handler(1.0)) as server:
+    gate = threading.Event()
+    with FakeServer(gated_handler(gate)) as server:
         cfg = write_config(tmp_path, server.url)
         first = start(cfg)
         held = wait_for_lock(tmp_path / "run" / LOCK_NAME, first)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
+        gate.set()
         assert (tmp_path / "run" / LOCK_NAME).exists()  # a killed process cannot clean up
         from selflearn.core.config import load_yaml
 
