@@ -146,6 +146,7 @@ def _print_plan(run_dir: str, plan: list[dict[str, Any]]) -> None:
             print(f"      {_component(slot, entry)}")
         if row["estimate"]:
             mark = " (estimated from the configuration)" if row["estimated"] else ""
+            mark = " (exact: rehearsed in memory, no model call)" if row.get("rehearsed") else mark
             est = ", ".join(f"{k}: {v}" for k, v in row["estimate"].items())
             print(textwrap.fill(f"counts{mark}: {est}", 96, initial_indent=" " * 6, subsequent_indent=" " * 8))
         if row["calls"]:

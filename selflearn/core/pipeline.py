@@ -73,6 +73,8 @@ class Pipeline:
         plugin_objects = tuple(plugin_objects)
         raw.update(kwargs)
         self.raw_config = raw
+        #: True in the dry-run's in-memory rehearsal of the stages that make no model call
+        self.rehearsal = False
         self.plugin_objects = plugin_objects
         self.load_entry_points = load_entry_points
         valid = set(GENERAL_KEYS) | set(SLOTS) | set(STAGE_NAMES) | {"execution"}
@@ -268,6 +270,10 @@ class Pipeline:
                 if not done:
                     pending.add(name)
                 rows.append(describe(stage, done, pending - {name}, expected))
+            if not self.rehearsal:
+                from .plan import rehearse
+
+                rows = rehearse(self, rows, until)
         finally:
             self.ctx.close()
         return rows

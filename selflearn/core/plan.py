@@ -384,3 +384,92 @@ def _option_int(stage: Stage, slot: str, name: str, default: int) -> int:
     except Exception:  # noqa: BLE001 - a guess for a cost forecast; validation reports errors
         value = None
     return int(value) if isinstance(value, int) else default
+
+
+# -- rehearsal: the stages that make no model call, run in memory -------------------------
+_REHEARSABLE = {"documents": ("source",), "passages": ("chunker",),
+                "questions": ("question_generator", "test_question_generator")}
+
+
+def _model_free(pipeline: Any, name: str) -> bool:
+    """The stage's components all declare ``dry_run_safe`` (they make no model call)."""
+    slots = _REHEARSABLE.get(name)
+    if slots is None:
+        return False
+    ctx = pipeline.ctx
+    return all(not ctx.has(s) or getattr(ctx.component(s), "dry_run_safe", False) is True for s in slots)
+
+
+def rehearse(pipeline: Any, rows: list[dict[str, Any]], until: str | None) -> list[dict[str, Any]]:
+    """``rows`` with exact counts where the first pending stages make no model call.
+
+    Those stages (a ``files`` or ``wikipedia-offline`` source, the ``sentences`` chunker,
+    ``template`` questions) run for real into a ``memory://`` run directory that shares the
+    run's caches, starting from a copy of the finished stages' files; the later stages are
+    then counted from those files as the run will count them, calls looked up in the cache.
+    Nothing is written to the run directory."""
+    first = next((i for i, r in enumerate(rows) if r["status"] == "pending"), None)
+    if first is None:
+        return rows
+    cheap = []
+    for row in rows[first:]:
+        if not _model_free(pipeline, row["stage"]):
+            break
+        cheap.append(row["stage"])
+    if not cheap:
+        return rows
+    try:
+        shadow_rows, counts = _shadow_plan(pipeline, [r["stage"] for r in rows[:first]], cheap, until)
+    except Exception as exc:  # noqa: BLE001 - the plan stands without it; the run will say more
+        import logging
+
+        logging.getLogger("selflearn").warning(
+            "dry-run: running %s in memory for exact counts failed (%s: %s); the counts after "
+            "them are forecasts", ", ".join(cheap), type(exc).__name__, str(exc)[:300])
+        return rows
+    out = []
+    for i, row in enumerate(rows):
+        name = row["stage"]
+        if name in cheap:
+            row = {**row, "estimate": {name: counts[name]}, "estimated": False, "rehearsed": True}
+        elif i >= first:
+            shadow = shadow_rows[name]
+            row = {**row, **{k: shadow[k] for k in ("estimate", "estimated", "calls", "cost_usd")}}
+        out.append(row)
+    return out
+
+
+def _shadow_plan(pipeline: Any, done: list[str], cheap: list[str], until: str | None
+                 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    import logging
+    import os
+    import uuid
+
+    from .pipeline import MANIFEST, Pipeline
+
+    url = f"memory://selflearn-dry-run-{uuid.uuid4().hex}"
+    raw = {**pipeline.raw_config, "run_dir": url, "cache_dir": pipeline.ctx.cache_dir, "execution": None}
+    raw.pop("rounds", None)
+    shadow = Pipeline(raw, plugin_objects=pipeline.plugin_objects, load_entry_points=pipeline.load_entry_points)
+    shadow.rehearsal = True
+    files = [f for name in done for f in pipeline.stage(name).outputs()] + [MANIFEST, "test_questions.jsonl"]
+    for name in files:
+        if pipeline.store.exists(name):
+            shadow.store.write_bytes(name, pipeline.store.read_bytes(name))
+    quiet = logging.getLogger("selflearn")
+    level, progress = quiet.level, os.environ.get("SELFLEARN_NO_PROGRESS")
+    quiet.setLevel(logging.WARNING)  # the rehearsal's stage logs and progress bars are not the run's
+    os.environ["SELFLEARN_NO_PROGRESS"] = "1"
+    try:
+        shadow.run(until=cheap[-1])
+        rows = {r["stage"]: r for r in shadow.plan(until)}
+        counts = {name: observed(shadow.stage(name)) for name in cheap}
+    finally:
+        quiet.setLevel(level)
+        if progress is None:
+            os.environ.pop("SELFLEARN_NO_PROGRESS", None)
+        else:
+            os.environ["SELFLEARN_NO_PROGRESS"] = progress
+        shadow.close()
+        shadow.store.fs.rm(shadow.store.root, recursive=True)
+    return rows, counts

@@ -77,14 +77,41 @@ def test_dry_run_call_count_equals_the_run_cold_half_warm_and_warm(tmp_path, mon
     assert counter[0] == cold["to_make"] + half["to_make"]
 
 
-def test_forecast_before_any_file_exists_is_marked_and_bounds_the_run(tmp_path, monkeypatch):
+def test_fresh_run_dir_is_exact_when_no_stage_before_the_model_calls_a_model(tmp_path, monkeypatch):
+    """files source, sentences chunker and template questions make no model call: the dry-run
+    runs them in memory, so even before any file exists its count is the run's."""
     monkeypatch.setenv("SELFLEARN_NO_PROGRESS", "1")
     counter = [0]
     config = _config(tmp_path, CountingEcho(counter))
     rows = {r["stage"]: r for r in Pipeline(config).plan(until="datasets")}
+    assert not (tmp_path / "run" / "documents.jsonl").exists()  # nothing written
+    assert rows["documents"]["rehearsed"] and rows["documents"]["estimate"] == {"documents": {"train": 4, "test": 0}}
+    assert rows["questions"]["rehearsed"] and not rows["generations"]["estimated"]
+    planned = totals(list(rows.values()))
+    assert not planned["estimated"] and planned["to_make"] == _made(config, counter) > 0
+
+
+def test_forecast_from_the_configuration_is_marked_and_bounds_the_run(tmp_path, monkeypatch):
+    """A source that may not be run by a dry-run (it could download or call a model): the
+    counts are forecast from its size_hint() and the options, marked, and bound the run."""
+    from selflearn import Document
+
+    class Remote:
+        def documents(self):
+            for i in range(4):
+                yield Document(id=f"d{i}", title=f"T{i}",
+                               text=f"Topic {i} was founded in {1900 + i} by Ada Lovelace. It lies near Lake Geneva.")
+
+        def size_hint(self):
+            return {"train": 4, "test": 0}
+
+    monkeypatch.setenv("SELFLEARN_NO_PROGRESS", "1")
+    counter = [0]
+    config = _config(tmp_path, CountingEcho(counter), source=Remote())
+    rows = {r["stage"]: r for r in Pipeline(config).plan(until="datasets")}
     assert rows["documents"]["estimate"] == {"documents": {"train": 4, "test": 0}}
     for name in ("passages", "questions", "generations", "scores", "datasets"):
-        assert rows[name]["estimated"] and rows[name]["estimate"], name
+        assert rows[name]["estimated"] and rows[name]["estimate"] and not rows[name].get("rehearsed"), name
     # passages at most 8 per document, one question each, 1 + 2 + 2 generations per question
     assert rows["generations"]["estimate"]["generations"] == 4 * 8 * 5
     planned = totals(list(rows.values()))
@@ -112,7 +139,7 @@ def test_components_models_and_cost_of_a_priced_backend(tmp_path):
     assert rows["scores"]["cost_usd"] is None  # nothing priced there
 
 
-def test_cli_dry_run_names_models_and_marks_estimates(tmp_path, capsys):
+def test_cli_dry_run_names_models_and_marks_exact_counts(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     import json
 
@@ -121,8 +148,9 @@ def test_cli_dry_run_names_models_and_marks_estimates(tmp_path, capsys):
     assert main(["run", str(config), "--until", "datasets", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "backend: echo (model my-echo)" in out and "scorer: lexical" in out
-    assert "counts (estimated from the configuration)" in out
-    assert "generation calls to make:" in out and "the cache is checked only where the inputs exist" in out
+    assert "counts (exact: rehearsed in memory, no model call): documents: {'train': 4, 'test': 0}" in out
+    # 4 questions x (1 + 2 + 2) generations, 3 self-labels (the other third are RC rows)
+    assert "generation calls to make: 23 (0 of 23 in the cache)\n" in out
     assert not (tmp_path / "run" / "documents.jsonl").exists()  # a dry-run runs nothing
 
 

@@ -119,6 +119,9 @@ class _Unit:
 class SentenceChunker:
     """See the module docstring. ``stats`` accumulates over the documents chunked."""
 
+    #: makes no model call: the dry-run may run it (in memory) to count exactly what follows
+    dry_run_safe = True
+
     def __init__(self, options: Options, model: str | None, path: str = "chunker") -> None:
         if options.max_tokens < 8:
             raise ConfigError(f"expected at least 8, got {options.max_tokens}", f"{path}.options.max_tokens")

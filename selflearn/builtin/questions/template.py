@@ -24,6 +24,9 @@ class Options:
 
 
 class TemplateQuestions:
+    #: makes no model call: the dry-run may run it (in memory) to count exactly what follows
+    dry_run_safe = True
+
     def __init__(self, options: Options) -> None:
         self.options = options
 

@@ -82,6 +82,9 @@ class Options:
 class FilesSource:
     """See the module docstring. ``stats`` is filled while :meth:`documents` runs."""
 
+    #: makes no model call: the dry-run may run it (in memory) to count exactly what follows
+    dry_run_safe = True
+
     def __init__(self, options: Options, seed: int, path: str = "source", cache: Any = None) -> None:
         self.options = options
         self.seed = options.seed if options.seed is not None else seed

@@ -73,6 +73,9 @@ def package_path() -> str:
 class WikipediaOffline:
     """See the module docstring. ``stats`` is filled while :meth:`documents` runs."""
 
+    #: makes no model call: the dry-run may run it (in memory) to count exactly what follows
+    dry_run_safe = True
+
     def __init__(self, options: Options, seed: int, path: str = "source", cache: Any = None) -> None:
         for name in ("train_per_category", "test_per_category", "min_words"):
             value = getattr(options, name)
