@@ -190,8 +190,12 @@ def test_sample_diversity_in_the_summary(run_dir: str) -> None:
     records, summary = run_stage(run_dir, "echo", k=3)
     assert "notes" not in summary
     div = summary["sample_diversity"]
-    assert div["with_passage"] == {"questions": 7, "all_identical": 0.0, "all_equal_reference": 0.0}
+    assert div["with_passage"] == {"questions": 7, "all_identical": 0.0, "all_equal_reference": 0.0, "sampled": True}
     assert div["without_passage"]["questions"] == 7 and div["without_passage"]["all_identical"] == 0.0
+    # Y_r decoded greedily on purpose: K identical samples by design, reported but not flagged
+    _, summary = run_stage(os.path.join(run_dir, "greedy"), "echo", k=3, without_passage={"temperature": 0})
+    div = summary["sample_diversity"]["without_passage"]
+    assert div["all_identical"] == 1.0 and div["sampled"] is False and "notes" not in summary
 
 
 def test_a_server_that_ignores_temperature_is_flagged(run_dir: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -205,7 +209,8 @@ def test_a_server_that_ignores_temperature_is_flagged(run_dir: str, caplog: pyte
         with caplog.at_level("WARNING", logger="selflearn"):
             _, summary = run_stage(run_dir, _openai(server.url), k=3)
         div = summary["sample_diversity"]
-        assert div["with_passage"] == {"questions": 7, "all_identical": 1.0, "all_equal_reference": 1.0}
+        assert div["with_passage"] == {"questions": 7, "all_identical": 1.0, "all_equal_reference": 1.0,
+                                       "sampled": True}
         assert div["without_passage"]["all_identical"] == 1.0
         assert div["without_passage"]["all_equal_reference"] == 0.0
         warning = " ".join(r.getMessage() for r in caplog.records)

@@ -45,9 +45,13 @@ def set_diversity(records: Sequence[Generations], field: str) -> dict[str, Any]:
     }
 
 
-def sample_diversity(records: Sequence[Generations]) -> dict[str, Any]:
-    """Diversity of Y_c and Y_r (the stage summary's ``sample_diversity``)."""
-    return {field: set_diversity(records, field) for field in ("with_passage", "without_passage")}
+def sample_diversity(records: Sequence[Generations], greedy: Sequence[str] = ()) -> dict[str, Any]:
+    """Diversity of Y_c and Y_r (the stage summary's ``sample_diversity``); a set decoded
+    greedily on purpose (``temperature: 0``, named in ``greedy``) is marked, not judged."""
+    return {
+        field: {**set_diversity(records, field), "sampled": field not in greedy}
+        for field in ("with_passage", "without_passage")
+    }
 
 
 def diversity_problem(stats: dict[str, Any], threshold: float, backend: dict[str, Any]) -> str | None:
@@ -55,7 +59,7 @@ def diversity_problem(stats: dict[str, Any], threshold: float, backend: dict[str
     either sample set, else None."""
     worst = [
         (field, s) for field, s in stats.items()
-        if s["all_identical"] is not None and s["all_identical"] > threshold
+        if s.get("sampled", True) and s["all_identical"] is not None and s["all_identical"] > threshold
     ]
     if not worst:
         return None

@@ -341,7 +341,9 @@ class GenerationsStage(Stage):
             if missing:
                 notes.append(f"{missing} of {answered} answers came back without log-probabilities "
                              f"from {backend}")
-        diversity = sample_diversity(records)
+        params = self.params()
+        greedy = [name for name in ("with_passage", "without_passage") if params[name].greedy]
+        diversity = sample_diversity(records, greedy)
         problem = diversity_problem(diversity, o.max_identical_share, backend)
         if problem and self.run_ctx.host.strict:
             raise StageError(problem + " (strict mode)")
