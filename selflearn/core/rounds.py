@@ -69,6 +69,13 @@ class Rounds:
                 "its 'model' option, so the backend must be given by name ({use: NAME, options: "
                 "{...}}), not as a ready Python object", "backend",
             )
+        if self.opts.passages == "fresh+unknown" and self.pipeline.execution.engine != "local":
+            raise ConfigError(
+                "passages: fresh+unknown hands the previous round's questions to the questions "
+                "stage through a wrapper of the configured generator, which runs in this process "
+                "only; use execution.engine: local, or rounds.passages: fresh",
+                "rounds.passages",
+            )
         evaluate = self.base.get("evaluate") or {}
         for key in ("candidate_model", "baseline_model"):
             if isinstance(evaluate, dict) and evaluate.get(key):

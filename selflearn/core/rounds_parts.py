@@ -114,6 +114,11 @@ class DocumentSlice:
             "relabel": self.relabel,
         }
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Changes whenever the documents it yields would: the identity already hashes the
+        shared ``documents.jsonl`` and the chosen ids."""
+        return self.identity()
+
     def documents(self) -> Iterator[Document]:
         by_id = {d.id: d for d in self.store.read_records("documents.jsonl", Document)}
         for doc_id in self.ids:
@@ -143,6 +148,10 @@ class StoredQuestions:
         """The round's context, where the configured generator is built (with the round's
         backend, i.e. the model under training of that round)."""
         self._ctx = ctx
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable for a worker of another engine: the round's context stays here."""
+        return {**self.__dict__, "_ctx": None, "_inner": None}
 
     def identity(self) -> dict[str, Any]:
         return {

@@ -219,3 +219,28 @@ def test_two_rounds_of_the_reduced_default_on_the_real_model(tmp_path):
     assert "| 1 |" in report
     if outcomes[-1].status == "done":
         assert "| 2 |" in report and "round 2 vs base" in report
+
+
+def test_round_settings_that_cannot_work_are_config_errors(tmp_path):
+    from selflearn.core.errors import ConfigError
+
+    base = {"run_dir": str(tmp_path / "r"), "model": "m", "rounds": {"count": 2, "passages": "fresh+unknown"}}
+    cases = [
+        ({"execution": {"engine": "ray"}}, "rounds.passages"),
+        ({"evaluate": {"candidate_model": "x"}}, "evaluate.candidate_model"),
+        ({"rounds": {"count": 0}}, "rounds.count"),
+        ({"rounds": "two"}, "rounds"),
+        ({"rounds": {"count": 2, "passages": "old"}}, "rounds.passages"),
+    ]
+    for extra, path in cases:
+        with pytest.raises(ConfigError) as info:
+            Pipeline({**base, **extra}).run()
+        assert info.value.path == path, (extra, str(info.value))
+        assert not (tmp_path / "r" / "documents").exists()
+    import pickle
+
+    from selflearn.core.rounds_parts import StoredQuestions
+
+    stored = StoredQuestions([Question(id="q", passage_id="p", document_id="d", text="Why?")], label="t")
+    stored.bind(object())  # type: ignore[arg-type]
+    assert pickle.loads(pickle.dumps(stored)).identity() == stored.identity()
