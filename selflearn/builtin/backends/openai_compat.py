@@ -30,6 +30,7 @@ from ...core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ...core.records import Completion
 from ..openai_client import ChatClient, ClientOptions, make_client
 from ._remote import ChatRenderer, Job, cut_at_stop, gather_samples, sample_seed
+from ._replicas import ReplicatedBackend, replica_urls
 
 log = logging.getLogger("selflearn.openai")
 
@@ -38,6 +39,9 @@ log = logging.getLogger("selflearn.openai")
 class Options(ClientOptions):
     """The client's connection options (base_url, api_key_env, timeout, max_retries, backoff,
     concurrency, requests_per_minute, tokens_per_minute, prices, max_cost_usd) plus these."""
+
+    #: server URL, or a list of replicas of the same model (requests are spread over them and failed over); None: the official OpenAI API
+    base_url: str | list[str] | None = None  # type: ignore[assignment]  # a list only here: create() splits it
 
     #: model name as the server knows it ("": the run's model)
     model: str = ""
@@ -177,7 +181,15 @@ class OpenAIBackend:
         self.client.close()
 
 
-def create(options: Options, context: Any) -> OpenAIBackend:
+def create(options: Options, context: Any) -> OpenAIBackend | ReplicatedBackend:
+    urls = replica_urls(options.base_url, f"{getattr(context, 'path', 'backend')}.options.base_url")
+    if urls is not None:
+        replicas = [_create(attrs.evolve(options, base_url=url), context) for url in urls]
+        return ReplicatedBackend(replicas, [r.client.url for r in replicas], "base_url")
+    return _create(options, context)
+
+
+def _create(options: Options, context: Any) -> OpenAIBackend:
     model = options.model or getattr(context, "model", None) or ""
     if not model:
         raise ConfigError(

@@ -47,6 +47,7 @@ from ._remote import (
     sample_seed,
     server_reason,
 )
+from ._replicas import ReplicatedBackend, replica_urls
 
 log = logging.getLogger("selflearn.tgi")
 T = TypeVar("T")
@@ -54,8 +55,8 @@ T = TypeVar("T")
 
 @attrs.frozen
 class Options:
-    #: the server's URL (text-generation-launcher's --port; no trailing path)
-    url: str = "http://127.0.0.1:8080"
+    #: the server's URL (text-generation-launcher's --port; no trailing path), or a list of replicas of the same model (requests are spread over them and failed over)
+    url: str | list[str] = "http://127.0.0.1:8080"
     #: the model id the server must be serving (checked against GET /info); None: any
     model: str | None = None
     #: "template": render chat prompts with a tokenizer's chat template and call /generate;
@@ -101,7 +102,7 @@ class TGIBackend:
         if options.concurrency < 1 or options.max_retries < 1:
             raise ConfigError("concurrency and max_retries must be at least 1", "backend.options")
         self.options = options
-        self._base = options.url.rstrip("/")
+        self._base = str(options.url).rstrip("/")  # one replica: create() splits a list
         #: the server as errors and logs show it (credentials in the URL redacted)
         self.url = safe_url(self._base)
         self.seed = seed
@@ -476,7 +477,15 @@ def _int(value: Any, body: str) -> int:
         raise MalformedReply(f"a token count that is not a number ({value!r})", body) from None
 
 
-def create(options: Options, context: Any) -> TGIBackend:
+def create(options: Options, context: Any) -> TGIBackend | ReplicatedBackend:
+    urls = replica_urls(options.url, f"{getattr(context, 'path', 'backend')}.options.url")
+    if urls is not None:
+        replicas = [_create(attrs.evolve(options, url=url), context) for url in urls]
+        return ReplicatedBackend(replicas, [r.url for r in replicas], "url")
+    return _create(options, context)
+
+
+def _create(options: Options, context: Any) -> TGIBackend:
     seed = options.seed if options.seed is not None else int(getattr(context, "seed", 42))
     token = None
     if options.api_key_env:

@@ -1,0 +1,115 @@
+"""The ``ray`` execution engine against ``local``, side by side in one run (issue 16).
+
+``--cpu``: the reduced offline default (real SmolLM2-135M, real Wikipedia leads, MiniLM scorer;
+the data stages questions -> scores) with ``engine: ray`` and 1 worker against 2 workers (and
+``local`` for reference), each from the same passages in a fresh run directory and cache.
+
+``--gpu``: the generations stage at the paper's scale shape (K = 10 samples with and 10 without
+the passage, up to 384 new tokens, plus the greedy reference) with ``engine: ray`` and one
+worker on the one GPU against ``local``: Ray's overhead in percent of the local time.
+
+Writes ``ray.json`` and prints a Markdown table; run it from the repository root::
+
+    python benchmarks/ray_overhead.py --cpu --out runs/bench-ray-cpu
+    python benchmarks/ray_overhead.py --gpu --questions 256 --out runs/bench-ray-gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("SELFLEARN_NO_PROGRESS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from selflearn import Pipeline  # noqa: E402
+from selflearn.core.config import default_config, merge  # noqa: E402
+
+
+def reduced_default(run_dir: str) -> dict[str, Any]:
+    """The embedded default made small: 2 categories x 3 training documents, K = 2."""
+    return merge(default_config(), {
+        "run_dir": run_dir,
+        "source": {"use": "wikipedia-offline", "options": {
+            "categories": ["History", "Geography"], "train_per_category": 3, "test_per_category": 1,
+            "min_words": 40}},
+        "generations": {"k": 2},
+    })
+
+
+def paper_shape(run_dir: str, model: str | None, questions: int) -> dict[str, Any]:
+    """Template questions over real passages; the generations stage at K = 10, 384 tokens."""
+    config = reduced_default(run_dir)
+    per_category = max(1, questions // 3)
+    tokens = {"max_new_tokens": 384}
+    return merge(config, {
+        **({"model": model} if model else {}),
+        "source": {"use": "wikipedia-offline", "options": {
+            "categories": ["History", "Geography", "Physical sciences"],
+            "train_per_category": per_category, "test_per_category": 1, "min_words": 40}},
+        "question_generator": "template",
+        "backend": {"use": "hf", "options": {"batch_size": 64}},
+        "generations": {"k": 10, "chunk_size": 64, "limit": questions, "reference": tokens,
+                        "with_passage": tokens, "without_passage": tokens},
+    })
+
+
+def run_arm(base: Path, root: Path, name: str, config: dict[str, Any], execution: dict[str, Any],
+            until: str) -> dict[str, Any]:
+    """A copy of the prepared run directory (no cache), run to ``until`` under ``execution``."""
+    run_dir = root / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(base, run_dir, ignore=shutil.ignore_patterns("cache", ".selflearn.lock"))
+    t0 = time.perf_counter()
+    outcomes = Pipeline({**config, "run_dir": str(run_dir), "execution": execution}).run(until=until)
+    wall = time.perf_counter() - t0
+    stages = {o.name: round(o.seconds, 2) for o in outcomes if o.status == "ran"}
+    workers = {o.name: o.summary.get("execution", {}).get("per_worker") for o in outcomes if o.status == "ran"}
+    return {"execution": execution, "wall_s": round(wall, 2), "stages_s": stages, "per_worker": workers,
+            "outputs": {f: (run_dir / f).read_bytes() == (root / "arm-0" / f).read_bytes()
+                        for f in ("questions.jsonl", "generations.jsonl", "scores.jsonl")
+                        if (root / "arm-0" / f).exists() and (run_dir / f).exists()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--cpu", action="store_true", help="2 Ray workers against 1 on the reduced default")
+    mode.add_argument("--gpu", action="store_true", help="Ray (1 worker) against local, generations at paper shape")
+    ap.add_argument("--out", default="runs/bench-ray", help="folder for the runs and ray.json")
+    ap.add_argument("--questions", type=int, default=256, help="--gpu: questions answered")
+    ap.add_argument("--model", default=None, help="--gpu: the model (default: the run's default model)")
+    args = ap.parse_args()
+    root = Path(args.out).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    base = root / "base"
+    if args.cpu:
+        config, prepare, until = reduced_default(str(base)), "passages", "scores"
+        arms = [{"engine": "ray", "workers": 1}, {"engine": "ray", "workers": 2}, {"engine": "local"}]
+    else:
+        config, prepare, until = paper_shape(str(base), args.model, args.questions), "questions", "generations"
+        arms = [{"engine": "local"}, {"engine": "ray", "workers": 1, "num_gpus": 1}]
+    Pipeline(config).run(until=prepare)
+    results = {f"arm-{i}": run_arm(base, root, f"arm-{i}", config, arm, until) for i, arm in enumerate(arms)}
+    report = {"mode": "cpu" if args.cpu else "gpu", "cpus": os.cpu_count(), "arms": results}
+    if args.gpu:
+        local, ray = results["arm-0"]["stages_s"]["generations"], results["arm-1"]["stages_s"]["generations"]
+        report["ray_overhead_percent"] = round(100 * (ray - local) / local, 2)
+    (root / "ray.json").write_text(json.dumps(report, indent=2) + "\n")
+    print("| arm | execution | wall s | " + " | ".join(f"{s} s" for s in results["arm-0"]["stages_s"]) + " | same outputs |")
+    print("|---|---|---|" + "---|" * (len(results["arm-0"]["stages_s"]) + 1))
+    for name, r in results.items():
+        stages = " | ".join(str(v) for v in r["stages_s"].values())
+        print(f"| {name} | {json.dumps(r['execution'])} | {r['wall_s']} | {stages} | {all(r['outputs'].values())} |")
+    if args.gpu:
+        print(f"\nRay overhead on the generations stage: {report['ray_overhead_percent']}%")
+
+
+if __name__ == "__main__":
+    main()
