@@ -121,7 +121,7 @@ def test_bounds_of_lists_none_nan_and_the_issues_values() -> None:
     for section, values in bad.items():
         with pytest.raises(ConfigError, match=rf"^{section}\.\w+: must be"):
             Pipeline({"run_dir": "memory://bounds", section: values})
-    with pytest.raises(ConfigError, match=r"^generations\.with_passage\.max_new_tokens: must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"^generations\.with_passage\.max_new_tokens: must be >= 1 and <= 1000000, got 0"):
         Pipeline({"run_dir": "memory://bounds", "generations": {"with_passage": {"max_new_tokens": 0}}})
     with pytest.raises(ConfigError, match=r"^datasets\.tau_k: must be >= 0 and <= 1, got -0.2"):
         Pipeline({"run_dir": "memory://bounds", "datasets": {"tau_k": -0.2}})
@@ -134,7 +134,7 @@ def test_bounds_of_lists_none_nan_and_the_issues_values() -> None:
 
 def test_component_option_out_of_range_names_the_slot_path() -> None:
     pipe = Pipeline({"run_dir": "memory://bounds2", "backend": {"use": "echo", "options": {"sample_words": 0}}})
-    with pytest.raises(ConfigError, match=r"^backend\.options\.sample_words: must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"^backend\.options\.sample_words: must be >= 1 and <= 100000, got 0"):
         pipe.ctx.validate_slot("backend")
 
 

@@ -19,7 +19,7 @@ def test_options_table_reads_field_comments():
     from selflearn.builtin.backends.echo import Options
 
     table = options_table(Options)
-    assert "| `sample_words` | `int` (>= 1) | `12` | words per sampled answer |" in table
+    assert "| `sample_words` | `int` (>= 1 and <= 100000) | `12` | words per sampled answer |" in table
 
 
 def test_hooks_reference_is_up_to_date():

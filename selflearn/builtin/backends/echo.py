@@ -26,7 +26,7 @@ from ...core.records import Completion
 @attrs.frozen
 class Options:
     #: words per sampled answer
-    sample_words: int = bounded(12, ge=1)
+    sample_words: int = bounded(12, ge=1, le=100_000)
     #: model name reported in the identity (to tell two echo backends apart)
     model: str = "echo"
 

@@ -51,7 +51,7 @@ _TERMINAL = (".", "!", "?", ":", ";", "\u2026", '"', "'", ")", "]")
 @attrs.frozen
 class Options:
     #: most tokens per passage (header included)
-    max_tokens: int = bounded(512, ge=1)
+    max_tokens: int = bounded(512, ge=1, le=1_000_000)
     #: model reference whose tokenizer counts tokens; None: the pipeline's model
     tokenizer: str | None = None
     #: prefix every passage with the document's first sentence

@@ -35,7 +35,7 @@ class DetectionOptions:
     #: nucleus of the K samples
     top_p: float = bounded(0.9, gt=0, le=1)
     #: most new tokens per sample (None: evaluate.max_new_tokens)
-    max_new_tokens: int | None = bounded(None, ge=1)
+    max_new_tokens: int | None = bounded(None, ge=1, le=1_000_000)
     #: QA metric whose 0 marks a wrong answer ("contains", "exact"; "f1" counts F1 < 0.5)
     metric: str = "contains"
     #: other scorers to compare with the configured one on the same answers (names or

@@ -78,7 +78,7 @@ class ForgettingOptions:
     #: render prompts with the model's chat template (the leaderboard did not)
     apply_chat_template: bool = False
     #: bootstrap resamples lm-eval uses for standard errors
-    bootstrap_iters: int = bounded(1000, ge=0)
+    bootstrap_iters: int = bounded(1000, ge=0, le=1_000_000)
 
 
 def require_lm_eval(path: str = "evaluate.forgetting") -> None:

@@ -32,9 +32,9 @@ class Options:
     #: sampling temperature (the paper's judge: 0.3)
     temperature: float = bounded(0.3, ge=0)
     #: most new tokens of the answer (small chat models often say "Response A": 5 leaves room)
-    max_new_tokens: int = bounded(5, ge=1)
+    max_new_tokens: int = bounded(5, ge=1, le=1_000_000)
     #: calls per order before an unparseable order makes the item "unjudged"
-    max_attempts: int = bounded(DEFAULT_MAX_ATTEMPTS, ge=1)
+    max_attempts: int = bounded(DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
     #: seed of the sampled answers; None: the run's seed
     seed: int | None = bounded(None, ge=0, le=2**63 - 1)
     #: send the judge's instructions as a system message; false folds them into the user

@@ -36,9 +36,9 @@ class Options(ClientOptions):
     #: sampling temperature of the judge (the paper: 0.3)
     temperature: float = bounded(0.3, ge=0)
     #: most tokens of the judge's answer (the paper: 3; the answer is one letter)
-    max_tokens: int = bounded(DEFAULT_MAX_TOKENS, ge=1)
+    max_tokens: int = bounded(DEFAULT_MAX_TOKENS, ge=1, le=1_000_000)
     #: calls per order before an unparseable order makes the item "unjudged"
-    max_attempts: int = bounded(DEFAULT_MAX_ATTEMPTS, ge=1)
+    max_attempts: int = bounded(DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
     #: base seed sent with each call (attempt k sends seed + k); None: the run's seed
     seed: int | None = bounded(None, ge=0, le=2**63 - 1)
     #: USD per million prompt tokens (gpt-4o's list price; set your model's)

@@ -47,9 +47,9 @@ class QuestionOptions:
     #: sampling temperature of the first attempt (0: greedy)
     temperature: float = bounded(0.5, ge=0)
     #: most tokens of one generated question
-    max_new_tokens: int = bounded(64, ge=1)
+    max_new_tokens: int = bounded(64, ge=1, le=1_000_000)
     #: calls per question before the passage is given up (invalid or duplicate outputs retry)
-    attempts: int = bounded(3, ge=1)
+    attempts: int = bounded(3, ge=1, le=100)
     #: temperature of retries and extra questions when ``temperature`` is 0 (greedy would
     #: only repeat the rejected output)
     retry_temperature: float = bounded(0.7, ge=0)

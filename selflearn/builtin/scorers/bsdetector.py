@@ -77,7 +77,7 @@ class Options:
     #: also ask for a reflection on each sample (needed for reflection-aware per-sample scores)
     reflect_samples: bool = True
     #: new tokens of a reflection reply (greedy)
-    reflection_max_new_tokens: int = bounded(5, ge=1)
+    reflection_max_new_tokens: int = bounded(5, ge=1, le=1_000_000)
     reflection_repetition_penalty: float = bounded(1.1, gt=0)
     #: NLI model and engine options, as in selfcheck-nli
     model: str = "potsawee/deberta-v3-large-mnli"

@@ -91,9 +91,9 @@ class DatasetsOptions:
     self_label_shots: int = bounded(10, ge=0)
     self_label_temperature: float = bounded(0.3, ge=0)
     self_label_repetition_penalty: float = bounded(1.1, gt=0)
-    self_label_max_new_tokens: int = bounded(384, ge=1)
-    self_label_retries: int = bounded(5, ge=1)
-    histogram_bins: int = bounded(20, ge=1)
+    self_label_max_new_tokens: int = bounded(384, ge=1, le=1_000_000)
+    self_label_retries: int = bounded(5, ge=1, le=100)
+    histogram_bins: int = bounded(20, ge=1, le=10_000)
     #: push the DPO and SFT datasets to the Hugging Face hub (token: the HF_TOKEN secret)
     push_to_hub: bool = False
     hub_repo: str | None = None

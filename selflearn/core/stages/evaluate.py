@@ -57,7 +57,7 @@ BUILTIN_EVALUATORS = ("agreement", "qa", "judge", "forgetting", "detection")
 @attrs.frozen
 class EvaluateOptions:
     #: most new tokens per answer (the paper: 384)
-    max_new_tokens: int = bounded(384, ge=1)
+    max_new_tokens: int = bounded(384, ge=1, le=1_000_000)
     #: repetition penalty of the greedy answers (the paper: 1.1)
     repetition_penalty: float = bounded(1.1, gt=0)
     #: prompts per backend call (also the granularity of progress and resume)
@@ -79,7 +79,7 @@ class EvaluateOptions:
     #: questions per QA set (a seeded sample; None: all)
     qa_limit: int | None = bounded(200, ge=1)
     #: bootstrap resamples for the 95% intervals
-    bootstrap_resamples: int = bounded(1000, ge=0)
+    bootstrap_resamples: int = bounded(1000, ge=0, le=1_000_000)
     #: lm-evaluation-harness before/after (None: off); the options of the `forgetting` evaluator
     forgetting: dict[str, Any] | None = None
     #: knowledge detection quality on the QA sets (AUROC of S_K for wrong answers; None: off);

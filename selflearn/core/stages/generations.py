@@ -55,7 +55,7 @@ class ReferenceOptions(Options):
     #: transformers-style repetition penalty (1.0: none)
     repetition_penalty: float = bounded(1.1, gt=0)
     #: most new tokens per answer
-    max_new_tokens: int = bounded(384, ge=1)
+    max_new_tokens: int = bounded(384, ge=1, le=1_000_000)
     #: stop strings: the answer is cut before the first one
     stop: list[str] = attrs.field(factory=list)
 
@@ -71,7 +71,7 @@ class WithPassageOptions(Options):
     #: transformers-style repetition penalty (1.0: none)
     repetition_penalty: float = bounded(1.1, gt=0)
     #: most new tokens per answer
-    max_new_tokens: int = bounded(384, ge=1)
+    max_new_tokens: int = bounded(384, ge=1, le=1_000_000)
     #: stop strings: answers are cut before the first one
     stop: list[str] = attrs.field(factory=list)
     #: samples per question (None: the stage's k); 0 skips Y_c
@@ -89,7 +89,7 @@ class WithoutPassageOptions(Options):
     #: transformers-style repetition penalty (1.0: none)
     repetition_penalty: float = bounded(1.1, gt=0)
     #: most new tokens per answer
-    max_new_tokens: int = bounded(384, ge=1)
+    max_new_tokens: int = bounded(384, ge=1, le=1_000_000)
     #: stop strings: answers are cut before the first one
     stop: list[str] = attrs.field(factory=list)
     #: samples per question (None: the stage's k); 0 skips Y_r

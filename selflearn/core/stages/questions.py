@@ -36,9 +36,9 @@ TEST_FILE = "test_questions.jsonl"
 @attrs.frozen
 class QuestionsOptions:
     #: questions per training passage (the paper: 1)
-    per_passage: int = bounded(1, ge=1)
+    per_passage: int = bounded(1, ge=1, le=100)
     #: questions per held-out passage (the paper: 1, with 2 passages per test document)
-    test_per_passage: int = bounded(1, ge=1)
+    test_per_passage: int = bounded(1, ge=1, le=100)
     #: write the held-out test questions (when there are test passages)
     test_questions: bool = True
     #: at most this many training passages (None: all), for small runs
