@@ -146,8 +146,10 @@ class StoredQuestions:
 
     def bind(self, ctx: RunContext) -> None:
         """The round's context, where the configured generator is built (with the round's
-        backend, i.e. the model under training of that round)."""
+        backend, i.e. the model under training of that round); a generator built in an earlier
+        context (whose backend that context closed) is dropped."""
         self._ctx = ctx
+        self._inner = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable for a worker of another engine: the round's context stays here."""

@@ -244,3 +244,22 @@ def test_round_settings_that_cannot_work_are_config_errors(tmp_path):
     stored = StoredQuestions([Question(id="q", passage_id="p", document_id="d", text="Why?")], label="t")
     stored.bind(object())  # type: ignore[arg-type]
     assert pickle.loads(pickle.dumps(stored)).identity() == stored.identity()
+
+
+def test_training_documents_are_dealt_into_disjoint_seeded_slices_per_category():
+    from selflearn.core.errors import ConfigError
+    from selflearn.core.records import Document
+    from selflearn.core.rounds_parts import slice_documents
+
+    docs = [Document(id=f"{c}{i}", title="t", text="x", metadata={"category": c, "split": "train"})
+            for c in "ab" for i in range(6)]
+    docs.append(Document(id="held", title="t", text="x", metadata={"split": "test"}))
+    slices, test = slice_documents(docs, 3, seed=1)
+    assert test == ["held"]
+    assert sorted(i for s in slices for i in s) == sorted(d.id for d in docs[:-1])  # disjoint, complete
+    assert all(sum(i.startswith(c) for i in s) == 2 for s in slices for c in "ab")  # each category
+    assert slice_documents(list(reversed(docs)), 3, seed=1)[0] == slices  # not the source's order
+    assert slice_documents(docs, 3, seed=2)[0] != slices  # but the seed's
+    with pytest.raises(ConfigError) as info:
+        slice_documents(docs[:2], 3, seed=1)
+    assert info.value.path == "rounds.count" and "at least 3 training documents" in str(info.value)
