@@ -1,10 +1,10 @@
 """Validation of a component's options mapping into its options class.
 
 A component declares its options as an attrs class (see :class:`Options`). The user's
-mapping is checked field by field against the class's annotations, so a mistake is reported
-with its config path: ``backend.options.max_new_tokens: expected an integer, got 'ten'``.
-We check types ourselves instead of pulling in a validation framework: the annotations we
-accept are few (scalars, Optional, Literal, lists, dicts, nested options classes).
+mapping is converted field by field against the class's annotations by the one cattrs
+converter of :mod:`selflearn.core.convert` (strict: scalars, Optional, Literal, lists, dicts,
+nested options classes), so a mistake is reported with its config path:
+``backend.options.max_new_tokens: expected an integer, got 'ten'``.
 
 Every numeric option declares its range with :func:`bounded` (``k: int = bounded(10, ge=1,
 le=10_000)``); :func:`check_bounds` checks a mapping of already-typed values against them, so a
@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import math
 import re
-import types
-import typing
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 
+from .convert import structure
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -172,131 +171,22 @@ SECRET_NAME = "secret_name"
 
 def check_values(cls: type, values: Mapping[str, Any], path: str) -> None:
     """Every check of typed option ``values`` beyond their types: declared ranges
-    (:func:`check_bounds`) and secret names (:func:`secret_name`). Any converter that replaces
-    :func:`coerce` calls this after converting."""
+    (:func:`check_bounds`) and secret names (:func:`secret_name`); the converter calls it for
+    every options class it builds, nested ones included."""
     check_bounds(cls, values, path)
     for field in attrs.fields(cls):
         if field.metadata.get(SECRET_NAME) and field.name in values:
             check_secret_name(values[field.name], f"{path}.{field.name}")
 
 
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _describe(tp: Any) -> str:
-    if tp in _TYPE_WORDS:
-        return _TYPE_WORDS[tp]
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        (inner, *_) = typing.get_args(tp) or (Any,)
-        return f"a list of {_describe(inner).removeprefix('a ').removeprefix('an ')}s"
-    if origin in (dict, Mapping):
-        return "a mapping"
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
-    if isinstance(tp, type) and attrs.has(tp):
-        return "a mapping of options"
-    return getattr(tp, "__name__", str(tp))
-
-
-def coerce(value: Any, tp: Any, path: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (lightly converted)."""
-    if tp is Any:
-        return value
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(exc)
-        deeper = [e for e in errors if e.path.startswith((f"{path}.", f"{path}["))]
-        if deeper:  # the value had the right kind (a mapping of options) but a bad entry
-            raise deeper[0]
-        raise ConfigError(f"expected {_describe(tp)}, got {value!r}", path)
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise ConfigError(f"expected {_describe(tp)}, got {value!r}", path)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"expected {_describe(tp)}, got {value!r}", path)
-        args = typing.get_args(tp)
-        inner = args[0] if args else Any
-        items = [coerce(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin in (dict, Mapping) or tp in (dict, Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"expected a mapping, got {value!r}", path)
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"expected true or false, got {value!r}", path)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"expected an integer, got {value!r}", path)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-6" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"expected a number, got {value!r}", path)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"expected a string, got {value!r}", path)
-    if isinstance(tp, type) and attrs.has(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"expected a mapping of options, got {value!r}", path)
-        return build_options(tp, value, path)
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise ConfigError(f"expected {_describe(tp)}, got {value!r}", path)
-
-
 def build_options(cls: type[T], data: Mapping[str, Any] | None, path: str = "options") -> T:
-    """Validate ``data`` into an instance of the attrs class ``cls``.
+    """Validate ``data`` into an instance of the attrs class ``cls`` (through the converter
+    of :mod:`selflearn.core.convert`).
 
-    Unknown keys, missing required options and wrong types are :class:`ConfigError`\\ s that
-    name the path and list the valid options.
+    Unknown keys, missing required options, wrong types and values out of their declared
+    range are :class:`ConfigError`\\ s that name the dotted path and say what was expected.
     """
-    data = dict(data or {})
     if not attrs.has(cls):
         raise TypeError(f"{cls!r} is not an attrs options class")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in attrs.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join(unknown)}; valid options are: "
-            + (", ".join(sorted(fields)) or "(none)"),
-            path,
-        )
-    kwargs: dict[str, Any] = {}
-    for name, field in fields.items():
-        if name in data:
-            kwargs[name] = coerce(data[name], hints.get(name, Any), f"{path}.{name}")
-        elif field.default is attrs.NOTHING:
-            raise ConfigError(
-                f"required option missing ({_describe(hints.get(name, Any))})", f"{path}.{name}"
-            )
-    check_values(cls, kwargs, path)
-    try:
-        return cls(**kwargs)  # type: ignore[return-value]
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc), path) from exc
+    result: T = structure(dict(data or {}), cls, path)
+    return result

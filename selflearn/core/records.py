@@ -1,43 +1,22 @@
 """The records that flow between stages.
 
 Each arrow of the data flow is a frozen attrs record with a JSON round trip
-(``record.to_dict()`` / ``Record.from_dict(d)``). Stages read and write these records, never
+(``record.to_dict()`` / ``Record.from_dict(d)``, the latter through the one converter of
+:mod:`selflearn.core.convert`). Stages read and write these records, never
 each other's internals, and every record keeps its provenance, so a training row can be traced
 back to the passage, the model calls and the decision that produced it.
 """
 
 from __future__ import annotations
 
-import types
-import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
 import attrs
 
+from .convert import CONVERTER, Invalid
+
 R = TypeVar("R", bound="Record")
-
-
-def _convert(value: Any, tp: Any) -> Any:
-    """Rebuild nested records from plain JSON values, guided by a field's annotation."""
-    if value is None:
-        return None
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if arg is type(None):
-                continue
-            if isinstance(arg, type) and issubclass(arg, Record) and isinstance(value, Mapping):
-                return arg.from_dict(value)
-        return value
-    if isinstance(tp, type) and issubclass(tp, Record) and isinstance(value, Mapping):
-        return tp.from_dict(value)
-    if origin in (list, tuple) and isinstance(value, (list, tuple)):
-        args = typing.get_args(tp)
-        inner = args[0] if args else Any
-        items = [_convert(v, inner) for v in value]
-        return tuple(items) if origin is tuple else items
-    return value
 
 
 def _plain(value: Any) -> Any:
@@ -55,6 +34,8 @@ class Record:
     """Base class: a frozen record with a JSON round trip."""
 
     kind: ClassVar[str] = "record"
+    #: what the converter of :mod:`selflearn.core.convert` recognises a record by
+    __selflearn_record__: ClassVar[bool] = True
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of the record's fields (nested records included)."""
@@ -62,16 +43,15 @@ class Record:
 
     @classmethod
     def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
-        """Build the record from :meth:`to_dict` output; unknown keys are an error."""
-        hints = typing.get_type_hints(cls)
-        names = {f.name for f in attrs.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(
-                f"{cls.__name__}: unknown field(s) {sorted(unknown)}; expected a subset of {sorted(names)}"
-            )
-        kwargs = {k: _convert(v, hints.get(k, Any)) for k, v in data.items()}
-        return cls(**kwargs)
+        """Build the record from :meth:`to_dict` output (nested records included) through the
+        converter of :mod:`selflearn.core.convert`; an unknown key, a missing field or a value
+        of the wrong type is a ValueError naming the record class and the field's path."""
+        try:
+            record: R = CONVERTER.structure(data, cls)
+        except Invalid as exc:
+            where = f"{cls.__name__}{exc.path}: " if exc.path else ""
+            raise ValueError(f"{where}{exc.message}") from None
+        return record
 
 
 def _dict_field() -> Any:
