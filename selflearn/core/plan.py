@@ -146,6 +146,21 @@ def _self_label_calls(stage: Stage, questions: list[Any], retries: int) -> dict[
     return calls
 
 
+def _evaluate_calls(stage: Stage) -> dict[str, int] | None:
+    """Both models' calls, each looked up in the cache under that model's identity (known once
+    the train stage has recorded the models, or both are given in the options)."""
+    o = stage.options
+    if not stage.store.exists("train.json") and not (o.candidate_model and o.baseline_model):
+        return None
+    calls: dict[str, int] = {"total": 0, "cached": 0, "to_make": 0}
+    for backend, groups in stage.planned_calls():  # type: ignore[attr-defined]
+        try:
+            calls = _merge(calls, _count(backend, groups))
+        finally:
+            backend.close()
+    return calls
+
+
 def _merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     out = {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
     if "to_make_max" in out:
@@ -165,6 +180,8 @@ def exact_calls(stage: Stage) -> dict[str, int] | None:
     if stage.name == "generations":
         backend = stage.planned_backend()  # type: ignore[attr-defined]
         return _count(backend, stage.call_groups()) if backend is not None else None  # type: ignore[attr-defined]
+    if stage.name == "evaluate":
+        return _evaluate_calls(stage)
     if stage.name not in ("datasets", "sft") or (stage.name == "datasets" and stage.flow == "paper"):
         return None
     d = _datasets(stage)

@@ -172,3 +172,31 @@ def test_paper_flow_dry_run_names_the_sft_model(tmp_path):
 def test_echo_backend_object_is_named(tmp_path):
     rows = Pipeline(_config(tmp_path, EchoBackend(Options()))).plan(until="generations")
     assert rows[-1]["components"]["backend"] == {"object": "selflearn.builtin.backends.echo.EchoBackend"}
+
+
+def test_evaluation_calls_are_counted_against_the_cache_for_both_models(tmp_path, monkeypatch):
+    """Once train.json names the models, the evaluation's calls (both models' closed-book
+    answers and the evaluators' requests: passage-grounded references, detection samples)
+    are listed and looked up in the cache: the count is the run's, cold and warm."""
+    from selflearn.core.plan import exact_calls
+    from tests.evaluation.conftest import write_run
+
+    monkeypatch.setenv("SELFLEARN_NO_PROGRESS", "1")
+    run_dir = str(tmp_path / "run")
+    write_run(run_dir)
+    cache = Path(run_dir) / "cache" / "generations.jsonl"
+
+    def lines() -> int:
+        return sum(1 for _ in cache.open()) if cache.exists() else 0
+
+    config = {"run_dir": run_dir, "backend": {"use": "echo"}, "scorer": "lexical",
+              "evaluate": {"max_new_tokens": 16, "bootstrap_resamples": 20, "qa": ["trivia:worldcapitals"],
+                           "qa_limit": 3, "detection": {"k": 2}}}
+    for expected_cached in (False, True):
+        pipe = Pipeline(config, load_entry_points=False)
+        planned = exact_calls(pipe.stage("evaluate"))
+        before = lines()
+        pipe.stage("evaluate").run()
+        pipe.close()
+        assert planned is not None and planned["to_make"] == lines() - before
+        assert (planned["to_make"] == 0) == expected_cached and planned["total"] > 0

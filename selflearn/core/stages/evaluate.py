@@ -294,7 +294,10 @@ class EvaluateStage(Stage):
                        "threshold": opts.known_threshold}
 
     # -- the run -------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def _prepare(self) -> tuple[list[EvalItem], list[EvalItem], dict[str, Any], list[EvalItem],
+                                list[tuple[str, GenerationRequest]]]:
+        """The models, the item sets (the stage's and the evaluators') and the evaluators'
+        generation requests: everything the model calls depend on, known before any call."""
         candidate_ref, baseline_ref = self._models()
         ctx = self.context
         ctx.models = {"baseline": baseline_ref, "candidate": candidate_ref}
@@ -308,6 +311,25 @@ class EvaluateStage(Stage):
                 ctx.sets[set_name] = list(items)
         everything = [x for items in ctx.sets.values() for x in items]
         requests = [(name, r) for name, rs in self._call("requests", []) for r in rs]
+        return test, known, known_info, everything, requests
+
+    def planned_calls(self) -> list[tuple[CachedBackend, list[tuple[list[Any], Any, int]]]]:
+        """For the dry-run: per model (baseline, then candidate) its cached backend (the caller
+        closes it) and the calls :meth:`run` makes with it -- every item's closed-book answer,
+        then the evaluators' requests for that model."""
+        _, _, _, everything, requests = self._prepare()
+        ctx = self.context
+        closed = [closed_book_messages(x.question) for x in everything]
+        out = []
+        for role in ("baseline", "candidate"):
+            groups: list[tuple[list[Any], Any, int]] = [(list(closed), ctx.greedy_params(), 1)]
+            groups += [(list(r.prompts), r.params, r.n) for _, r in requests if r.role == role]
+            out.append((self._backend(ctx.models[role]), groups))
+        return out
+
+    def run(self) -> dict[str, Any]:
+        ctx = self.context
+        test, known, known_info, everything, requests = self._prepare()
         self.run_ctx.release("backend")  # this stage loads its own models, one at a time
         rows = {role: self._answer_with(role, everything, requests) for role in ("baseline", "candidate")}
         ctx.pairs = pair_answers(rows["baseline"], rows["candidate"])
