@@ -104,3 +104,23 @@ def test_one_progress_bar_per_stage_over_all_workers(ray_session, tmp_path, monk
         until="generations")[-1]
     assert bars.count("generations") == 1  # the driver's one bar over both workers' shards
     assert len(outcome.summary["execution"]["per_worker"]) == 2
+
+
+def test_the_evaluate_stage_answers_on_ray_workers_as_locally(ray_session, tmp_path):
+    from tests.evaluation.conftest import write_run
+
+    outputs = {}
+    for engine in ("local", "ray"):
+        run_dir = tmp_path / engine
+        write_run(run_dir)
+        cfg = {"run_dir": str(run_dir), "backend": "echo", "scorer": "lexical",
+               "evaluate": {"qa": ["trivia:worldcapitals"], "qa_limit": 3, "batch_size": 2},
+               "execution": {"engine": engine, "workers": 2}}
+        pipe = Pipeline(cfg, load_entry_points=False)
+        pipe.stage("evaluate").run()
+        pipe.close()
+        ev = run_dir / "evaluation"
+        outputs[engine] = {f: (ev / f).read_bytes() for f in
+                           ("answers_baseline.jsonl", "answers_candidate.jsonl", "references.jsonl")}
+    assert outputs["ray"] == outputs["local"]
+    assert outputs["ray"]["answers_candidate.jsonl"].count(b"\n") == 4 + 2 + 3  # test, known, QA

@@ -41,7 +41,7 @@ from ..evaluation import (
     merge_report,
     pair_answers,
 )
-from ..generation import CachedBackend
+from ..execution import Shard, Task, run_shards
 from ..notes import evaluation_notes
 from ..options import bounded, build_options
 from ..prompts import closed_book_messages
@@ -227,28 +227,27 @@ class EvaluateStage(Stage):
             )
         return str(candidate), str(baseline)
 
-    def _backend(self, model: str) -> CachedBackend:
+    def _task(self, model: str) -> Task:
+        """The engine task answering with the configured backend, its ``model`` replaced."""
         spec = self.run_ctx.slots.get("backend")
         if spec is None:
             raise ConfigError("the evaluate stage needs an inference backend", "backend")
         if spec.is_object:
             raise ConfigError(self._object_backend_message(), "backend")
-        backend = self.run_ctx.build(
-            "inference_backend",
-            SlotSpec(name=spec.name, options={**spec.options, "model": model}),
-            "evaluate.backend",
-        )
-        return CachedBackend(backend, self.run_ctx.cache("generations"))
+        return Task("backend", "selflearn.core.stages.evaluate:answer_shard", "evaluate",
+                    spec=SlotSpec(name=spec.name, options={**spec.options, "model": model}))
 
-    def _batched(self, backend: CachedBackend, prompts: Sequence[Prompt], params: Any, n: int,
+    def _batched(self, task: Task, prompts: Sequence[Prompt], params: Any, n: int,
                  desc: str) -> list[list[Completion]]:
-        """``n`` completions per prompt, ``batch_size`` prompts per backend call, with progress."""
+        """``n`` completions per prompt, ``batch_size`` prompts per shard (one backend call),
+        on the run's engine: this process, or Ray workers holding the model."""
         opts: EvaluateOptions = self.options
-        out: list[list[Completion]] = []
-        starts = range(0, len(prompts), max(1, opts.batch_size))
-        for start in self.run_ctx.progress(starts, total=len(starts), desc=desc, unit="batch"):
-            out.extend(backend.generate(prompts[start : start + opts.batch_size], params, n=n))
-        return out
+        size = max(1, opts.batch_size)
+        shards = [Shard({"prompts": list(prompts[start:start + size]), "params": params, "n": n},
+                        items=len(prompts[start:start + size]))
+                  for start in range(0, len(prompts), size)]
+        values, _ = run_shards(self.run_ctx.engine, attrs.evolve(task, desc=desc), shards)
+        return [[Completion.from_dict(c) for c in row] for value in values for row in value]
 
     # -- items ---------------------------------------------------------------------------
     def _items(self) -> tuple[list[EvalItem], list[EvalItem], dict[str, Any]]:
@@ -358,19 +357,19 @@ class EvaluateStage(Stage):
         requests for that model, then close it; the answer rows, in item order."""
         ctx = self.context
         ref = ctx.models[role]
-        backend = self._backend(ref)
+        task = self._task(ref)
         try:
             closed = [closed_book_messages(x.question) for x in items]
-            answers = self._batched(backend, closed, ctx.greedy_params(), 1, f"evaluate: {role} answers")
+            answers = self._batched(task, closed, ctx.greedy_params(), 1, f"evaluate: {role} answers")
             for name, req in requests:
                 if req.role not in ("baseline", "candidate"):
                     raise StageError(f"evaluator {name!r} asks for generations from {req.role!r}; "
                                      "the models are 'baseline' and 'candidate'")
                 if req.role == role:
-                    got = self._batched(backend, req.prompts, req.params, req.n, req.desc or name)
+                    got = self._batched(task, req.prompts, req.params, req.n, req.desc or name)
                     ctx.set_generated(name, req.name, got)
         finally:
-            backend.close()
+            self.run_ctx.engine.release("backend")  # this model leaves memory before the next
         return [answer_row(x, role, ref, a[0] if a else Completion(text=""))
                 for x, a in zip(items, answers, strict=True)]
 
@@ -421,3 +420,9 @@ def _evaluator_name(value: Any) -> str:
 def _item(set_name: str, q: Question, passage: Passage) -> EvalItem:
     category = q.metadata.get("category") or passage.metadata.get("category")
     return EvalItem(set_name, q.id, q.text, None if category is None else str(category), passage.text)
+
+
+def answer_shard(backend: Any, payload: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """Run on an engine's worker: one backend call for a shard of the evaluation's prompts."""
+    out = backend.generate(payload["prompts"], payload["params"], n=payload["n"])
+    return [[c.to_dict() for c in row] for row in out]
