@@ -42,6 +42,7 @@ from ..evaluation import (
     pair_answers,
 )
 from ..execution import Shard, Task, run_shards
+from ..generation import CachedBackend
 from ..notes import evaluation_notes
 from ..options import bounded, build_options
 from ..prompts import closed_book_messages
@@ -236,6 +237,13 @@ class EvaluateStage(Stage):
             raise ConfigError(self._object_backend_message(), "backend")
         return Task("backend", "selflearn.core.stages.evaluate:answer_shard", "evaluate",
                     spec=SlotSpec(name=spec.name, options={**spec.options, "model": model}))
+
+    def _backend(self, model: str) -> CachedBackend:
+        """The cached backend of ``model`` built here, for the dry-run's cache look-ups (a run
+        sends its calls to the engine: :meth:`_batched`)."""
+        task = self._task(model)
+        backend = self.run_ctx.build("inference_backend", task.spec, "evaluate.backend")
+        return CachedBackend(backend, self.run_ctx.cache("generations"))
 
     def _batched(self, task: Task, prompts: Sequence[Prompt], params: Any, n: int,
                  desc: str) -> list[list[Completion]]:
