@@ -51,11 +51,13 @@ class Holder:
     token: str
 
     def describe(self) -> str:
+        """The holder in words, for the busy message and the take-over warning."""
         ago = max(0.0, time.time() - self.heartbeat)
         return (f"process {self.pid} on host {self.host!r}, running since {self.started} "
                 f"(last heartbeat {ago:.0f}s ago)")
 
     def to_json(self) -> bytes:
+        """The lock file's content."""
         return json.dumps(attrs.asdict(self), sort_keys=True).encode()
 
 
@@ -183,6 +185,7 @@ class RunLock:
         return mine is not None and mine.token == me.token
 
     def _read(self) -> bytes | None:
+        """The lock file's bytes (None when there is none)."""
         try:
             with self.store.fs.open(self.path, "rb") as f:
                 return bytes(f.read())
@@ -231,6 +234,7 @@ class RunLock:
             ) from exc
 
     def _busy(self, other: Holder | None) -> RunDirBusyError:
+        """The error for a live holder: who holds the directory and what to do."""
         who = other.describe() if other else "another process (its lock file is unreadable)"
         waited = f" after waiting {self.wait:.0f}s" if self.wait > 0 else ""
         return RunDirBusyError(
@@ -242,6 +246,7 @@ class RunLock:
 
     # -- holding and releasing ---------------------------------------------------------------
     def _start_heartbeat(self) -> None:
+        """Refresh the heartbeat in a daemon thread while the lock is held."""
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name="selflearn-run-lock", daemon=True)
         self._thread.start()

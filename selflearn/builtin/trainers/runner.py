@@ -89,6 +89,9 @@ class TRLTrainer:
 
     # -- the flow ----------------------------------------------------------------------------
     def train(self, request: TrainRequest) -> TrainResult:
+        """Train on ``request.rows`` (see the module docstring for the flow): reuse a finished
+        folder of the same fingerprint, else train (resuming from a checkpoint), save, and
+        write the lineage last."""
         from accelerate import PartialState
 
         opts = self.options
@@ -96,16 +99,7 @@ class TRLTrainer:
         rows = self._normalize(request.rows)
         path = resolve(request.model)
         output_dir = os.path.abspath(os.path.expanduser(request.output_dir))
-        dhash = lin.data_hash(rows)
-        fingerprint = content_hash(
-            {
-                "trainer": self.name,
-                "options": attrs.asdict(opts),
-                "data": dhash,
-                "model": lin.model_identity(path),
-                "seed": request.seed,
-            }
-        )
+        fingerprint = self._fingerprint(rows, path, request.seed)
         done = lin.read_lineage(output_dir)
         if done is not None and done.get("fingerprint") == fingerprint:
             log.info("%s: %s is already trained on this data; reusing it", self.name, output_dir)
@@ -127,7 +121,57 @@ class TRLTrainer:
         state.wait_for_everyone()
 
         tokenizer, added = prepare_tokenizer(path, opts)
-        resume = last_checkpoint(checkpoints)
+        metrics, log_history = self._fit(
+            request, args, path, tokenizer, precision, (train_rows, eval_rows), output_dir
+        )
+        metrics.update({"learning_rate": lr, "parameters": n_params})
+        if state.is_main_process:
+            if opts.use_lora and opts.merge_adapters:
+                _merge(path, os.path.join(output_dir, "adapter"), output_dir, tokenizer, opts, precision)
+            record = self._lineage(request, fingerprint, path, rows, (train_rows, eval_rows))
+            record["training"].update({
+                "learning_rate": lr,
+                "learning_rate_source": "options" if opts.learning_rate else "by model size",
+                "precision": precision.name,
+                "world_size": state.num_processes,
+                "pad_token_added": added,
+                "parameters": n_params,
+            })
+            record.update({"metrics": _jsonable(metrics), "log_history": _jsonable(log_history),
+                           "versions": lin.versions(), "finished": lin.now()})
+            lin.write_lineage(output_dir, record)
+            if not opts.keep_checkpoints:
+                shutil.rmtree(checkpoints, ignore_errors=True)
+        state.wait_for_everyone()
+        return TrainResult(output_dir, _jsonable(metrics), _jsonable(log_history))
+
+    def _fingerprint(self, rows: list[dict[str, Any]], path: str, seed: int) -> str:
+        """What makes a trained folder reusable: trainer, options, data, input model, seed."""
+        return content_hash(
+            {
+                "trainer": self.name,
+                "options": attrs.asdict(self.options),
+                "data": lin.data_hash(rows),
+                "model": lin.model_identity(path),
+                "seed": seed,
+            }
+        )
+
+    def _fit(
+        self,
+        request: TrainRequest,
+        args: Any,
+        path: str,
+        tokenizer: Any,
+        precision: Precision,
+        split: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+        output_dir: str,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Load the model, train (resuming from the newest checkpoint), evaluate, save; return
+        the metrics and log history of the WHOLE training (:mod:`._metrics`)."""
+        opts = self.options
+        train_rows, eval_rows = split
+        resume = last_checkpoint(os.path.join(output_dir, lin.CHECKPOINTS))
         if resume:
             log.info("%s: resuming from %s", self.name, resume)
         # loading, moving to the GPU (in the trainer's constructor) and training can all run
@@ -152,60 +196,47 @@ class TRLTrainer:
                 metrics.update(trainer.evaluate())
         # the loss and token counts of the whole training, also after a resume
         metrics, log_history = whole_training(metrics, [dict(e) for e in trainer.state.log_history])
+        best = trainer.state.best_model_checkpoint
         metrics.update(
             {
                 "global_step": int(trainer.state.global_step),
-                "learning_rate": lr,
-                "parameters": n_params,
                 "resumed_from": os.path.basename(resume) if resume else None,
-                "best_checkpoint": os.path.basename(trainer.state.best_model_checkpoint)
-                if trainer.state.best_model_checkpoint
-                else None,
+                "best_checkpoint": os.path.basename(best) if best else None,
             }
         )
         self._save(trainer, tokenizer, output_dir, path, precision)
         del trainer, model
         _free_memory()
+        return metrics, log_history
 
-        if state.is_main_process:
-            if opts.use_lora and opts.merge_adapters:
-                _merge(path, os.path.join(output_dir, "adapter"), output_dir, tokenizer, opts, precision)
-            record = {
-                "method": self.method,
-                "trainer": self.name,
-                "fingerprint": fingerprint,
-                "base_model": request.model,
-                "resolved_base": path,
-                "adapter": "adapter" if opts.use_lora and opts.merge_adapters else (
-                    "." if opts.use_lora else None
-                ),
-                "data": {
-                    "hash": dhash,
-                    "rows": len(rows),
-                    "train_rows": len(train_rows),
-                    "eval_rows": len(eval_rows),
-                },
-                "lineage": dict(request.lineage),
-                "training": {
-                    **attrs.asdict(opts),
-                    "learning_rate": lr,
-                    "learning_rate_source": "options" if opts.learning_rate else "by model size",
-                    "precision": precision.name,
-                    "seed": request.seed,
-                    "world_size": state.num_processes,
-                    "pad_token_added": added,
-                    "parameters": n_params,
-                },
-                "metrics": _jsonable(metrics),
-                "log_history": _jsonable(log_history),
-                "versions": lin.versions(),
-                "finished": lin.now(),
-            }
-            lin.write_lineage(output_dir, record)
-            if not opts.keep_checkpoints:
-                shutil.rmtree(checkpoints, ignore_errors=True)
-        state.wait_for_everyone()
-        return TrainResult(output_dir, _jsonable(metrics), _jsonable(log_history))
+    def _lineage(
+        self,
+        request: TrainRequest,
+        fingerprint: str,
+        path: str,
+        rows: list[dict[str, Any]],
+        split: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """The lineage record's description of the run (the caller adds what training found)."""
+        opts = self.options
+        return {
+            "method": self.method,
+            "trainer": self.name,
+            "fingerprint": fingerprint,
+            "base_model": request.model,
+            "resolved_base": path,
+            "adapter": "adapter" if opts.use_lora and opts.merge_adapters else (
+                "." if opts.use_lora else None
+            ),
+            "data": {
+                "hash": lin.data_hash(rows),
+                "rows": len(rows),
+                "train_rows": len(split[0]),
+                "eval_rows": len(split[1]),
+            },
+            "lineage": dict(request.lineage),
+            "training": {**attrs.asdict(opts), "seed": request.seed},
+        }
 
     def _common_args(
         self, checkpoints: str, lr: float, precision: Precision, seed: int, has_eval: bool
