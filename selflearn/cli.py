@@ -82,11 +82,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['name']}  ({r['distribution']} {r['version']})  [{r['status']}]")
         if r["hooks"]:
-            print(textwrap.indent(textwrap.fill(", ".join(r["hooks"]), 88), "    hooks: "))
+            print(textwrap.fill(", ".join(r["hooks"]), 96, initial_indent="    hooks: ",
+                                subsequent_indent=" " * 11))
         if r.get("error"):
             print(f"    error: {r['error']}")
         for warning in r.get("warnings", ()):
-            print(textwrap.indent(textwrap.fill(warning, 88), "    warning: "))
+            print(textwrap.fill(warning, 96, initial_indent="    warning: ", subsequent_indent=" " * 13))
     return 0
 
 

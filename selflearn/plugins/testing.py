@@ -434,19 +434,23 @@ def sample_run(run_dir: str | os.PathLike[str]) -> Path:
 def check_evaluator(value: Any, *, plugins: Iterable[Any] = (), run_dir: str | os.PathLike[str],
                     evaluate: dict[str, Any] | None = None, **config: Any) -> dict[str, Any]:
     """Run the ``evaluate`` stage with the evaluator ``value`` (a name or ``{use, options}``
-    from ``plugins``) on :func:`sample_run` (echo backend, lexical scorer, unless ``config``
-    says otherwise): it validates, writes the files it declares, and its result reaches
-    report.json, report.md and the stage summary. Returns its evaluation result."""
+    from ``plugins``, or the name of a built-in, configured by ``evaluate``) on
+    :func:`sample_run` (echo backend, lexical scorer, unless ``config`` says otherwise): it
+    validates, writes the files it declares, and its result reaches report.json, report.md
+    and the stage summary. Returns its name, result, the report and the summary."""
     from ..core.pipeline import Pipeline
+    from ..core.stages.evaluate import BUILTIN_EVALUATORS
 
+    builtin = isinstance(value, str) and value in BUILTIN_EVALUATORS
     root = sample_run(run_dir)
     cfg = {"run_dir": str(root), "backend": "echo", "scorer": "lexical", **config,
-           "evaluate": {"bootstrap_resamples": 20, **(evaluate or {}), "evaluators": [value]}}
+           "evaluate": {"bootstrap_resamples": 20, **(evaluate or {}),
+                        "evaluators": [] if builtin else [value]}}
     pipe = Pipeline(cfg, plugin_objects=list(plugins), load_entry_points=False)
     try:
         stage: Any = pipe.stage("evaluate")
         stage.validate()
-        name = stage.evaluators()[-1][0]
+        name = value if builtin else stage.evaluators()[-1][0]
         summary = stage.run()
         result = dict(stage.results)[name]
     finally:

@@ -88,6 +88,21 @@ def test_builtin_evaluators_through_an_outside_one(tmp_path: Path, evaluate: dic
     assert (report["detection"] is None) == ("detection" not in evaluate)
 
 
+@pytest.mark.parametrize(("name", "evaluate", "config"), [
+    ("agreement", {}, {}),
+    ("qa", {"qa": ["trivia:worldcapitals"], "qa_limit": 3}, {}),
+    ("judge", {}, {"judge": "local"}),
+    ("detection", {"qa": ["trivia:worldcapitals"], "qa_limit": 4, "detection": {"k": 2}}, {}),
+])
+def test_builtin_evaluator_contracts(tmp_path: Path, name: str, evaluate: dict[str, Any],
+                                     config: dict[str, Any]) -> None:
+    """Each built-in evaluator passes check_evaluator. ``forgetting`` is left out here: its
+    contract is a real lm-evaluation-harness run on two models, which
+    tests/evaluation/test_lm_eval.py makes through the same stage."""
+    out = check_evaluator(name, run_dir=tmp_path / "run", evaluate=evaluate, **config)
+    assert out["name"] == name and out["report"][{"agreement": "test"}.get(name, name)]
+
+
 # -- each check catches a broken component -------------------------------------------------------
 class CountEvaluator(BaseEvaluator):
     def __init__(self, write: bool = True) -> None:

@@ -254,7 +254,7 @@ def register_scorer(register):
 '''
 
 
-def test_misspelt_hook_is_reported_naming_plugin_and_hook(plugin_path, caplog):
+def test_misspelt_hook_is_reported_naming_plugin_and_hook(plugin_path, caplog, capsys):
     make_dist(plugin_path, "typo-dist", "typo", "typo_mod", MISSPELT_PLUGIN)
     with caplog.at_level("WARNING", logger="selflearn.plugins"):
         host = PluginHost()
@@ -265,6 +265,13 @@ def test_misspelt_hook_is_reported_naming_plugin_and_hook(plugin_path, caplog):
     assert info.warnings[0] in caplog.text
     with pytest.raises(PluginError, match="'typo' implements 'register_scorer'"):
         PluginHost(strict=True)
+    from selflearn.cli import main
+
+    assert main(["plugins", "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "typo")
+    assert row["status"] == "loaded" and row["warnings"] == list(info.warnings)
+    assert main(["plugins"]) == 0
+    assert "    warning: plugin 'typo' implements 'register_scorer'" in capsys.readouterr().out
 
 
 def test_optional_unknown_hook_is_not_reported(plugin_path):
