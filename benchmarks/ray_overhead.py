@@ -32,22 +32,27 @@ from selflearn import Pipeline  # noqa: E402
 from selflearn.core.config import default_config, merge  # noqa: E402
 
 
-def reduced_default(run_dir: str) -> dict[str, Any]:
-    """The embedded default made small: 2 categories x 3 training documents, K = 2."""
-    return merge(default_config(), {
+def reduced_default(run_dir: str, shard: int | None = None) -> dict[str, Any]:
+    """The embedded default made small: 2 categories x 3 training documents, K = 2; with
+    ``shard``, that many passages / questions / records per shard (the same in every arm), so
+    that the 6 questions make several shards for the workers to share."""
+    config = merge(default_config(), {
         "run_dir": run_dir,
         "source": {"use": "wikipedia-offline", "options": {
             "categories": ["History", "Geography"], "train_per_category": 3, "test_per_category": 1,
             "min_words": 40}},
         "generations": {"k": 2},
     })
+    if shard:
+        config = merge(config, {"questions": {"batch_size": shard}, "generations": {"chunk_size": shard}})
+    return config
 
 
-def paper_shape(run_dir: str, model: str | None, questions: int) -> dict[str, Any]:
+def paper_shape(run_dir: str, model: str | None, questions: int, k: int = 10, tokens_max: int = 384) -> dict[str, Any]:
     """Template questions over real passages; the generations stage at K = 10, 384 tokens."""
     config = reduced_default(run_dir)
-    per_category = max(1, questions // 3)
-    tokens = {"max_new_tokens": 384}
+    per_category = max(1, -(-questions // 3))
+    tokens = {"max_new_tokens": tokens_max}
     return merge(config, {
         **({"model": model} if model else {}),
         "source": {"use": "wikipedia-offline", "options": {
@@ -55,7 +60,7 @@ def paper_shape(run_dir: str, model: str | None, questions: int) -> dict[str, An
             "train_per_category": per_category, "test_per_category": 1, "min_words": 40}},
         "question_generator": "template",
         "backend": {"use": "hf", "options": {"batch_size": 64}},
-        "generations": {"k": 10, "chunk_size": 64, "limit": questions, "reference": tokens,
+        "generations": {"k": k, "chunk_size": 64, "limit": questions, "reference": tokens,
                         "with_passage": tokens, "without_passage": tokens},
     })
 
@@ -85,16 +90,20 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-ray", help="folder for the runs and ray.json")
     ap.add_argument("--questions", type=int, default=256, help="--gpu: questions answered")
     ap.add_argument("--model", default=None, help="--gpu: the model (default: the run's default model)")
+    ap.add_argument("--k", type=int, default=10, help="--gpu: samples with and without the passage")
+    ap.add_argument("--max-new-tokens", type=int, default=384, help="--gpu: most new tokens per answer")
     args = ap.parse_args()
     root = Path(args.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     base = root / "base"
     if args.cpu:
-        config, prepare, until = reduced_default(str(base)), "passages", "scores"
-        arms = [{"engine": "ray", "workers": 1}, {"engine": "ray", "workers": 2}, {"engine": "local"}]
+        config, prepare, until = reduced_default(str(base), shard=2), "passages", "scores"
+        arms = [{"engine": "ray", "workers": 1, "shard_size": 2}, {"engine": "ray", "workers": 2, "shard_size": 2},
+                {"engine": "local", "shard_size": 2}]
     else:
-        config, prepare, until = paper_shape(str(base), args.model, args.questions), "questions", "generations"
-        arms = [{"engine": "local"}, {"engine": "ray", "workers": 1, "num_gpus": 1}]
+        config = paper_shape(str(base), args.model, args.questions, args.k, args.max_new_tokens)
+        prepare, until = "questions", "generations"
+        arms = [{"engine": "local"}, {"engine": "ray", "workers": 1}]  # num_gpus auto: 1 with a GPU
     Pipeline(config).run(until=prepare)
     results = {f"arm-{i}": run_arm(base, root, f"arm-{i}", config, arm, until) for i, arm in enumerate(arms)}
     report = {"mode": "cpu" if args.cpu else "gpu", "cpus": os.cpu_count(), "arms": results}

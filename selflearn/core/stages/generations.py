@@ -144,15 +144,6 @@ class GenerationsStage(Stage):
         self.run_ctx.release("backend")
         return SlotSpec(name=spec.name, options={**spec.options, "model": model})
 
-    def _backend(self) -> Any:
-        """The (cached) backend built here, for the dry-run's cache look-ups; a run sends its
-        calls to the engine instead (:meth:`run`)."""
-        spec = self._backend_spec()
-        if spec is None:
-            return self.run_ctx.component("backend")
-        backend = self.run_ctx.build("inference_backend", spec, "generations.backend")
-        return CachedBackend(backend, self.run_ctx.cache("generations"))
-
     # -- options ---------------------------------------------------------------------------
     def _ks(self) -> tuple[int, int]:
         o: GenerationsOptions = self.options
