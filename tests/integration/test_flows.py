@@ -118,3 +118,13 @@ def test_flow_validation(tiny_llama, tmp_path):
         Pipeline(_config(tmp_path, tiny_llama, flow="paper", source=Src(), backend=EchoBackend(Options()))).plan()
     with pytest.raises(ConfigError, match="in flow 'current'"):
         Pipeline(_config(tmp_path, tiny_llama)).plan(until="sft")
+
+
+def test_switching_the_flow_keeps_the_stages_before_the_sft(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFLEARN_NO_PROGRESS", "1")
+    Pipeline(_config(tmp_path, tiny_llama)).run(until="questions")
+    plan = Pipeline(_config(tmp_path, tiny_llama, flow="paper")).plan(until="generations")
+    assert [(r["stage"], r["status"]) for r in plan] == [
+        ("documents", "done"), ("passages", "done"), ("questions", "done"), ("sft", "pending"),
+        ("generations", "pending"),
+    ]

@@ -36,6 +36,9 @@ class Stage:
     distributed: ClassVar[bool] = False
     #: the flows (top-level ``flow:``) this stage runs in; None: all of them
     flows: ClassVar[tuple[str, ...] | None] = None
+    #: the stage works differently in ``flow: paper`` (the flow enters its fingerprint), so
+    #: switching the flow of a run keeps the stages before it done
+    flow_sensitive: ClassVar[bool] = False
 
     def __init__(self, run: RunContext, options: Any) -> None:
         self.run_ctx = run
@@ -60,8 +63,9 @@ class Stage:
         return [f"{self.name}.jsonl"]
 
     def fingerprint_config(self) -> dict[str, Any]:
-        """Everything that changes this stage's output besides its input files (the flow
-        only when it is not the default, so that existing runs keep their fingerprints)."""
+        """Everything that changes this stage's output besides its input files (the flow for
+        a flow-sensitive stage, and only when it is not the default, so that existing runs
+        keep their fingerprints)."""
         config = {
             "options": attrs.asdict(self.options) if attrs.has(type(self.options)) else None,
             "slots": {
@@ -71,7 +75,7 @@ class Stage:
             "seed": self.run_ctx.seed,
             "model": self.run_ctx.model,
         }
-        if self.flow != "current":
+        if self.flow_sensitive and self.flow != "current":
             config["flow"] = self.flow
         return config
 

@@ -126,6 +126,7 @@ def _pair(
 
 class DatasetsStage(Stage):
     name = "datasets"
+    flow_sensitive = True
     requires = ("passages", "questions", "generations", "scores")
     slots = ("backend", "sft_trainer")
     options_class = DatasetsOptions

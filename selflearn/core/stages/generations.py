@@ -122,6 +122,7 @@ class GenerationsOptions(Options):
 
 class GenerationsStage(Stage):
     name = "generations"
+    flow_sensitive = True
     requires = ("passages", "questions")
     slots = ("backend",)
     options_class = GenerationsOptions

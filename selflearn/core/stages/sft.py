@@ -34,6 +34,7 @@ SFT_MODEL_FILE = "sft_model.json"
 
 class SFTStage(Stage):
     name = "sft"
+    flow_sensitive = True
     requires = ("passages", "questions")
     slots = ("backend", "sft_trainer")
     flows = ("paper",)

@@ -105,6 +105,7 @@ def _compact(value: Any) -> str:
 
 class TrainStage(Stage):
     name = "train"
+    flow_sensitive = True
     requires = ("datasets",)
     slots = ("sft_trainer", "trainer")
     options_class = TrainOptions
