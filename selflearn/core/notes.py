@@ -71,7 +71,29 @@ def filter_notes(summary: dict[str, Any]) -> list[str]:
             f"the filters kept none of the {questions} questions (removed: {removed or 'none'}), so "
             f"there is no DPO pair. Likely cause: {cause}"
         )
-    return notes
+    return notes + sft_notes(summary.get("sft") or {})
+
+
+_SELF_LABEL_CAUSES = {
+    "truncated": "the answers hit datasets.self_label_max_new_tokens: raise it",
+    "repetition": "the answers repeat themselves: a larger model, or a higher self_label_repetition_penalty",
+    "duplicate_sentences": "the answers repeat sentences: a higher self_label_repetition_penalty",
+    "empty": "the model answered nothing: check the backend and the few-shot prompt",
+}
+
+
+def sft_notes(stats: dict[str, Any]) -> list[str]:
+    """Notes on the SFT rows: self-labelling that labelled none of its questions."""
+    asked = int(stats.get("self_label_questions") or 0)
+    if not asked or stats.get("self_label_rows"):
+        return []
+    rejections = stats.get("self_label_rejections") or {}
+    top = max(rejections, key=lambda k: rejections[k]) if rejections else ""
+    cause = _SELF_LABEL_CAUSES.get(top, "see self_label_rejections")
+    return [
+        f"self-labelling labelled none of its {asked} questions (rejected: {rejections or 'none'}), "
+        f"so the SFT rows are reading-comprehension rows only. Likely cause: {cause}"
+    ]
 
 
 def evaluation_notes(report: dict[str, Any]) -> list[str]:

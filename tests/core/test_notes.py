@@ -83,3 +83,15 @@ def test_evaluation_notes_on_an_empty_qa_set():
     report = {"items": {"known": {"status": "off"}, "qa": {"trivia:x": {"items": 0, "skipped": {"no_answer": 4}}}}}
     (note,) = evaluation_notes(report)
     assert "'trivia:x' had no usable item" in note and "no_answer" in note
+
+
+def test_self_labelling_that_labelled_nothing_is_a_note():
+    from selflearn.core.notes import sft_notes
+
+    assert sft_notes({"self_label_questions": 3, "self_label_rows": 2}) == []
+    (note,) = sft_notes({"self_label_questions": 3, "self_label_rows": 0,
+                         "self_label_rejections": {"truncated": 3}})
+    assert "labelled none of its 3 questions" in note and "self_label_max_new_tokens" in note
+    (note,) = filter_notes(_summary(sft={"self_label_questions": 3, "self_label_rows": 0,
+                                         "self_label_rejections": {"repetition": 2, "empty": 1}}))
+    assert "repeat themselves" in note

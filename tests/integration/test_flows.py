@@ -62,6 +62,9 @@ def test_paper_flow_generates_with_the_sft_model_and_trains_dpo_from_it(tiny_lla
     ]
     run = Path(config["run_dir"])
     sft_dir = str(run / "models" / "sft")
+    # the random model's self-labels all run into the token limit: said, with the cause
+    sft_summary = outcomes[3].summary
+    assert any("self_label_max_new_tokens" in n for n in sft_summary["notes"]), sft_summary
     sft_record = json.loads((run / "sft_model.json").read_text())
     assert sft_record["model"] == sft_dir and sft_record["rows"] >= 1
     # the SFT rows were built before any generation, from the base model

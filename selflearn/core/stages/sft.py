@@ -19,17 +19,20 @@ then answers with that model, and the ``train`` stage runs DPO from it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from typing import Any
 
 from ..errors import ArtifactError, ConfigError, StageError
+from ..notes import sft_notes
 from ..prompts import rc_messages
 from ..records import Passage, Question
 from . import _sftdata
 from .base import Stage
 
 SFT_MODEL_FILE = "sft_model.json"
+log = logging.getLogger("selflearn")
 
 
 class SFTStage(Stage):
@@ -125,7 +128,11 @@ class SFTStage(Stage):
         self.store.write_records("sft.jsonl", rows)
         record = self._train(rows)
         self.store.write_json(SFT_MODEL_FILE, record)
+        notes = sft_notes(stats)
+        for note in notes:
+            log.warning("sft: %s", note)
         return {
+            **({"notes": notes} if notes else {}),
             "questions": len(questions),
             "rows": len(rows),
             "by_origin": dict(Counter(r.origin for r in rows)),
