@@ -307,11 +307,16 @@ def register_knowledge_sources(register):
 '''
 
 
-def test_replace_builtin_explicitly(plugin_path, run_dir):
+def test_replace_builtin_explicitly(plugin_path, run_dir, capsys):
     make_dist(plugin_path, "rep-dist", "rep", "rep_mod",
               REPLACING_PLUGIN.format(module="rep_mod", replace=True))
     spec = PluginHost().registry.get("knowledge_source", "files")
     assert (spec.provider, spec.replaces) == ("rep", "selflearn.builtin.sources.files")
+    from selflearn.cli import main
+
+    assert main(["components", "--json", "--kind", "knowledge_source"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "files")
+    assert (row["provider"], row["replaces"]) == ("rep", "selflearn.builtin.sources.files")
     Pipeline(run_dir=run_dir, source="files").run(until="documents")
     assert '"id": "mine"' in Path(run_dir, "documents.jsonl").read_text()
 
