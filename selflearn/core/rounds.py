@@ -165,7 +165,7 @@ class Rounds:
         docs_cfg = {k: v for k, v in self.base.items()}
         outcomes = _prefixed("documents", self._pipeline("documents", docs_cfg).run(until="documents"))
         docs = self._docs_store().read_records("documents.jsonl", Document)
-        slices, test_ids = slice_documents(docs, self.opts.count, self.seed)
+        slices, test_ids = slice_documents(docs, self.opts.count, self.seed, self.opts.documents_per_round)
         earlier: list[dict[str, Any]] = []
         model, stop = str(self.model0), None
         for r in range(1, self.opts.count + 1):

@@ -16,6 +16,7 @@ resume logic see nothing special; their ``identity()`` names exactly what they h
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,6 +47,10 @@ class RoundsOptions:
     #: training documents) or "fresh+unknown" (that slice plus the previous round's questions
     #: whose S_K was above tau_K, answered and scored again by the new model)
     passages: Policy = "fresh"
+    #: training documents per round (None: the source's training documents split evenly over
+    #: ``count``). With it, a larger ``count`` later keeps the earlier rounds' documents (as
+    #: long as the source yields the same documents)
+    documents_per_round: int | None = None
     #: a round whose filters keep fewer DPO pairs than this ends the run before training
     min_pairs: int = 1
     #: evaluate each round from the second on against the original model as well
@@ -67,30 +72,42 @@ def parse_rounds(value: Any, path: str = "rounds") -> RoundsOptions | None:
     opts = RoundsOptions(count=value) if isinstance(value, int) else build_options(RoundsOptions, value, path)
     if opts.count < 1:
         raise ConfigError(f"expected at least 1 round, got {opts.count}", f"{path}.count")
+    if opts.documents_per_round is not None and opts.documents_per_round < 1:
+        raise ConfigError(f"expected at least 1 document, got {opts.documents_per_round}",
+                          f"{path}.documents_per_round")
     if opts.min_pairs < 0:
         raise ConfigError(f"expected 0 or more pairs, got {opts.min_pairs}", f"{path}.min_pairs")
     return opts
 
 
-def slice_documents(docs: Sequence[Document], count: int, seed: int) -> tuple[list[list[str]], list[str]]:
-    """The training documents' ids dealt into ``count`` disjoint slices, and the held-out ids.
+def slice_documents(docs: Sequence[Document], count: int, seed: int,
+                    per_round: int | None = None) -> tuple[list[list[str]], list[str]]:
+    """The training documents' ids in ``count`` disjoint slices, and the held-out ids.
 
-    Documents are ordered by category, then by a hash of (seed, id), and dealt round-robin,
-    so each round gets its share of every category and the slices do not depend on the order
-    in which the source yielded them.
+    The documents are put in a seeded order that does not depend on the source's: within each
+    category by a hash of (seed, id), the categories interleaved, so any stretch of it holds
+    every category in proportion. With ``per_round`` round r takes the r-th stretch of that
+    many (so adding rounds keeps the earlier ones); without, the order is dealt out in turn.
     """
     train = [d for d in docs if d.split != "test"]
-    if len(train) < count:
+    need = count * (per_round or 1)
+    if len(train) < need:
+        what = f"{per_round} per round" if per_round else "at least one each"
         raise ConfigError(
-            f"{count} rounds need at least {count} training documents (each round trains on its "
-            f"own slice), but the source gave {len(train)}. Ask the source for more documents "
-            "or run fewer rounds",
-            "rounds.count",
+            f"{count} rounds need {need} training documents ({what}: each round trains on its own "
+            f"slice), but the source gave {len(train)}. Ask the source for more documents, run "
+            "fewer rounds, or lower rounds.documents_per_round",
+            "rounds.documents_per_round" if per_round else "rounds.count",
         )
-    order = sorted(train, key=lambda d: (d.category or "", seed_from("rounds", seed, d.id)))
-    slices: list[list[str]] = [[] for _ in range(count)]
-    for i, doc in enumerate(order):
-        slices[i % count].append(doc.id)
+    by_category: dict[str, list[str]] = {}
+    for d in sorted(train, key=lambda d: seed_from("rounds", seed, d.id)):
+        by_category.setdefault(d.category or "", []).append(d.id)
+    columns = [by_category[c] for c in sorted(by_category)]
+    order = [i for row in itertools.zip_longest(*columns) for i in row if i is not None]
+    if per_round is None:
+        slices = [order[r::count] for r in range(count)]
+    else:
+        slices = [order[r * per_round:(r + 1) * per_round] for r in range(count)]
     return slices, [d.id for d in docs if d.split == "test"]
 
 

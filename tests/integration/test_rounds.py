@@ -262,4 +262,11 @@ def test_training_documents_are_dealt_into_disjoint_seeded_slices_per_category()
     assert slice_documents(docs, 3, seed=2)[0] != slices  # but the seed's
     with pytest.raises(ConfigError) as info:
         slice_documents(docs[:2], 3, seed=1)
-    assert info.value.path == "rounds.count" and "at least 3 training documents" in str(info.value)
+    assert info.value.path == "rounds.count" and "need 3 training documents" in str(info.value)
+    # a fixed number per round: more rounds later keep the earlier rounds' documents
+    two = slice_documents(docs, 2, seed=1, per_round=4)[0]
+    assert slice_documents(docs, 3, seed=1, per_round=4)[0][:2] == two
+    assert all(sum(i.startswith(c) for i in s) == 2 for s in two for c in "ab")
+    with pytest.raises(ConfigError) as info:
+        slice_documents(docs, 4, seed=1, per_round=4)
+    assert info.value.path == "rounds.documents_per_round"
