@@ -132,7 +132,11 @@ def plot(record: dict[str, Any]) -> bytes:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     rounds = record["per_round"]
     ax = axes[0]
-    ax.bar([str(e["round"]) for e in rounds], [e["kept_pairs"] for e in rounds], color="tab:blue")
+    from matplotlib.ticker import MaxNLocator
+
+    bars = ax.bar([str(e["round"]) for e in rounds], [e["kept_pairs"] for e in rounds], color="tab:blue")
+    ax.bar_label(bars)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("kept DPO pairs")
     ax.set_xlabel("round")
     ax = axes[1]
@@ -162,9 +166,13 @@ def _plot_changes(ax: Any, record: dict[str, Any]) -> None:
     names = sorted({k for _, m in series for k in m})
     width = 0.8 / max(1, len(series))
     for i, (label, m) in enumerate(series):
-        ax.barh([j + i * width for j in range(len(names))], [m.get(n, 0.0) for n in names], height=width, label=label)
+        bars = ax.barh([j + i * width for j in range(len(names))], [m.get(n, 0.0) for n in names],
+                       height=width, label=label)
+        ax.bar_label(bars, labels=[_fmt(m.get(n)) for n in names], fontsize=6, padding=2)
     ax.set_yticks([j + 0.4 - width / 2 for j in range(len(names))], names, fontsize=7)
     ax.axvline(0, color="black", linewidth=0.8)
+    reach = max([abs(v) for _, m in series for v in m.values()] + [0.01]) * 1.35
+    ax.set_xlim(-reach, reach)  # symmetric, so a zero change shows where zero is
     ax.set_title("evaluation changes (candidate - baseline)")
     if series and names:
         ax.legend(fontsize=7)
