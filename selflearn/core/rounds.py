@@ -300,8 +300,10 @@ class Rounds:
         }
         self.store.write_json(SUMMARY, record)
         write_report(self.store, record)
-        return {"completed": len(earlier), "of": self.opts.count, "stopped": stop or "",
-                "report": "report.md"}
+        out: dict[str, Any] = {"completed": len(earlier), "of": self.opts.count, "report": "report.md"}
+        if stop:
+            out["stopped"] = stop
+        return out
 
 
 def _lineage_entry(info: dict[str, Any]) -> dict[str, Any]:
