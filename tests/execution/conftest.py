@@ -14,7 +14,7 @@ from tests.scoring.conftest import build_tiny_encoder
 def ray_session() -> Iterator[Any]:
     """Ray started once; its workers inherit this process's environment (PYTHONPATH, offline HF)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

@@ -124,3 +124,18 @@ def test_the_evaluate_stage_answers_on_ray_workers_as_locally(ray_session, tmp_p
                            ("answers_baseline.jsonl", "answers_candidate.jsonl", "references.jsonl")}
     assert outputs["ray"] == outputs["local"]
     assert outputs["ray"]["answers_candidate.jsonl"].count(b"\n") == 4 + 2 + 3  # test, known, QA
+
+
+def test_self_labelling_runs_on_ray_workers_as_locally(ray_session, tmp_path):
+    outputs = {}
+    for engine in ("local", "ray"):
+        cfg = config(tmp_path / engine, "echo", engine)
+        cfg.update(scorer="lexical", datasets={"self_label": "on", "sft_rc_fraction": 0.0,
+                                               "consistency_filter": False, "knowledge_filter": False})
+        cfg["execution"]["shard_size"] = 2
+        outcome = Pipeline(cfg).run(until="datasets")[-1]
+        outputs[engine] = (tmp_path / engine / "sft.jsonl").read_bytes()
+    rows = [json.loads(line) for line in outputs["ray"].decode().splitlines()]
+    assert rows and {r["origin"] for r in rows} == {"self"}
+    assert outputs["ray"] == outputs["local"]
+    assert outcome.summary["sft"]["self_label_execution"]["shards"] == 3  # 6 questions, 2 a shard

@@ -38,7 +38,7 @@ class ExecutionOptions:
 
     #: local: this process (the default and the reference); ray: long-lived Ray workers
     engine: Literal["local", "ray"] = "local"
-    #: the Ray cluster: null starts a local Ray; "auto" joins the one on this machine; or "ray://host:10001"
+    #: the Ray cluster: null starts a local Ray (inside a Ray job: the job's cluster); "auto" joins the one on this machine; or "ray://host:10001"
     address: str | None = None
     #: Ray workers (each holds one loaded component); auto: one per GPU, else one per num_cpus CPUs
     workers: int | Literal["auto"] = bounded("auto", ge=1)
@@ -46,7 +46,7 @@ class ExecutionOptions:
     num_cpus: float = bounded(1.0, ge=0)
     #: GPUs per Ray worker (null: 1 when the cluster has GPUs, else 0)
     num_gpus: float | None = bounded(None, ge=0)
-    #: generation records per shard in the scores stage (other stages shard by their own chunk_size / batch_size)
+    #: generation records per shard in the scores stage, questions per shard in self-labelling (other stages shard by their own chunk_size / batch_size)
     shard_size: int = bounded(64, ge=1)
     #: times a shard whose worker died is run again on another worker before the stage fails
     max_retries: int = bounded(3, ge=0)
@@ -161,6 +161,7 @@ def probe(component: Any) -> dict[str, Any]:
     return {
         "identity": component.identity(),
         "logprobs": bool(getattr(caps, "logprobs", False)),
+        "raw": bool(getattr(caps, "raw", False)),
         "needs_logprobs": bool(getattr(component, "needs_logprobs", False)),
     }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import socket
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,14 @@ def _check_reachable(address: str) -> None:
         raise ConfigError(_unreachable(address, str(exc)), "execution.address") from exc
 
 
+def _init_address(address: str | None) -> str | None:
+    """What ``ray.init`` is given: null starts a new local Ray (never a cluster another
+    process left on this machine), unless the driver runs inside a Ray job (RAY_ADDRESS)."""
+    if address is None:
+        return None if os.environ.get("RAY_ADDRESS") else "local"
+    return address
+
+
 def _unreachable(address: str, why: str) -> str:
     return (
         f"cannot reach the Ray cluster at {address!r} ({why}). Start one with `ray start --head` "
@@ -98,8 +107,8 @@ class RayEngine:
             if address not in (None, "auto"):
                 _check_reachable(address)
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                         configure_logging=False)
+                ray.init(address=_init_address(address), include_dashboard=False,
+                         log_to_driver=True, configure_logging=False)
             except (ConnectionError, RuntimeError) as exc:
                 raise ConfigError(_unreachable(address or "local", str(exc)), "execution.address") from exc
             self._started_ray = True

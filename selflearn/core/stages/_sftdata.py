@@ -15,6 +15,7 @@ from typing import Any
 
 from ..context import RunContext
 from ..errors import ConfigError
+from ..execution import Shard, Task, run_shards
 from ..hashing import content_hash
 from ..prompts import rc_messages
 from ..protocols import GenerationParams
@@ -103,35 +104,57 @@ def self_label_calls(run_ctx: RunContext, options: Any, questions: list[Question
 
 def self_label(run_ctx: RunContext, options: Any, questions: list[Question]) -> tuple[dict[str, str], dict[str, Any]]:
     """The base model's few-shot answers without the passage, sampled again (up to
-    ``self_label_retries`` times) while an answer fails the quality checks."""
+    ``self_label_retries`` times) while an answer fails the quality checks; in shards of
+    ``execution.shard_size`` questions on the run's engine (each shard runs its own retries)."""
     o = options
-    backend = run_ctx.component("backend")
-    if not backend.capabilities.raw:
+    task = Task("backend", "selflearn.core.stages._sftdata:self_label_shard", "self-labelling")
+    probe = run_ctx.engine.probe(task)
+    if not probe["raw"]:
         raise ConfigError(
             "self-labelling sends a raw few-shot text prompt, but the backend accepts chat "
             "messages only; use a backend that takes raw prompts or set self_label: off",
             "datasets.self_label",
         )
     prompts, params = self_label_calls(run_ctx, o, questions)
-    pending = list(questions)
+    size = run_ctx.execution.shard_size
+    shards = [
+        Shard({"prompts": [(q.id, prompts[q.id]) for q in questions[i:i + size]], "params": params,
+               "retries": o.self_label_retries, "max_new_tokens": o.self_label_max_new_tokens},
+              items=len(questions[i:i + size]))
+        for i in range(0, len(questions), size)
+    ]
+    values, execution = run_shards(run_ctx.engine, task, shards)
     done: dict[str, str] = {}
     rejections: Counter[str] = Counter()
-    for attempt in range(o.self_label_retries):
-        if not pending:
-            break
-        replies = backend.generate([prompts[q.id] for q in pending], params, n=1, sample_offset=attempt)
-        still = []
-        for q, comps in zip(pending, replies, strict=True):
-            text, reason = _selflabel.check_answer(comps[0], o.self_label_max_new_tokens)
-            if text is None:
-                rejections[reason] += 1
-                still.append(q)
-            else:
-                done[q.id] = text
-        pending = still
+    for value in values:
+        done.update(value["done"])
+        rejections.update(value["rejections"])
     return done, {
         "self_label_rows": len(done),
-        "self_label_failed": len(pending),
+        "self_label_failed": len(questions) - len(done),
         "self_label_rejections": dict(rejections),
-        "self_label_backend": backend.identity(),
+        "self_label_backend": probe["identity"],
+        "self_label_execution": execution,
     }
+
+
+def self_label_shard(backend: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Run on an engine's worker: a shard's questions, attempt ``i`` asking for sample index
+    ``i`` of the questions whose earlier answers failed the checks."""
+    pending: list[tuple[str, str]] = list(payload["prompts"])
+    done: dict[str, str] = {}
+    rejections: Counter[str] = Counter()
+    for attempt in range(payload["retries"]):
+        if not pending:
+            break
+        replies = backend.generate([p for _, p in pending], payload["params"], n=1, sample_offset=attempt)
+        still = []
+        for (qid, prompt), comps in zip(pending, replies, strict=True):
+            text, reason = _selflabel.check_answer(comps[0], payload["max_new_tokens"])
+            if text is None:
+                rejections[reason] += 1
+                still.append((qid, prompt))
+            else:
+                done[qid] = text
+        pending = still
+    return {"done": done, "rejections": dict(rejections)}
