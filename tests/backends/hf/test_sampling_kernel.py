@@ -85,7 +85,7 @@ def test_the_kernel_chooses_the_full_paths_token(tiny_llama: str) -> None:
     import sys
 
     pytest.importorskip("triton")
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]  # the repository root (tests/backends/hf/...)
     done = subprocess.run(
         [sys.executable, "-c", NUCLEUS_SCRIPT, tiny_llama], cwd=root, capture_output=True, text=True, timeout=900
     )
