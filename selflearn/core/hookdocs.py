@@ -13,6 +13,7 @@ import re
 
 import attrs
 
+from .docgen import replace_between
 from .hookspecs import PROJECT, REGISTRATION_HOOKS, Hooks, Register, RunInfo
 from .reference import _field_docs
 
@@ -96,16 +97,7 @@ def generate() -> str:
 
 def update_file(path: str) -> bool:
     """Rewrite the generated part of ``path``; return True if it changed."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < 0:
-        raise ValueError(f"{path}: markers {BEGIN!r} / {END!r} not found")
-    new = text[:start] + generate() + text[end + len(END) + 1 :]
-    if new != text:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(new)
-    return new != text
+    return replace_between(path, BEGIN, END, generate())
 
 
 if __name__ == "__main__":  # python -m selflearn.core.hookdocs docs/hooks.md

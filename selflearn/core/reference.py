@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from .docgen import replace_between
 from .execution import ExecutionOptions
 from .options import bounds_of, describe_bounds
 from .plugins import PluginHost
@@ -130,16 +131,7 @@ def generate() -> str:
 
 def update_file(path: str) -> bool:
     """Rewrite the generated part of ``path``; return True if it changed."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < 0:
-        raise ValueError(f"{path}: markers {BEGIN!r} / {END!r} not found")
-    new = text[:start] + generate() + text[end + len(END) + 1 :]
-    if new != text:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(new)
-    return new != text
+    return replace_between(path, BEGIN, END, generate())
 
 
 if __name__ == "__main__":  # python -m selflearn.core.reference docs/configuration.md
