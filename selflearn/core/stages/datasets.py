@@ -292,6 +292,39 @@ class DatasetsStage(Stage):
             sft_rows, sft_stats = self._sft(questions, passages, gens, bases)
         tables = self._write(pairs, sft_rows, questions, scores, cfg, scorer_ident)
         scored = [scores[q.id] for q in questions if q.id in scores]
+        summary = self._summary(questions, gens, scored, pairs, removed, sft_rows, sft_stats,
+                                thresholds, scorer_ident)
+        if o.consistency_filter and scored and all(s.s_l is None for s in scored):
+            log.warning(
+                "datasets: no question has an S_L, so the consistency filter removes them all; "
+                "set scores.consistency: true, or datasets.consistency_filter: false"
+            )
+        if not pairs:
+            log.warning("datasets: the filters kept no question (%s)", summary["removed"])
+        summary["notes"] = filter_notes(summary)
+        for note in summary["notes"]:
+            log.warning("datasets: %s", note)
+        if o.push_to_hub:
+            self._push(tables, summary)
+        self.store.write_json("datasets_summary.json", summary)
+        return summary
+
+    def _summary(
+        self,
+        questions: list[Question],
+        gens: dict[str, Generations],
+        scored: list[Scores],
+        pairs: list[PreferencePair],
+        removed: Counter[str],
+        sft_rows: list[SFTExample],
+        sft_stats: dict[str, Any],
+        thresholds: dict[str, Any],
+        scorer_ident: Any,
+    ) -> dict[str, Any]:
+        """The stage's summary: counts after every filter, what each filter alone would remove,
+        and the score distributions, so a reader can tell why the pair count is what it is."""
+        o: DatasetsOptions = self.options
+        cfg = self.cfg
         kept = len({p.question_id for p in pairs})
         truncated = Counter(
             c.finish_reason for q in questions if q.id in gens for c in gens[q.id].without_passage
@@ -324,19 +357,6 @@ class DatasetsStage(Stage):
         }
         if o.push_to_hub:  # the trained models' cards link it (train stage)
             summary["hub_dataset"] = o.hub_repo
-        if o.consistency_filter and scored and all(s.s_l is None for s in scored):
-            log.warning(
-                "datasets: no question has an S_L, so the consistency filter removes them all; "
-                "set scores.consistency: true, or datasets.consistency_filter: false"
-            )
-        if not pairs:
-            log.warning("datasets: the filters kept no question (%s)", summary["removed"])
-        summary["notes"] = filter_notes(summary)
-        for note in summary["notes"]:
-            log.warning("datasets: %s", note)
-        if o.push_to_hub:
-            self._push(tables, summary)
-        self.store.write_json("datasets_summary.json", summary)
         return summary
 
     def _write(
