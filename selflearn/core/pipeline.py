@@ -84,34 +84,7 @@ class Pipeline:
                 f"unknown top-level key(s) {', '.join(map(str, unknown))}; valid keys are: "
                 + ", ".join(sorted(valid))
             )
-        plugin_cfg = raw.get("plugins") or {}
-        if not isinstance(plugin_cfg, Mapping) or set(plugin_cfg) - {"disable", "strict"}:
-            raise ConfigError("expected {disable: [NAMES], strict: true|false}", "plugins")
-        disable = plugin_cfg.get("disable") or []
-        if not isinstance(disable, list) or not all(isinstance(d, str) for d in disable):
-            raise ConfigError(f"expected a list of plugin names, got {disable!r}", "plugins.disable")
-        strict = plugin_cfg.get("strict")
-        if strict is not None and not isinstance(strict, bool):
-            raise ConfigError(f"expected true or false, got {strict!r}", "plugins.strict")
-        seed = raw.get("seed", 42)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ConfigError(f"expected an integer, got {seed!r}", "seed")
-        if not 0 <= seed <= SEED_MAX:  # numpy, and so the trainers, take 32-bit seeds
-            raise ConfigError(f"must be >= 0 and <= {SEED_MAX}, got {seed}", "seed")
-        model = raw.get("model")
-        if model is not None and not isinstance(model, str):
-            raise ConfigError(f"expected a model id, folder or GGUF path, got {model!r}", "model")
-        flow = raw.get("flow", "current")
-        if flow not in FLOWS:
-            raise ConfigError(
-                f"expected one of {', '.join(FLOWS)}, got {flow!r}: 'current' generates the "
-                "preference data with the configured model, 'paper' trains SFT first and "
-                "generates it with the SFT model (see docs/training.md)",
-                "flow",
-            )
-        run_dir = raw.get("run_dir", "runs/selflearn")
-        if not isinstance(run_dir, str) or not run_dir:
-            raise ConfigError(f"expected a path or fsspec URL, got {run_dir!r}", "run_dir")
+        disable, strict, seed, model, flow, run_dir = _general_settings(raw)
 
         self.host = PluginHost(
             disable=disable, strict=strict, extra_plugins=self.plugin_objects, load_entry_points=load_entry_points
@@ -437,3 +410,37 @@ def _execution_options(section: Any) -> ExecutionOptions:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _general_settings(raw: Mapping[str, Any]) -> tuple[list[str], bool | None, int, str | None, str, str]:
+    """The top-level settings (plugins, seed, model, flow, run_dir), each checked with its
+    config path: these are plain keys, not an options class, so they are validated here."""
+    plugin_cfg = raw.get("plugins") or {}
+    if not isinstance(plugin_cfg, Mapping) or set(plugin_cfg) - {"disable", "strict"}:
+        raise ConfigError("expected {disable: [NAMES], strict: true|false}", "plugins")
+    disable = plugin_cfg.get("disable") or []
+    if not isinstance(disable, list) or not all(isinstance(d, str) for d in disable):
+        raise ConfigError(f"expected a list of plugin names, got {disable!r}", "plugins.disable")
+    strict = plugin_cfg.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise ConfigError(f"expected true or false, got {strict!r}", "plugins.strict")
+    seed = raw.get("seed", 42)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"expected an integer, got {seed!r}", "seed")
+    if not 0 <= seed <= SEED_MAX:  # numpy, and so the trainers, take 32-bit seeds
+        raise ConfigError(f"must be >= 0 and <= {SEED_MAX}, got {seed}", "seed")
+    model = raw.get("model")
+    if model is not None and not isinstance(model, str):
+        raise ConfigError(f"expected a model id, folder or GGUF path, got {model!r}", "model")
+    flow = raw.get("flow", "current")
+    if flow not in FLOWS:
+        raise ConfigError(
+            f"expected one of {', '.join(FLOWS)}, got {flow!r}: 'current' generates the "
+            "preference data with the configured model, 'paper' trains SFT first and "
+            "generates it with the SFT model (see docs/training.md)",
+            "flow",
+        )
+    run_dir = raw.get("run_dir", "runs/selflearn")
+    if not isinstance(run_dir, str) or not run_dir:
+        raise ConfigError(f"expected a path or fsspec URL, got {run_dir!r}", "run_dir")
+    return disable, strict, seed, model, flow, run_dir
