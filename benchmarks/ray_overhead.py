@@ -12,6 +12,7 @@ Writes ``ray.json`` and prints a Markdown table; run it from the repository root
 
     python benchmarks/ray_overhead.py --cpu --out runs/bench-ray-cpu
     python benchmarks/ray_overhead.py --gpu --questions 256 --out runs/bench-ray-gpu
+    python benchmarks/ray_overhead.py --gpu --model DIR --repeats 2 --fractional  # + 2 workers at 0.5 GPU
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def paper_shape(run_dir: str, model: str | None, questions: int, k: int = 10, to
 
 
 def run_arm(base: Path, root: Path, name: str, config: dict[str, Any], execution: dict[str, Any],
-            until: str) -> dict[str, Any]:
-    """A copy of the prepared run directory (no cache), run to ``until`` under ``execution``."""
+            until: str, reference: Path) -> dict[str, Any]:
+    """A copy of the prepared run directory (no cache), run to ``until`` under ``execution``;
+    the first arm run becomes ``reference``, whose files every later arm is compared with."""
     run_dir = root / name
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.copytree(base, run_dir, ignore=shutil.ignore_patterns("cache", ".selflearn.lock"))
@@ -76,10 +78,44 @@ def run_arm(base: Path, root: Path, name: str, config: dict[str, Any], execution
     wall = time.perf_counter() - t0
     stages = {o.name: round(o.seconds, 2) for o in outcomes if o.status == "ran"}
     workers = {o.name: o.summary.get("execution", {}).get("per_worker") for o in outcomes if o.status == "ran"}
+    files = [f for f in ("questions.jsonl", "generations.jsonl", "scores.jsonl") if (run_dir / f).exists()]
+    if not reference.exists():
+        reference.mkdir(parents=True)
+        for f in files:
+            shutil.copy(run_dir / f, reference / f)
+    same = {f: (run_dir / f).read_bytes() == (reference / f).read_bytes() for f in files}
+    shutil.rmtree(run_dir / "cache", ignore_errors=True)  # keep the disk small over many arms
     return {"execution": execution, "wall_s": round(wall, 2), "stages_s": stages, "per_worker": workers,
-            "outputs": {f: (run_dir / f).read_bytes() == (root / "arm-0" / f).read_bytes()
-                        for f in ("questions.jsonl", "generations.jsonl", "scores.jsonl")
-                        if (root / "arm-0" / f).exists() and (run_dir / f).exists()}}
+            "outputs": same}
+
+
+def arms_for(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """The arms, each run ``--repeats`` times in rotating order (so that neither engine always
+    runs first, on a colder machine)."""
+    if args.cpu:
+        return [("ray-1", {"engine": "ray", "workers": 1, "shard_size": 2}),
+                ("ray-2", {"engine": "ray", "workers": 2, "shard_size": 2}),
+                ("local", {"engine": "local", "shard_size": 2})]
+    arms: list[tuple[str, dict[str, Any]]] = [("local", {"engine": "local"}), ("ray-1", {"engine": "ray", "workers": 1})]
+    if args.fractional:  # two workers sharing the one GPU (issue 17's one-GPU run)
+        arms.append(("ray-2x0.5gpu", {"engine": "ray", "workers": 2, "num_gpus": 0.5}))
+    return arms
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], stage: str) -> dict[str, Any]:
+    """Per arm: the stage's seconds in each repeat, their median, and whether every repeat wrote
+    the same files as the reference arm's first run."""
+    return {name: {"stage_s": [r["stages_s"].get(stage) for r in rs],
+                   "median_stage_s": median([r["stages_s"][stage] for r in rs]),
+                   "median_wall_s": median([r["wall_s"] for r in rs]),
+                   "same_outputs": all(all(r["outputs"].values()) for r in rs)}
+            for name, rs in runs.items()}
 
 
 def main() -> None:
@@ -92,32 +128,42 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="--gpu: the model (default: the run's default model)")
     ap.add_argument("--k", type=int, default=10, help="--gpu: samples with and without the passage")
     ap.add_argument("--max-new-tokens", type=int, default=384, help="--gpu: most new tokens per answer")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each arm, in rotating order")
+    ap.add_argument("--fractional", action="store_true", help="--gpu: also 2 workers at num_gpus 0.5")
     args = ap.parse_args()
     root = Path(args.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     base = root / "base"
     if args.cpu:
-        config, prepare, until = reduced_default(str(base), shard=2), "passages", "scores"
-        arms = [{"engine": "ray", "workers": 1, "shard_size": 2}, {"engine": "ray", "workers": 2, "shard_size": 2},
-                {"engine": "local", "shard_size": 2}]
+        config, prepare, until, stage = reduced_default(str(base), shard=2), "passages", "scores", "generations"
     else:
         config = paper_shape(str(base), args.model, args.questions, args.k, args.max_new_tokens)
-        prepare, until = "questions", "generations"
-        arms = [{"engine": "local"}, {"engine": "ray", "workers": 1}]  # num_gpus auto: 1 with a GPU
+        prepare, until, stage = "questions", "generations", "generations"
     Pipeline(config).run(until=prepare)
-    results = {f"arm-{i}": run_arm(base, root, f"arm-{i}", config, arm, until) for i, arm in enumerate(arms)}
-    report = {"mode": "cpu" if args.cpu else "gpu", "cpus": os.cpu_count(), "arms": results}
+    arms = arms_for(args)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in arms}
+    for rep in range(args.repeats):
+        for i in range(len(arms)):
+            name, execution = arms[(i + rep) % len(arms)]
+            result = run_arm(base, root, f"{name}-{rep}", config, execution, until, reference=root / "reference")
+            runs[name].append(result)
+            print(f"{name} (repeat {rep}): {json.dumps(result['stages_s'])}", flush=True)
+    summary = summarise(runs, stage)
+    report = {"mode": "cpu" if args.cpu else "gpu", "cpus": os.cpu_count(), "stage": stage,
+              "repeats": args.repeats, "summary": summary, "runs": runs}
     if args.gpu:
-        local, ray = results["arm-0"]["stages_s"]["generations"], results["arm-1"]["stages_s"]["generations"]
-        report["ray_overhead_percent"] = round(100 * (ray - local) / local, 2)
+        local = summary["local"]["median_stage_s"]
+        report["ray_overhead_percent"] = {
+            name: round(100 * (s["median_stage_s"] - local) / local, 2) for name, s in summary.items() if name != "local"}
     (root / "ray.json").write_text(json.dumps(report, indent=2) + "\n")
-    print("| arm | execution | wall s | " + " | ".join(f"{s} s" for s in results["arm-0"]["stages_s"]) + " | same outputs |")
-    print("|---|---|---|" + "---|" * (len(results["arm-0"]["stages_s"]) + 1))
-    for name, r in results.items():
-        stages = " | ".join(str(v) for v in r["stages_s"].values())
-        print(f"| {name} | {json.dumps(r['execution'])} | {r['wall_s']} | {stages} | {all(r['outputs'].values())} |")
+    print(f"| arm | execution | {stage} s (median of {args.repeats}) | runs | wall s (median) | same outputs |")
+    print("|---|---|---|---|---|---|")
+    for name, execution in arms:
+        s = summary[name]
+        print(f"| {name} | {json.dumps(execution)} | {s['median_stage_s']} | {s['stage_s']} | "
+              f"{s['median_wall_s']} | {s['same_outputs']} |")
     if args.gpu:
-        print(f"\nRay overhead on the generations stage: {report['ray_overhead_percent']}%")
+        print(f"\nRay's overhead on the {stage} stage, in percent of local: {report['ray_overhead_percent']}")
 
 
 if __name__ == "__main__":

@@ -311,3 +311,55 @@ def test_each_failing_piece_is_turned_off_and_only_that_piece(
     with pytest.raises(KeyError, match="a bug"):
         dec._warm_up(None, 64, None, None)
     assert calls[-1] == "plain" and calls.count("plain") == 1 and dec.triton and dec.fuse == "compile"
+
+
+def _buffers_of_shape(code: list[str], shape: tuple[int, ...]) -> list[str]:
+    """The lines of inductor's generated code that allocate a buffer of ``shape``."""
+    text = "(" + ", ".join(str(n) for n in shape) + ")"
+    return [line for c in code for line in c.splitlines() if "empty_strided" in line and text in line]
+
+
+def test_compiled_layers_write_the_step_into_the_cache_in_place(tiny_llama: str) -> None:
+    """Each row's key and value land at its own step, and the compiled code allocates no copy
+    of the cache: run 16 (performance.md) lost 45% of its throughput to a scatter_ that inductor
+    lowered as a copy of the whole cache per layer and step."""
+    import torch
+    from torch._inductor.utils import run_and_get_code
+
+    layers = backend(tiny_llama, fuse="compile")._decoder.layers  # type: ignore[union-attr]
+    d, lw = layers.dims, layers.layers[0]
+    rows, steps = 6, 40
+    torch.manual_seed(3)
+    hidden = torch.randn(rows, lw.norm_in.shape[0])
+    cos, sin = torch.randn(rows, 1, d.head_dim), torch.randn(rows, 1, d.head_dim)
+    t_index = torch.tensor([0, 5, 39, 7, 7, 1])
+    args = (hidden, lw.norm_in, lw.qkv_w, lw.qkv_b, lw.q_norm, lw.k_norm, cos, sin, 3)
+    cache = torch.zeros(2, rows, d.hkv, steps, d.head_dim)
+    with torch.inference_mode():
+        _, code = run_and_get_code(layers._first, *args, cache, t_index)
+        expected = torch.zeros_like(cache)
+        eager = backend(tiny_llama, fuse="eager")._decoder.layers  # type: ignore[union-attr]
+        eager._first(*args, expected, t_index)
+    assert _buffers_of_shape(code, tuple(cache.shape)) == []
+    assert torch.allclose(cache, expected, atol=1e-5)
+    written = cache.abs().sum(dim=(0, 2, 4)) > 0  # (rows, steps)
+    assert written.nonzero().tolist() == [[r, int(t)] for r, t in enumerate(t_index)]
+
+
+def test_compiled_repetition_penalty_changes_the_logits_in_place() -> None:
+    """The penalty over seen ids, compiled as in ``select_candidates``, equals the eager one
+    and allocates no copy of the logits (rows x vocabulary, the largest tensor of a step)."""
+    import torch
+    from torch._inductor.utils import run_and_get_code
+
+    from selflearn.builtin.backends.hf.candidate_sampling import penalize_ids
+
+    torch.manual_seed(4)
+    logits, seen = torch.randn(8, 1000), torch.randint(0, 1000, (8, 30))
+    expected = penalize_ids(logits.clone(), seen, 1.3)
+    compiled = torch.compile(penalize_ids)
+    out = logits.clone()
+    with torch.inference_mode():
+        _, code = run_and_get_code(compiled, out, seen, 1.3)
+    assert _buffers_of_shape(code, (8, 1000)) == []
+    assert torch.equal(out, expected)

@@ -65,7 +65,11 @@ def penalize_ids(logits: torch.Tensor, seen_ids: torch.Tensor, penalty: float) -
         return logits
     vals = logits.gather(1, seen_ids)
     vals = torch.where(vals < 0, vals * penalty, vals / penalty)
-    return logits.scatter_(1, seen_ids, vals)
+    # an indexed store, not scatter_: compiled (select_candidates), inductor lowers scatter_ on
+    # an input as a copy of all the logits plus the scatter, and index_put_ in place
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+    logits[rows, seen_ids] = vals
+    return logits
 
 
 def _full_rows(

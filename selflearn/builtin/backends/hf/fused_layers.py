@@ -234,8 +234,11 @@ class FusedLayers:
             if q_norm is not None:
                 q, k = _rms(q, q_norm, d.qk_eps), _rms(k, k_norm, d.qk_eps)
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            kv = torch.stack((k, v))[:, :, :, None, :]  # (2, R, Hkv, 1, d)
-            cache.scatter_(3, t_index.view(1, rows, 1, 1, 1).expand(kv.shape), kv)
+            # an indexed store (aten.index_put_), not scatter_: inductor writes index_put_ into
+            # the cache in place, but lowers scatter_ on an input as a copy of the whole cache
+            # plus the scatter (per layer and step; run 16's regression, see performance.md)
+            row = torch.arange(rows, device=x.device)
+            cache[:, row, :, t_index] = torch.stack((k, v), dim=1)  # (R, 2, Hkv, d)
             if m <= 0:  # plain attention takes (R, Hq, 1, d)
                 return (q.view(rows, d.hq, 1, hd),)
             q_gen = q.view(rows, d.hkv, d.hq // d.hkv, hd)
