@@ -49,8 +49,11 @@ def reduced_default(run_dir: str, shard: int | None = None) -> dict[str, Any]:
     return config
 
 
-def paper_shape(run_dir: str, model: str | None, questions: int, k: int = 10, tokens_max: int = 384) -> dict[str, Any]:
-    """Template questions over real passages; the generations stage at K = 10, 384 tokens."""
+def paper_shape(run_dir: str, model: str | None, questions: int, k: int = 10, tokens_max: int = 384,
+                batch_size: int = 640) -> dict[str, Any]:
+    """Template questions over real passages; the generations stage at K = 10, 384 tokens,
+    ``batch_size`` sequences per forward pass (fixed, so that two workers sharing one GPU
+    decode the same batches as one worker alone)."""
     config = reduced_default(run_dir)
     per_category = max(1, -(-questions // 3))
     tokens = {"max_new_tokens": tokens_max}
@@ -60,7 +63,7 @@ def paper_shape(run_dir: str, model: str | None, questions: int, k: int = 10, to
             "categories": ["History", "Geography", "Physical sciences"],
             "train_per_category": per_category, "test_per_category": 1, "min_words": 40}},
         "question_generator": "template",
-        "backend": {"use": "hf", "options": {"batch_size": 64}},
+        "backend": {"use": "hf", "options": {"batch_size": batch_size}},
         "generations": {"k": k, "chunk_size": 64, "limit": questions, "reference": tokens,
                         "with_passage": tokens, "without_passage": tokens},
     })
@@ -128,6 +131,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="--gpu: the model (default: the run's default model)")
     ap.add_argument("--k", type=int, default=10, help="--gpu: samples with and without the passage")
     ap.add_argument("--max-new-tokens", type=int, default=384, help="--gpu: most new tokens per answer")
+    ap.add_argument("--batch-size", type=int, default=640, help="--gpu: the hf backend's sequences per pass")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each arm, in rotating order")
     ap.add_argument("--fractional", action="store_true", help="--gpu: also 2 workers at num_gpus 0.5")
     args = ap.parse_args()
@@ -137,7 +141,7 @@ def main() -> None:
     if args.cpu:
         config, prepare, until, stage = reduced_default(str(base), shard=2), "passages", "scores", "generations"
     else:
-        config = paper_shape(str(base), args.model, args.questions, args.k, args.max_new_tokens)
+        config = paper_shape(str(base), args.model, args.questions, args.k, args.max_new_tokens, args.batch_size)
         prepare, until, stage = "questions", "generations", "generations"
     Pipeline(config).run(until=prepare)
     arms = arms_for(args)
