@@ -23,7 +23,7 @@ from .config import (
 from .context import RunContext
 from .distributed import is_main_process, rank, world_size
 from .errors import ConfigError, StageError
-from .execution import ExecutionOptions, make_engine
+from .execution import ExecutionOptions, check_job_paths, make_engine
 from .execution.worker import WorkerSpec
 from .hashing import content_hash
 from .hookspecs import RunInfo
@@ -85,6 +85,7 @@ class Pipeline:
                 + ", ".join(sorted(valid))
             )
         disable, strict, seed, model, flow, run_dir = _general_settings(raw)
+        check_job_paths({"run_dir": run_dir, "cache_dir": raw.get("cache_dir")})
 
         self.host = PluginHost(
             disable=disable, strict=strict, extra_plugins=self.plugin_objects, load_entry_points=load_entry_points

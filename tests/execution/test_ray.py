@@ -55,3 +55,56 @@ def test_ray_run_equals_the_local_run_byte_for_byte(ray_session, tiny_llama, tin
     assert sum(w["items"] for w in per_worker.values()) == 4
     assert all(w["items_per_second"] > 0 for w in per_worker.values())
     assert by_stage["generations"]["backend_generations"] == 4 * 5
+
+
+def served(run_dir: Path, url: str, encoder: str, engine: str, **execution: Any) -> dict[str, Any]:
+    """A run whose every model-calling stage keeps usage counters: the local question generator
+    and the generations on an OpenAI-protocol server (requests, tokens), the encoder's passes."""
+    return {
+        "run_dir": str(run_dir),
+        "seed": 7,
+        "source": {"use": "wikipedia-offline", "options": {
+            "categories": ["History"], "train_per_category": 4, "test_per_category": 1, "min_words": 40}},
+        "passages": {"max_per_document_train": 1, "max_per_document_test": 1},
+        "question_generator": {"use": "local", "options": {"shots": 1, "max_new_tokens": 24}},
+        "questions": {"batch_size": 2},
+        "backend": {"use": "openai", "options": {"base_url": url + "/v1", "model": "test-model",
+                                                 "seeded_samples": True, "backoff": 0.01}},
+        "generations": {"k": 2, "chunk_size": 1},
+        "scorer": {"use": "selfcheck-embedding", "options": {"model": encoder}},
+        "execution": {"engine": engine, "shard_size": 1, **execution},
+    }
+
+
+def usage_fields(outcomes: list[Any]) -> dict[str, Any]:
+    """Every stage summary's usage field (what the local engine always reported)."""
+    by_stage = {o.name: o.summary for o in outcomes}
+    return {
+        "generator": by_stage["questions"]["generator"],
+        "test_generator": by_stage["questions"]["test_generator"],
+        "backend_usage": by_stage["generations"]["backend_usage"],
+        "encoder_computed": by_stage["scores"]["encoder_computed"],
+    }
+
+
+def test_ray_reports_the_same_usage_totals_as_local(ray_session, tiny_encoder, tmp_path):
+    from tests.backends.helpers import fake_text
+    from tests.servers import FakeServer, openai_handler
+
+    def respond(body: dict[str, Any], i: int) -> str:  # a question-like text per (prompt, seed, i)
+        return f"What is {fake_text(body['messages'][-1]['content'], (body.get('seed'), i), 5)}?"
+
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    with FakeServer(openai_handler(respond)) as server:
+        expected = usage_fields(Pipeline(served(local, server.url, tiny_encoder, "local")).run(until="scores"))
+        local_requests = len(server.requests)
+        server.requests.clear()
+        got = usage_fields(Pipeline(served(remote, server.url, tiny_encoder, "ray", workers=2)).run(until="scores"))
+    assert got == expected
+    for name in STAGE_FILES:
+        assert (local / name).read_bytes() == (remote / name).read_bytes(), name
+    # the totals are real: they count the server's requests, under either engine
+    counted = expected["generator"]["usage"]["requests"] + expected["test_generator"]["usage"]["requests"]
+    assert counted + expected["backend_usage"]["requests"] == local_requests == len(server.requests)
+    assert expected["backend_usage"]["completion_tokens"] > 0 and expected["encoder_computed"] > 0
+    assert sum(expected["generator"]["stats"].values()) > 0

@@ -15,14 +15,18 @@ Only this module's ``ray_engine`` imports Ray, and only when the ``ray`` engine 
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import attrs
 
+from ..errors import ConfigError
 from ..hashing import content_hash
 from ..options import bounded
+from . import usage
 
 if TYPE_CHECKING:
     from ..cache import JsonlCache
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
 
 #: what to install when the ray engine is asked for but Ray is missing
 RAY_FIX = 'pip install "selflearn[ray]"'
+#: what Ray sets in a submitted job's driver: the job's runtime_env (with its working_dir)
+JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 @attrs.frozen
@@ -38,7 +44,7 @@ class ExecutionOptions:
 
     #: local: this process (the default and the reference); ray: long-lived Ray workers
     engine: Literal["local", "ray"] = "local"
-    #: the Ray cluster: null starts a local Ray (inside a Ray job: the job's cluster); "auto" joins the one on this machine; or "ray://host:10001"
+    #: the Ray cluster: null starts a local Ray (inside a Ray job: the job's cluster); "auto" joins the one on this machine; "ray://host:10001" (the Ray client, needs ray[client]); or the head's "host:6379"
     address: str | None = None
     #: Ray workers (each holds one loaded component); auto: one per GPU, else one per num_cpus CPUs
     workers: int | Literal["auto"] = bounded("auto", ge=1)
@@ -63,6 +69,9 @@ class Task:
     desc: str
     #: build this slot spec instead of the run's (e.g. the backend on the SFT model in flow: paper)
     spec: Any = None
+    #: "module:function" reading the component's usage counters as a nested mapping of numbers
+    #: (see :mod:`.usage`); the engine sums their change over the shards (None: no usage)
+    usage: str | None = None
 
     @property
     def component_key(self) -> str:
@@ -128,7 +137,9 @@ def run_shards(
 
     A shard with a key already in ``cache`` is not sent out; every finished shard is written
     to ``cache`` at once (by this process only), so a killed driver resumes at the shards in
-    flight, under either engine.
+    flight, under either engine. With ``task.usage`` the summary's ``usage`` is the
+    component's usage summed over the shards sent out (see :mod:`.usage`); the stage moves it
+    into its own summary fields.
     """
     results: list[Any] = [None] * len(shards)
     pending: list[int] = []
@@ -144,26 +155,34 @@ def run_shards(
         key = shards[i].key
         if cache is not None and key is not None:
             cache.put(key, value)
+    stats = engine.stats()
+    used = stats.pop("usage", None)
     summary = {
         **engine.describe(),
         "shards": len(shards),
         "cached_shards": len(shards) - len(pending),
         "seconds": round(time.perf_counter() - t0, 3),
-        **engine.stats(),
+        **stats,
     }
+    if task.usage is not None:  # the counters' shape at 0 (no shard sent: 0), plus the shards'
+        summary["usage"] = usage.rounded(usage.add_into(engine.probe(task).get("usage") or {}, used))
     return results, summary
 
 
-def probe(component: Any) -> dict[str, Any]:
+def probe(component: Any, usage_ref: str | None = None) -> dict[str, Any]:
     """What the driver must know of a component it may not hold: its identity (provenance,
-    cache keys) and whether it returns or needs per-token log-probabilities."""
+    cache keys), whether it returns or needs per-token log-probabilities, and (with a task's
+    ``usage`` function) the shape of its usage counters, every number 0."""
     caps = getattr(component, "capabilities", None)
-    return {
+    out = {
         "identity": component.identity(),
         "logprobs": bool(getattr(caps, "logprobs", False)),
         "raw": bool(getattr(caps, "raw", False)),
         "needs_logprobs": bool(getattr(component, "needs_logprobs", False)),
     }
+    if usage_ref is not None:
+        out["usage"] = usage.zero(usage.reader(usage_ref), component)
+    return out
 
 
 def build_component(run: RunContext, task: Task) -> Any:
@@ -189,3 +208,39 @@ def make_engine(options: ExecutionOptions, run: RunContext, spec: Any) -> Engine
     from .ray_engine import RayEngine
 
     return RayEngine(options, run, spec)
+
+
+def job_working_copy() -> str | None:
+    """This process's working directory when it is the driver of a Ray job submitted with a
+    working directory (``ray job submit --working-dir``): Ray's unpacked copy of the upload,
+    under the head's session folder. None otherwise."""
+    raw = os.environ.get(JOB_CONFIG_VAR)
+    if not raw:
+        return None
+    try:
+        runtime_env = json.loads(raw).get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return None
+    return os.getcwd() if runtime_env.get("working_dir") else None
+
+
+def check_job_paths(paths: dict[str, Any]) -> None:
+    """Refuse relative local paths (``run_dir``, ``cache_dir``) in a Ray job with a working
+    directory: they would land in Ray's temporary copy of the upload, out of sight of the user
+    and deleted with Ray's package cache, and a changed upload would not resume the run."""
+    copy = job_working_copy()
+    if copy is None:
+        return
+    for key, given in paths.items():
+        value = str(given or "")
+        if not value or "://" in value or os.path.isabs(os.path.expanduser(value)):
+            continue
+        raise ConfigError(
+            f"{value!r} is relative, and this run is a Ray job submitted with --working-dir: "
+            f"its working directory is Ray's temporary copy of the upload ({copy}), so the "
+            "run would be written there, hard to find and removed with Ray's package cache. "
+            "Give an absolute path on a filesystem that the node running the job keeps (shared "
+            f"by the nodes on a cluster), e.g. {key}: /shared/selflearn/{value.lstrip('./')}, "
+            "or an fsspec URL (docs/scaling.md, 'A Ray cluster')",
+            key,
+        )

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, StageError
-from . import RAY_FIX, ExecutionOptions, Shard, Task, WorkerStats
+from . import RAY_FIX, ExecutionOptions, Shard, Task, WorkerStats, usage
 from .worker import ShardWorker, WorkerSpec
 
 if TYPE_CHECKING:
@@ -29,6 +29,10 @@ log = logging.getLogger("selflearn")
 
 #: shards queued per worker (one running, one waiting, so a worker never idles between shards)
 IN_FLIGHT = 2
+#: tries of a ray:// connection whose session server died while starting: a race in Ray's
+#: client server (ray-project/ray#63202; 1 in 20 connections on a busy 2-core machine)
+CLIENT_TRIES = 3
+CLIENT_RACE = "Starting Ray client server failed"
 
 
 def import_ray() -> Any:
@@ -58,6 +62,29 @@ def _check_reachable(address: str) -> None:
         raise ConfigError(_unreachable(address, str(exc)), "execution.address") from exc
 
 
+def _check_client(address: str) -> None:
+    """A ``ray://`` address goes through the Ray client, which is not in Ray core."""
+    try:
+        import grpc  # noqa: F401 - what ray[client] adds; Ray itself says so only after a connect
+    except ImportError as exc:
+        raise ConfigError(
+            f"{address!r} connects through the Ray client, which needs pip install "
+            f'"ray[client]=={_ray_version()}" in this environment (the same Ray version as the '
+            "cluster's); or run the driver on the head node with execution.address: auto, or "
+            "submit it as a Ray job (ray job submit, docs/scaling.md)",
+            "execution.address",
+        ) from exc
+
+
+def _ray_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ray")
+    except Exception:  # noqa: BLE001 - only used in a message
+        return "<the cluster's version>"
+
+
 def _init_address(address: str | None) -> str | None:
     """What ``ray.init`` is given: null starts a new local Ray (never a cluster another
     process left on this machine), unless the driver runs inside a Ray job (RAY_ADDRESS)."""
@@ -74,6 +101,51 @@ def _unreachable(address: str, why: str) -> str:
     )
 
 
+def _connect(ray: Any, address: str | None) -> None:
+    """``ray.init``, trying a Ray client connection again when the cluster's client server
+    failed to start this driver's session (Ray's race, not a configuration error)."""
+    for attempt in range(1, CLIENT_TRIES + 1):
+        try:
+            ray.init(address=_init_address(address), include_dashboard=False,
+                     log_to_driver=True, configure_logging=False)
+            return
+        except ConnectionError as exc:
+            if attempt == CLIENT_TRIES or CLIENT_RACE not in str(exc):
+                raise
+            log.warning("the Ray client server at %s failed to start this session (try %d of %d, "
+                        "ray-project/ray#63202); connecting again", address, attempt, CLIENT_TRIES)
+            ray.shutdown()
+
+
+def _refused(address: str, why: str) -> str:
+    """The port answered but Ray did not connect: most often the cluster's token."""
+    race = CLIENT_RACE in why
+    why = " ".join(why.split())[:300]  # Ray's message may carry a server-side traceback
+    if race:
+        return (
+            f"the Ray client server at {address!r} failed to start this driver's session "
+            f"{CLIENT_TRIES} times ({why}): a race in Ray's client server "
+            "(ray-project/ray#63202), more frequent on a busy head; the head's "
+            "ray_client_server_*.err logs are empty when it happens. Run again, or run the driver "
+            "on the head (execution.address: auto) or as a Ray job (ray job submit)"
+        )
+    token = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    hint = (
+        "the token given (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token) may not be "
+        "the head's: `ray get-auth-token` on the head prints it"
+        if token else
+        "if the cluster uses token authentication (Ray turns it on when the head has "
+        "~/.ray/auth_token), a driver connecting by address needs RAY_AUTH_MODE=token and the "
+        "head's token (RAY_AUTH_TOKEN=<`ray get-auth-token` on the head>, or the same "
+        "~/.ray/auth_token)"
+    )
+    return (
+        f"the Ray cluster at {address!r} answers but did not accept this driver ({why}): {hint}. "
+        "Check too that the port is the cluster's (GCS HOST:6379, or ray://HOST:10001 for the "
+        "client server) and that this Ray is the cluster's version"
+    )
+
+
 class RayEngine:
     """Shards of a stage spread over Ray actors; a dead actor's shards run again elsewhere."""
 
@@ -86,10 +158,11 @@ class RayEngine:
         self._ray: Any = None
         self._started_ray = False
         self._pools: dict[str, list[Any]] = {}
-        self._probes: dict[str, dict[str, Any]] = {}
+        self._probes: dict[tuple[str, str | None], dict[str, Any]] = {}  # (component key, usage)
         self._workers = 0
         self._resources: dict[str, float] = {}
         self._stats: dict[str, WorkerStats] = {}
+        self._usage: dict[str, Any] = {}
         self._reruns = 0
         self._lost = 0
 
@@ -104,13 +177,16 @@ class RayEngine:
         ray = import_ray()
         address = self.options.address
         if not ray.is_initialized():
-            if address not in (None, "auto"):
-                _check_reachable(address)
+            explicit = address not in (None, "auto")
+            if explicit and str(address).startswith("ray://"):
+                _check_client(str(address))
+            if explicit:
+                _check_reachable(str(address))
             try:
-                ray.init(address=_init_address(address), include_dashboard=False,
-                         log_to_driver=True, configure_logging=False)
-            except (ConnectionError, RuntimeError) as exc:
-                raise ConfigError(_unreachable(address or "local", str(exc)), "execution.address") from exc
+                _connect(ray, address)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                message = _refused if explicit else _unreachable
+                raise ConfigError(message(address or "local", str(exc)), "execution.address") from exc
             self._started_ray = True
         self._ray = ray
         self._size(ray.cluster_resources())
@@ -150,7 +226,7 @@ class RayEngine:
             pool = [self._new_actor() for _ in range(self._workers)]
             probes = self._get([a.probe.remote(task) for a in pool])
             self._pools[key] = pool
-            self._probes[key] = probes[0]
+            self._probes[(key, task.usage)] = probes[0]
         return self._pools[key]
 
     def _get(self, refs: Any) -> Any:
@@ -160,12 +236,15 @@ class RayEngine:
             raise exc.as_instanceof_cause() from None
 
     def probe(self, task: Task) -> dict[str, Any]:
-        self._pool(task)
-        return self._probes[task.component_key]
+        pool = self._pool(task)
+        key = (task.component_key, task.usage)
+        if key not in self._probes:  # another task on the same workers: its own usage shape
+            self._probes[key] = self._get(pool[0].probe.remote(task))
+        return self._probes[key]
 
     # -- running shards ------------------------------------------------------------------
     def map(self, task: Task, shards: Sequence[Shard], done: int = 0) -> Iterator[tuple[int, Any]]:
-        self._stats, self._reruns, self._lost = {}, 0, 0
+        self._stats, self._usage, self._reruns, self._lost = {}, {}, 0, 0
         if not shards:
             return iter(())
         pool = self._pool(task)
@@ -224,6 +303,7 @@ class RayEngine:
         if out["error"] is not None:
             raise out["error"]
         self._stats.setdefault(f"pid-{out['pid']}", WorkerStats()).add(items, out["seconds"])
+        self._usage = usage.add_into(self._usage, out.get("usage"))
         return out["value"]
 
     def stats(self) -> dict[str, Any]:
@@ -231,6 +311,7 @@ class RayEngine:
             "per_worker": {k: v.to_dict() for k, v in sorted(self._stats.items())},
             "reruns": self._reruns,
             "lost_workers": self._lost,
+            "usage": self._usage,
         }
 
     # -- teardown ------------------------------------------------------------------------
@@ -242,7 +323,8 @@ class RayEngine:
     def _stop(self, key: str) -> None:
         for actor in self._pools.pop(key, []):
             self._ray.kill(actor)
-        self._probes.pop(key, None)
+        for probed in [p for p in self._probes if p[0] == key]:
+            del self._probes[probed]
 
     def close(self) -> None:
         for key in list(self._pools):

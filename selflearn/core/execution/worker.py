@@ -12,6 +12,7 @@ behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -26,7 +27,7 @@ from ..context import RunContext
 from ..plugins import PluginHost
 from ..registry import load_object
 from ..store import ArtifactStore
-from . import Task, build_component, probe
+from . import Task, build_component, probe, usage
 
 T = TypeVar("T")
 
@@ -83,13 +84,18 @@ class WorkerContext(RunContext):
         return iter(iterable)
 
 
+def _absolute(path: str) -> str:
+    return os.path.abspath(path)
+
+
 @attrs.frozen
 class WorkerSpec:
     """Everything a worker needs to rebuild the run's components (sent once per worker)."""
 
     config: dict[str, Any]
     slots: dict[str, SlotSpec | None]
-    cache_dir: str
+    #: made absolute on the driver: a worker's working directory is not the driver's
+    cache_dir: str = attrs.field(converter=_absolute)
     disable: tuple[str, ...] = ()
     strict: bool | None = None
     extra_plugins: tuple[Any, ...] = ()
@@ -124,26 +130,31 @@ class ShardWorker:
 
     def probe(self, task: Task) -> dict[str, Any]:
         """The component's identity and capabilities (building it: the model loads here)."""
-        return probe(self._component(task))
+        return probe(self._component(task), task.usage)
 
     def run(self, task: Task, payload: Any) -> dict[str, Any]:
-        """Run one shard; the result, the new cache entries and the busy seconds.
+        """Run one shard; the result, the new cache entries, the busy seconds and the
+        component's usage during the shard (the driver sums it: see :mod:`.usage`).
 
         An error is returned, not raised, together with the entries written before it, so a
         backend that failed part-way still leaves its finished calls in the run's cache.
         """
         t0 = time.perf_counter()
         value: Any = None
+        used: dict[str, Any] | None = None
         error: BaseException | None = None
         try:
             fn = load_object(task.function, "shard function")
-            value = fn(self._component(task), payload)
+            component = self._component(task)
+            value, used = usage.measure(usage.reader(task.usage), component,
+                                        functools.partial(fn, component, payload))
         except Exception as exc:  # noqa: BLE001 - sent to the driver, which raises it
             error = exc
         return {
             "value": value,
             "writes": self.ctx.drain(),
             "error": error,
+            "usage": used,
             "seconds": time.perf_counter() - t0,
             "pid": os.getpid(),
         }

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -27,6 +28,7 @@ import attrs
 from ..config import SlotSpec
 from ..errors import ConfigError, StageError
 from ..execution import Shard, Task, run_shards
+from ..execution.usage import attribute
 from ..generation import CachedBackend, cached_completions
 from ..options import Options, bounded
 from ..prompts import closed_book_messages, rc_messages
@@ -247,7 +249,7 @@ class GenerationsStage(Stage):
             )
         engine = self.run_ctx.engine
         task = Task("backend", "selflearn.core.stages.generations:generate_shard", "generations",
-                    spec=self._backend_spec())
+                    spec=self._backend_spec(), usage="selflearn.core.stages.generations:backend_usage")
         try:
             probe = engine.probe(task)
             identity = probe["identity"]
@@ -264,6 +266,7 @@ class GenerationsStage(Stage):
             if self.flow == "paper":
                 engine.release("backend")  # G_SFT's backend is this stage's own
         summary = self._summary(records, made, self._ks())
+        summary.update(execution.pop("usage"))  # backend_usage, summed over the shards
         summary["execution"] = execution
         summary["sample_diversity"] = diversity
         if notes:  # first in report.md (a warning in a log is easy to miss)
@@ -359,11 +362,6 @@ class GenerationsStage(Stage):
             "backend_generations": made,
             "cached_generations": max(0, total - made),
         }
-        if self.run_ctx.engine.name == "local" and self.flow != "paper":  # else: on the workers
-            backend = self.run_ctx.component("backend")
-            usage = getattr(getattr(backend, "backend", backend), "usage", None)
-            if callable(usage):
-                summary["backend_usage"] = usage()
         return summary
 
 
@@ -376,6 +374,13 @@ def _record(q: Question, ref: Completion, yc: list[Completion], yr: list[Complet
         without_passage=yr,
         provenance={**provenance, "passage_id": q.passage_id, "document_id": q.document_id},
     )
+
+
+def backend_usage(backend: Any) -> dict[str, Any]:
+    """The backend's own counters under its cache wrapper (requests, tokens, cost, per replica),
+    read before and after each shard by the run's engine, on whichever process holds it."""
+    value = attribute(getattr(backend, "backend", backend), "usage")
+    return {"backend_usage": dict(value)} if isinstance(value, Mapping) else {}
 
 
 def generate_shard(backend: Any, payload: dict[str, Any]) -> dict[str, Any]:

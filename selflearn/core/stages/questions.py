@@ -18,13 +18,14 @@ tokens, estimated cost), and goes into the manifest.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from ..errors import ConfigError, StageError
 from ..execution import Shard, Task, run_shards
+from ..execution.usage import attribute
 from ..options import bounded
 from ..records import Passage, Question
 from .base import Stage
@@ -68,17 +69,24 @@ def document_batches(passages: Sequence[Passage], size: int) -> Iterator[list[Pa
         yield batch
 
 
-def _describe(generator: Any) -> dict[str, Any]:
+def _read(generator: Any, attr: str) -> Any:
+    """``generator.attr`` (called when a method), None when missing or failing: a description
+    must not fail the stage."""
+    try:
+        value = attribute(generator, attr)
+    except Exception:  # noqa: BLE001
+        return None
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def generator_usage(generator: Any) -> dict[str, Any]:
+    """The generator's counters (``usage``: calls, tokens, cost; ``stats``: outcomes by reason)
+    read before and after each shard by the run's engine, on whichever process holds it."""
     out: dict[str, Any] = {}
-    for attr in ("identity", "usage", "stats"):
-        value = getattr(generator, attr, None)
-        if callable(value):
-            try:
-                value = value()
-            except Exception:  # noqa: BLE001 - a description must not fail the stage
-                value = None
-        if value is not None:
-            out[attr] = dict(value) if isinstance(value, dict) else value
+    for attr in ("usage", "stats"):
+        value = _read(generator, attr)
+        if isinstance(value, dict):
+            out[attr] = value
     return out
 
 
@@ -116,16 +124,23 @@ class QuestionsStage(Stage):
             Shard({"passages": batch, "per_passage": per_passage, "split": split}, items=len(batch))
             for batch in document_batches(passages, self.options.batch_size)
         ]
-        task = Task(slot, "selflearn.core.stages.questions:questions_shard", f"{split} questions")
+        task = _task(slot, split)
         values, self.execution[split] = run_shards(self.run_ctx.engine, task, shards)
-        return [Question.from_dict(q) for value in values for q in value]
+        questions = [Question.from_dict(q) for value in values for q in value]
+        self.generators[split] = {"identity": self._identity(task, questions),
+                                  **self.execution[split].pop("usage")}
+        return questions
 
-    def _describe_slot(self, slot: str) -> dict[str, Any]:
-        """The generator's identity, usage and stats (on Ray, these stay on the workers)."""
+    def _identity(self, task: Task, questions: list[Question]) -> Any:
+        """The generator's identity after its calls (a local generator names its backend only
+        once built): as its questions record it, the same under either engine; else as the
+        component (local) or its workers (Ray, before their calls) give it."""
+        for q in questions:
+            if isinstance(q.provenance.get("generator"), dict):
+                return q.provenance["generator"]
         if self.run_ctx.engine.name == "local":
-            return _describe(self.run_ctx.component(slot))
-        task = Task(slot, "selflearn.core.stages.questions:questions_shard", "questions")
-        return {"identity": self.run_ctx.engine.probe(task)["identity"]}
+            return _read(self.run_ctx.component(task.slot), "identity")
+        return self.run_ctx.engine.probe(task)["identity"]
 
     def run(self) -> dict[str, Any]:
         o: QuestionsOptions = self.options
@@ -141,11 +156,14 @@ class QuestionsStage(Stage):
             if test:
                 self.run_ctx.component("test_question_generator")
         self.execution: dict[str, Any] = {}
+        #: per split: the generator's identity, and its usage and outcome counts summed over
+        #: the split's shards (the same totals under either engine)
+        self.generators: dict[str, dict[str, Any]] = {}
         questions = self._generate("question_generator", train, o.per_passage, "train")
         if not questions:
             raise StageError(
                 f"no question was accepted for {len(train)} training passages; generator "
-                f"report: {self._describe_slot('question_generator').get('stats')}. Check the "
+                f"report: {self.generators['train'].get('stats')}. Check the "
                 "generator's model and prompt options."
             )
         test_questions = (
@@ -166,11 +184,11 @@ class QuestionsStage(Stage):
                 "train": without(questions, train),
                 "test": without(test_questions, test),
             },
-            "generator": self._describe_slot("question_generator"),
+            "generator": self.generators["train"],
             "execution": self.execution,
         }
         if test:
-            summary["test_generator"] = self._describe_slot("test_question_generator")
+            summary["test_generator"] = self.generators["test"]
         return summary
 
     def estimate(self) -> dict[str, Any]:
@@ -192,6 +210,11 @@ class QuestionsStage(Stage):
             "question_calls_at_most": calls + test_calls,
             "question_calls_at_least": len(train) * o.per_passage + len(test) * o.test_per_passage,
         }
+
+
+def _task(slot: str, split: str) -> Task:
+    return Task(slot, "selflearn.core.stages.questions:questions_shard", f"{split} questions",
+                usage="selflearn.core.stages.questions:generator_usage")
 
 
 def questions_shard(generator: Any, payload: dict[str, Any]) -> list[dict[str, Any]]:

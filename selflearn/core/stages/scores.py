@@ -98,7 +98,8 @@ def require_logprobs(gens: Sequence[Generations], scorer: dict[str, Any]) -> Non
     )
 
 
-SCORE_TASK = Task("scorer", "selflearn.core.stages.scores:score_shard", "scores")
+SCORE_TASK = Task("scorer", "selflearn.core.stages.scores:score_shard", "scores",
+                  usage="selflearn.core.stages.scores:scorer_usage")
 
 
 class ScoresStage(Stage):
@@ -192,13 +193,8 @@ class ScoresStage(Stage):
         }
         if o.no_passage:
             summary["no_passage"] = describe_scores([r.provenance["no_passage"]["score"] for r in records])
+        summary.update(execution.pop("usage"))  # model passes, summed over the shards
         summary["execution"] = execution
-        if self.run_ctx.engine.name == "local":  # a worker's model passes stay on the worker
-            scorer = self.run_ctx.component("scorer")
-            for part in ("engine", "encoder"):  # model passes made (0 on a fully cached re-run)
-                computed = getattr(getattr(scorer, part, None), "computed", None)
-                if isinstance(computed, int):
-                    summary[f"{part}_computed"] = computed
         return summary
 
     def _score(self, gens: list[Generations], questions: dict[str, Question]) -> tuple[list[ScoreResult], dict[str, Any]]:
@@ -216,6 +212,17 @@ class ScoresStage(Stage):
         values, execution = run_shards(self.run_ctx.engine, SCORE_TASK, shards, self.run_ctx.cache("shards"))
         results = [ScoreResult(score, list(samples)) for value in values for score, samples in value]
         return results, execution
+
+
+def scorer_usage(scorer: Any) -> dict[str, int]:
+    """The model passes the scorer's NLI engine or encoder made (not answered from their
+    caches), read before and after each shard by the run's engine, wherever the scorer is."""
+    out: dict[str, int] = {}
+    for part in ("engine", "encoder"):
+        computed = getattr(getattr(scorer, part, None), "computed", None)
+        if isinstance(computed, int):
+            out[f"{part}_computed"] = computed
+    return out
 
 
 def score_shard(scorer: Any, items: list[ScoreItem]) -> list[list[Any]]:
