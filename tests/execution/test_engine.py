@@ -193,3 +193,56 @@ def test_usage_sums_and_differences_leaf_by_leaf():
     assert total["generated"] is None  # a counter the component could not keep stays unknown
     assert usage.rounded({"x": 0.1 + 0.2}) == {"x": 0.3}
     assert usage.add_into(total, None) is total
+
+
+def _ray_engine(**options: Any) -> Any:
+    from selflearn.core.execution import ExecutionOptions
+    from selflearn.core.execution.ray_engine import RayEngine
+
+    return RayEngine(ExecutionOptions(engine="ray", **options), run=None, spec=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("options", "cluster", "path", "fix"), [
+    ({"num_gpus": 0.5}, {"CPU": 2.0}, "execution.num_gpus", "set execution.num_gpus: 0"),
+    ({"workers": 3, "num_gpus": 1}, {"CPU": 8.0, "GPU": 2.0}, "execution.num_gpus", "lower execution.workers"),
+    ({"workers": 3}, {"CPU": 2.0}, "execution.num_cpus", "lower execution.workers"),
+])
+def test_workers_a_started_cluster_can_never_place_are_refused(options, cluster, path, fix):
+    """Ray keeps an actor whose resources no node has pending without an error: the stage would
+    wait forever. On the Ray this run started, that is a ConfigError naming the option."""
+    engine = _ray_engine(**options)
+    engine._started_ray = True
+    with pytest.raises(ConfigError) as info:
+        engine._size(cluster)
+    message = str(info.value)
+    assert message.startswith(f"{path}:") and "waiting forever" in message and fix in message
+
+
+def test_workers_that_fit_or_a_joined_cluster_pass(caplog):
+    engine = _ray_engine(workers=2, num_gpus=0.5)
+    engine._started_ray = True
+    engine._size({"CPU": 16.0, "GPU": 1.0})  # two workers sharing the one GPU fit
+    assert engine._workers == 2 and engine._resources == {"num_cpus": 1.0, "num_gpus": 0.5}
+    joined = _ray_engine(num_gpus=1)  # a cluster joined by address may add GPU nodes later
+    with caplog.at_level("WARNING", logger="selflearn"):
+        joined._size({"CPU": 2.0})
+    assert "wait until the cluster has them" in caplog.text
+
+
+def test_fractional_gpus_on_a_cpu_only_machine_exit_2_instead_of_hanging(tmp_path):
+    """From the shell, on this machine without a GPU: the run stops with the fix, no hang."""
+    pytest.importorskip("ray")
+    import subprocess
+
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({
+        "run_dir": str(tmp_path / "run"),
+        "source": {"use": "wikipedia-offline", "options": {
+            "categories": ["History"], "train_per_category": 2, "test_per_category": 1, "min_words": 40}},
+        "question_generator": "template", "backend": "echo",
+        "execution": {"engine": "ray", "num_gpus": 0.5}}))
+    done = subprocess.run([sys.executable, "-m", "selflearn", "run", str(config), "--until", "questions"],
+                          capture_output=True, text=True, timeout=180)
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 2, err[-2000:]
+    assert "execution.num_gpus" in err and "set execution.num_gpus: 0" in err and "Traceback" not in err

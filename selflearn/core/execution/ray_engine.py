@@ -206,6 +206,30 @@ class RayEngine:
             workers = max(1, int(cpus // o.num_cpus) if o.num_cpus > 0 else 1)
         self._workers = workers
         self._resources = {"num_cpus": o.num_cpus, "num_gpus": num_gpus}
+        self._check_fits(cluster)
+
+    def _check_fits(self, cluster: dict[str, float]) -> None:
+        """Refuse workers the cluster can never place: Ray keeps such an actor pending without
+        an error, so the stage would wait forever. On a cluster this run started (or joined by
+        address, which may autoscale) only a warning: nodes with the resource may still come."""
+        short = []
+        for name, key in (("num_gpus", "GPU"), ("num_cpus", "CPU")):
+            need = self._workers * float(self._resources[name] or 0.0)
+            have = float(cluster.get(key, 0.0))
+            if need > have + 1e-9:
+                short.append((name, need, have, key))
+        if not short:
+            return
+        name, need, have, key = short[0]
+        what = (f"{self._workers} worker(s) at {name}: {self._resources[name]:g} need {need:g} {key}s, "
+                f"and the Ray cluster has {have:g}")
+        if not self._started_ray:
+            log.warning("execution: %s; the workers that do not fit wait until the cluster has "
+                        "them (an autoscaling cluster adds nodes)", what)
+            return
+        fix = ("set execution.num_gpus: 0 to run on the CPU" if key == "GPU" and have == 0
+               else f"lower execution.workers or execution.{name}")
+        raise ConfigError(f"{what}: Ray would keep the rest waiting forever; {fix}", f"execution.{name}")
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "ray", "workers": self._workers or self.options.workers}
