@@ -78,6 +78,11 @@ class RunContext:
         if spec is None:
             raise ConfigError(f"this stage needs a {slot!r} component, but none is configured", slot)
         comp = self.build(SLOTS[slot], spec, slot)
+        bind = getattr(comp, "bind_run", None) if spec.is_object else None
+        if callable(bind):
+            # a ready object that builds parts of its own in the run's context (e.g. the rounds'
+            # StoredQuestions): given this context, also on a worker that unpickled it unbound
+            bind(self)
         if slot == "backend" and not isinstance(comp, CachedBackend):
             comp = CachedBackend(comp, self.cache("generations"))
         self._components[slot] = comp

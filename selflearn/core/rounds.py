@@ -69,13 +69,6 @@ class Rounds:
                 "its 'model' option, so the backend must be given by name ({use: NAME, options: "
                 "{...}}), not as a ready Python object", "backend",
             )
-        if self.opts.passages == "fresh+unknown" and self.pipeline.execution.engine != "local":
-            raise ConfigError(
-                "passages: fresh+unknown hands the previous round's questions to the questions "
-                "stage through a wrapper of the configured generator, which runs in this process "
-                "only; use execution.engine: local, or rounds.passages: fresh",
-                "rounds.passages",
-            )
         evaluate = self.base.get("evaluate") or {}
         for key in ("candidate_model", "baseline_model"):
             if isinstance(evaluate, dict) and evaluate.get(key):
@@ -92,13 +85,10 @@ class Rounds:
         from .pipeline import Pipeline
 
         cfg = {**config, "run_dir": self._sub(sub), "cache_dir": self.cache_dir}
-        p = Pipeline(cfg, plugin_objects=self.pipeline.plugin_objects,
-                     load_entry_points=self.pipeline.load_entry_points)
-        for slot in ("question_generator", "test_question_generator"):
-            spec = p.slots.get(slot)
-            if spec is not None and isinstance(spec.obj, StoredQuestions):
-                spec.obj.bind(p.ctx)
-        return p
+        # the StoredQuestions in the question slots are bound to the round's context when the
+        # context (here, or a Ray worker's) first builds them (RunContext.component)
+        return Pipeline(cfg, plugin_objects=self.pipeline.plugin_objects,
+                        load_entry_points=self.pipeline.load_entry_points)
 
     def _backend_for(self, model: str) -> Any:
         """The user's backend, with its own ``model`` option (if any) replaced by ``model``."""

@@ -161,7 +161,7 @@ class StoredQuestions:
         self._ctx: RunContext | None = None
         self._inner: Any = None
 
-    def bind(self, ctx: RunContext) -> None:
+    def bind_run(self, ctx: RunContext) -> None:
         """The round's context, where the configured generator is built (with the round's
         backend, i.e. the model under training of that round); a generator built in an earlier
         context (whose backend that context closed) is dropped."""
@@ -182,7 +182,7 @@ class StoredQuestions:
     def _generator(self) -> Any:
         if self._inner is None:
             if self._ctx is None or self.inner_spec is None:
-                raise ConfigError("internal: StoredQuestions needs bind() before fresh passages")
+                raise ConfigError("internal: StoredQuestions needs bind_run() before fresh passages")
             self._inner = self._ctx.build("question_generator", self.inner_spec, "question_generator")
         return self._inner
 

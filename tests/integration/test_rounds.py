@@ -247,7 +247,6 @@ def test_round_settings_that_cannot_work_are_config_errors(tmp_path):
 
     base = {"run_dir": str(tmp_path / "r"), "model": "m", "rounds": {"count": 2, "passages": "fresh+unknown"}}
     cases = [
-        ({"execution": {"engine": "ray"}}, "rounds.passages"),
         ({"evaluate": {"candidate_model": "x"}}, "evaluate.candidate_model"),
         ({"rounds": {"count": 0}}, "rounds.count"),
         ({"rounds": "two"}, "rounds"),
@@ -263,7 +262,7 @@ def test_round_settings_that_cannot_work_are_config_errors(tmp_path):
     from selflearn.core.rounds_parts import StoredQuestions
 
     stored = StoredQuestions([Question(id="q", passage_id="p", document_id="d", text="Why?")], label="t")
-    stored.bind(object())  # type: ignore[arg-type]
+    stored.bind_run(object())  # type: ignore[arg-type]
     assert pickle.loads(pickle.dumps(stored)).identity() == stored.identity()
 
 
