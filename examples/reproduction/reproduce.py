@@ -111,6 +111,22 @@ def _count(path: str) -> int:
         return sum(1 for line in f if line.strip())
 
 
+def figures(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per role (baseline, candidate) the means of an ``evaluation/report.json``: held-out and
+    known-item disagreement, and each QA set's contains / exact / f1."""
+    out: dict[str, dict[str, Any]] = {}
+    for role in ("baseline", "candidate"):
+        fig: dict[str, Any] = {}
+        for set_name in ("test", "known"):
+            block = (report.get(set_name) or {}).get("disagreement")
+            if block:
+                fig[f"{set_name}_disagreement"] = block[role]["mean"]
+        for qa_name, q in (report.get("qa") or {}).items():
+            fig[f"qa:{qa_name}"] = {m: q[role][m]["mean"] for m in ("contains", "exact", "f1")}
+        out[role] = fig
+    return out
+
+
 def collect(root: str, names: list[str], seeds: list[int]) -> dict[str, Any]:
     """Per arm and seed: the figures of its evaluation report, its data sizes and stage times."""
     runs: dict[str, dict[str, Any]] = {}
@@ -130,15 +146,7 @@ def collect(root: str, names: list[str], seeds: list[int]) -> dict[str, Any]:
                                                 if k in summary},
                                    "seconds": {s: (manifest.get("stages", {}).get(s) or {}).get("seconds")
                                                for s in ("datasets", "train", "evaluate")}}
-            for role in ("baseline", "candidate"):
-                fig: dict[str, Any] = {}
-                for set_name in ("test", "known"):
-                    block = (report.get(set_name) or {}).get("disagreement")
-                    if block:
-                        fig[f"{set_name}_disagreement"] = block[role]["mean"]
-                for qa_name, q in (report.get("qa") or {}).items():
-                    fig[f"qa:{qa_name}"] = {m: q[role][m]["mean"] for m in ("contains", "exact", "f1")}
-                row[role] = fig
+            row.update(figures(report))
             row["detection"] = report.get("detection")
             runs[f"{arm}/seed{seed}"] = row
     data_manifest = os.path.join(root, "data", "manifest.json")
@@ -297,6 +305,17 @@ def report(root: str, names: list[str], seeds: list[int]) -> str:
     return out_dir
 
 
+def apply_sets(base: dict[str, Any], items: list[str]) -> None:
+    """``--set a.b.c=YAML`` overrides, in place (missing sections are created)."""
+    for item in items:
+        key, _, raw = item.partition("=")
+        node = base
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=os.path.join(HERE, "base.yaml"))
@@ -313,13 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     with open(args.config, encoding="utf-8") as f:
         base = yaml.safe_load(f)
-    for item in args.set:
-        key, _, raw = item.partition("=")
-        node = base
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+    apply_sets(base, args.set)
     with open(args.arms_file, encoding="utf-8") as f:
         arms = yaml.safe_load(f)
     names = args.arms or list(arms)
