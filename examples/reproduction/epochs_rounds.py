@@ -27,30 +27,35 @@ base.yaml; ``--set`` overrides either). Two parts, every arm over the training s
     The filters are ``--rounds-filters`` (default: filtered, the method's setting).
 
 Everything is resumable: the same command after a kill, or after ``--deadline-minutes`` stopped
-it (exit code 3), goes on from the run directories. ``<root>/results/`` receives
-``results.json``, ``results.md`` and ``epochs_rounds.png`` (paired changes, mean +- sd over seeds
-and every seed); the Markdown table is printed.
+it (exit code 3), goes on from the run directories. ``--jobs N`` runs N seeds at once, each in
+its own process with its own copy of the cache (made once from the data stages' cache; a cache
+is an append-only file that one process writes), the hf backend then decoding at most
+WORKER_BATCH rows at a time so that three processes share one GPU's memory. ``<root>/results/``
+receives ``results.json``, ``results.md`` and ``epochs_rounds.png`` (paired changes, mean +- sd
+over seeds and every seed); the Markdown table is printed.
 
-GPU time on one H100 (rates of docs/results.md's wall-time table, 2,000 passages, K = 10;
-fixed costs per model load and stage included there). Scale: 5 topics x 80 leads = N = 400
-training passages (B: 200 per round), 50 held-out; E = 3; S = 40.
+GPU time on one H100, from the rates of docs/results.md's wall-time table (2,000 passages,
+K = 10: questions 15 ms a question, generations 50k tokens/s, scores 1,900 sentences/s, DPO
+~0.3 s a step of 32 pairs, SFT ~0.5 s a step; a training's load and save ~12 s, an
+evaluation's model ~10 s). Scale (epochs_rounds.yaml): 5 topics x 80 leads = N = 400 training
+passages (B: 200 per round), 50 held-out, K = 10; E = 5; S = 40; 200 FanOutQA and 200 trivia
+questions.
 
-* start-up: imports, GGUF conversion (30 s), first compilation of the decoder: ~60 s
-* data stages once: N x (15 ms questions + 30 ms generations + 29 ms scores) = 30 s, plus
-  ~25 s of model loads and new batch shapes: ~55 s
-* (A) per seed: SFT on ~400 rows = 13 steps at ~0.5 s + ~15 s = 22 s; DPO: unfiltered ~390
-  pairs x 3 / 32 = 37 steps, filtered and random ~57 pairs (14%, as in docs/results.md) x 3 /
-  32 = 6 steps each: 49 steps x 0.3 s + 3 x ~10 s = 45 s; datasets 3 x ~5 s; evaluate: the SFT
-  model's answers and 3 DPO models' (~370 answers each) at ~8 s, plus ~3 s per run: 41 s.
-  Together ~125 s.
-* (B) per seed: round 2's data: 200 fresh + ~195 carried questions x 74 ms = 29 s + ~15 s of
-  loads: 44 s; DPO 2 x 40 steps x 0.3 s + 3 x ~10 s = 54 s; datasets 3 x ~5 s; evaluate 3 new
-  models at ~8 s + 4 runs x ~3 s = 36 s (the original model's answers once: ~8 s); the cached
-  data stages of round 1 and of the one-round run: ~10 x 1 s. Together ~160 s.
-* total: 60 + 55 + 3 x (125 + 160) + 8 = ~980 s, about 16 minutes: over one 10-minute call.
-  The seeds run one after another (seed 1 of both parts, then seed 2, ...), so a call that
-  stops at its deadline leaves whole seeds; a second call resumes where it stopped (the rounds
-  part alone: ``--parts rounds``; one seed: ``--seeds 1``).
+* data stages, once: 450 questions 7 s; 400 x 21 generations (0.6 M tokens) 12 s; 21,600
+  sentences 12 s; passages and the GGUF conversion 35 s: ~70 s, plus ~20 s of imports.
+* (A) per seed: SFT on ~400 rows, 13 steps: ~22 s. DPO: unfiltered ~390 pairs x 5 / 32 = 61
+  steps, filtered and random ~57 pairs (14%, as in docs/results.md) = 10 steps each: 81 x
+  0.3 s + 3 x 12 s = 60 s. datasets: the SFT self-labels once, ~7 s. evaluate: the SFT model
+  and 3 DPO models at ~10 s + ~2 s a run: 46 s. Together ~135 s.
+* (B) per seed: one round: 40 DPO steps 24 s, evaluation of the original model and its model
+  20 s, cached data stages 4 s. Two rounds: round 1 (20 steps) 18 s + evaluation 10 s + 4 s;
+  round 2's data with round 1's model (200 fresh + ~195 carried questions): questions 11 s,
+  generations 13 s, scores 11 s; 20 steps 18 s; evaluation 10 s + vs-base 3 s. ~145 s.
+* one seed after another: 90 + 3 x 280 s = ~15.5 minutes, more than one 10-minute call.
+  With ``--jobs 3``: 90 s + ~15 s of imports + 280 s stretched by three processes sharing the
+  GPU (their steps are mostly launch- and CPU-bound; guessed 1.3-1.7x): ~8-10 minutes. The
+  GPU call (gpu_session.sh rounds) starts no new run after 6.5 minutes and stops at 550 s, so
+  that the tables are written; a further call of the same command resumes what was left.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@
 # Calls, one after another on the same warm machine:
 #   gpu_session.sh part1           (carry .assets/r1)
 #   gpu_session.sh part2           (carry .assets/r2)
-#   gpu_session.sh rounds 6.5      (carry .assets/r3; epochs_rounds.py, issue 20's measurement:
-#                                   no new run after 6.5 minutes, stopped at 550 s)
+#   gpu_session.sh rounds 6.5      (carry .assets/r3; epochs_rounds.py --jobs 3, issue 20's
+#                                   measurement: no new run after 6.5 minutes, stopped at 550 s)
 #   gpu_session.sh run 8           (or: reproduce.py, docs/results.md, for at most 8 minutes)
 # and the same "rounds" / "run" command again while the machine is warm: it resumes.
 set -euo pipefail
@@ -37,7 +37,7 @@ assemble() {
 collect() {
   if [ -n "${OUT:-}" ]; then
     cp -r "$1/results" "$OUT/" 2>/dev/null || true
-    tar czf "$OUT/runs.tgz" --exclude=models --exclude=cache --exclude=datasets --exclude='*.parquet' \
+    tar czf "$OUT/runs.tgz" --exclude=models --exclude='cache*' --exclude=datasets --exclude='*.parquet' \
       --exclude=generations.jsonl --exclude=scores.jsonl --exclude=detection.jsonl \
       -C "$(dirname "$1")" "$(basename "$1")" 2>/dev/null || true
   fi
@@ -70,9 +70,11 @@ case "${1:-}" in
     set +e
     # the driver starts no new run after $2 minutes; a run still going at HARD_S seconds is
     # stopped (it resumes on the next call) so that the tables are written and come back
+    mkdir -p "$ROOT"
     timeout -s INT -k 20 "${HARD_S:-550}" python3 examples/reproduction/epochs_rounds.py --root "$ROOT" \
-      --deadline-minutes "${2:-6.5}" "${@:3}"
-    rc=$?
+      --jobs "${JOBS:-3}" --deadline-minutes "${2:-6.5}" "${@:3}" 2>&1 | tee -a "$ROOT/epochs_rounds.log"
+    rc=${PIPESTATUS[0]}
+    [ -n "${OUT:-}" ] && gzip -c "$ROOT/epochs_rounds.log" > "$OUT/epochs_rounds.log.gz"
     python3 examples/reproduction/epochs_rounds.py --root "$ROOT" --report-only "${@:3}" > /dev/null
     set -e
     collect "$ROOT"
