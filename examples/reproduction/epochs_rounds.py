@@ -476,7 +476,8 @@ def _seed_table(rows: list[dict[str, Any]]) -> list[str]:
              "|" + "---|" * (6 + len(METRICS))]
     for r in rows:
         cells = [r["part"], r["arm"], str(r["seed"]), str(r["dpo_pairs"]),
-                 " + ".join(map(str, r.get("steps_per_round") or [r.get("dpo_steps")])), str(r.get("known_items"))]
+                 " + ".join(map(str, r.get("steps_per_round") or [r.get("dpo_steps")])),
+                 "–" if r.get("known_items") is None else str(r["known_items"])]
         for key, _, pct in METRICS:
             b, c = value(r["baseline"], key), value(r["candidate"], key)
             if b is None or c is None:
@@ -585,7 +586,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="override a setting, e.g. --set source.options.train_per_category=4")
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds run at once, each in its own process with its own copy of the cache "
-                             f"(GPU: 3; the hf backend then decodes at most {WORKER_BATCH} rows at a time)")
+                             f"(GPU: 3; the hf backend then decodes at most {WORKER_BATCH} rows at a time, "
+                             "which enters the stages' fingerprints: resume with the same --jobs)")
     parser.add_argument("--deadline-minutes", type=float, default=None,
                         help="start no new run after this many minutes (then run again)")
     parser.add_argument("--report-only", action="store_true")

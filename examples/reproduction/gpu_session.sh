@@ -33,12 +33,12 @@ assemble() {
   python3 -c "import torch, transformers, trl, peft, datasets; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'datasets', datasets.__version__, torch.cuda.get_device_name())"
 }
 
-# $1: run root, $2: results folder name; what comes back under $OUT (small files only)
+# $1: run root, then more tar options; what comes back under $OUT (small files only)
 collect() {
   if [ -n "${OUT:-}" ]; then
     cp -r "$1/results" "$OUT/" 2>/dev/null || true
     tar czf "$OUT/runs.tgz" --exclude=models --exclude='cache*' --exclude=datasets --exclude='*.parquet' \
-      --exclude=generations.jsonl --exclude=scores.jsonl --exclude=detection.jsonl \
+      --exclude=generations.jsonl --exclude=scores.jsonl --exclude=detection.jsonl "${@:2}" \
       -C "$(dirname "$1")" "$(basename "$1")" 2>/dev/null || true
   fi
 }
@@ -77,7 +77,10 @@ case "${1:-}" in
     [ -n "${OUT:-}" ] && gzip -c "$ROOT/epochs_rounds.log" > "$OUT/epochs_rounds.log.gz"
     python3 examples/reproduction/epochs_rounds.py --root "$ROOT" --report-only "${@:3}" > /dev/null
     set -e
-    collect "$ROOT"
+    # 24+ runs: their reports, manifests, pairs and answers (not the per-run plots, SFT rows,
+    # passages or the log, which comes back on its own)
+    collect "$ROOT" --exclude='*.png' --exclude=sft.jsonl --exclude=passages.jsonl \
+      --exclude=documents.jsonl --exclude=references.jsonl --exclude='*.log'
     echo "epochs_rounds.py exit status $rc (0: done, 3: deadline, 124: stopped at ${HARD_S:-550} s)"
     exit $rc
     ;;
