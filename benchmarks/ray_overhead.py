@@ -13,6 +13,8 @@ Writes ``ray.json`` and prints a Markdown table; run it from the repository root
     python benchmarks/ray_overhead.py --cpu --out runs/bench-ray-cpu
     python benchmarks/ray_overhead.py --gpu --questions 256 --out runs/bench-ray-gpu
     python benchmarks/ray_overhead.py --gpu --model DIR --repeats 2 --fractional  # + 2 workers at 0.5 GPU
+    python benchmarks/ray_overhead.py --gpu --fresh --arms local ...   # each arm in a new process;
+    python benchmarks/ray_overhead.py --gpu --fresh --arms ray-1 ...   # --arms splits it over calls
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -115,13 +119,13 @@ def summarise(runs: dict[str, list[dict[str, Any]]], stage: str) -> dict[str, An
     """Per arm: the stage's seconds in each repeat, their median, and whether every repeat wrote
     the same files as the reference arm's first run."""
     return {name: {"stage_s": [r["stages_s"].get(stage) for r in rs],
-                   "median_stage_s": median([r["stages_s"][stage] for r in rs]),
-                   "median_wall_s": median([r["wall_s"] for r in rs]),
+                   "median_stage_s": round(median([r["stages_s"][stage] for r in rs]), 2),
+                   "median_wall_s": round(median([r["wall_s"] for r in rs]), 2),
                    "same_outputs": all(all(r["outputs"].values()) for r in rs)}
             for name, rs in runs.items()}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--cpu", action="store_true", help="2 Ray workers against 1 on the reduced default")
@@ -134,7 +138,66 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=640, help="--gpu: the hf backend's sequences per pass")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each arm, in rotating order")
     ap.add_argument("--fractional", action="store_true", help="--gpu: also 2 workers at num_gpus 0.5")
-    args = ap.parse_args()
+    ap.add_argument("--fresh", action="store_true",
+                    help="run every arm in a new Python process, as `selflearn run` from the shell would: "
+                         "local then pays its own model load and compilation too")
+    ap.add_argument("--arms", default="", help="only these arms (comma-separated names); results of earlier "
+                    "invocations in --out are kept, so a long comparison can be split over several calls")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)  # NAME:REPEAT, run by --fresh
+    return ap.parse_args()
+
+
+def one_arm(args: argparse.Namespace, root: Path, config: dict[str, Any], until: str, name: str, rep: int) -> dict[str, Any]:
+    """Run arm ``name`` once (here, or with ``--fresh`` in a new process) and store its result
+    under ``results/``, where the summary collects every result of this output folder."""
+    out = root / "results" / f"{name}-{rep}.json"
+    out.parent.mkdir(exist_ok=True)
+    if args.fresh and not args.child:
+        subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--child", f"{name}:{rep}"],
+                       check=True)
+    else:
+        execution = dict(arms_for(args))[name]
+        result = run_arm(root / "base", root, f"{name}-{rep}", config, execution, until, reference=root / "reference")
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    result = json.loads(out.read_text())
+    print(f"{name} (repeat {rep}): {json.dumps(result['stages_s'])}", flush=True)
+    return result
+
+
+def collected(root: Path, arms: list[tuple[str, dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Every stored result per arm, in repeat order."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name, _ in arms:
+        files = sorted((root / "results").glob(f"{name}-*.json"), key=lambda f: int(f.stem.rsplit("-", 1)[1]))
+        if files:
+            runs[name] = [json.loads(f.read_text()) for f in files]
+    return runs
+
+
+def report(args: argparse.Namespace, root: Path, stage: str, arms: list[tuple[str, dict[str, Any]]]) -> None:
+    """ray.json and the Markdown table, over every result in ``--out``."""
+    runs = collected(root, arms)
+    summary = summarise(runs, stage)
+    result: dict[str, Any] = {"mode": "cpu" if args.cpu else "gpu", "cpus": os.cpu_count(), "stage": stage,
+                              "fresh_processes": args.fresh, "summary": summary, "runs": runs}
+    if args.gpu and "local" in summary:
+        local = summary["local"]["median_stage_s"]
+        result["ray_overhead_percent"] = {
+            name: round(100 * (s["median_stage_s"] - local) / local, 2) for name, s in summary.items() if name != "local"}
+    (root / "ray.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"| arm | execution | {stage} s (median) | runs | wall s (median) | same outputs |")
+    print("|---|---|---|---|---|---|")
+    for name, execution in arms:
+        if name in summary:
+            s = summary[name]
+            print(f"| {name} | {json.dumps(execution)} | {s['median_stage_s']} | {s['stage_s']} | "
+                  f"{s['median_wall_s']} | {s['same_outputs']} |")
+    if "ray_overhead_percent" in result:
+        print(f"\nRay's overhead on the {stage} stage, in percent of local: {result['ray_overhead_percent']}")
+
+
+def main() -> None:
+    args = parse_args()
     root = Path(args.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     base = root / "base"
@@ -143,31 +206,19 @@ def main() -> None:
     else:
         config = paper_shape(str(base), args.model, args.questions, args.k, args.max_new_tokens, args.batch_size)
         prepare, until, stage = "questions", "generations", "generations"
-    Pipeline(config).run(until=prepare)
+    if args.child:
+        name, rep = args.child.split(":")
+        one_arm(args, root, config, until, name, int(rep))
+        return
+    Pipeline(config).run(until=prepare)  # resumes: the same base in every invocation
     arms = arms_for(args)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in arms}
+    chosen = [a for a in arms if not args.arms or a[0] in args.arms.split(",")]
     for rep in range(args.repeats):
-        for i in range(len(arms)):
-            name, execution = arms[(i + rep) % len(arms)]
-            result = run_arm(base, root, f"{name}-{rep}", config, execution, until, reference=root / "reference")
-            runs[name].append(result)
-            print(f"{name} (repeat {rep}): {json.dumps(result['stages_s'])}", flush=True)
-    summary = summarise(runs, stage)
-    report = {"mode": "cpu" if args.cpu else "gpu", "cpus": os.cpu_count(), "stage": stage,
-              "repeats": args.repeats, "summary": summary, "runs": runs}
-    if args.gpu:
-        local = summary["local"]["median_stage_s"]
-        report["ray_overhead_percent"] = {
-            name: round(100 * (s["median_stage_s"] - local) / local, 2) for name, s in summary.items() if name != "local"}
-    (root / "ray.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"| arm | execution | {stage} s (median of {args.repeats}) | runs | wall s (median) | same outputs |")
-    print("|---|---|---|---|---|---|")
-    for name, execution in arms:
-        s = summary[name]
-        print(f"| {name} | {json.dumps(execution)} | {s['median_stage_s']} | {s['stage_s']} | "
-              f"{s['median_wall_s']} | {s['same_outputs']} |")
-    if args.gpu:
-        print(f"\nRay's overhead on the {stage} stage, in percent of local: {report['ray_overhead_percent']}")
+        for i in range(len(chosen)):
+            name, _ = chosen[(i + rep) % len(chosen)]
+            done = len(list((root / "results").glob(f"{name}-*.json")))
+            one_arm(args, root, config, until, name, done)
+    report(args, root, stage, arms)
 
 
 if __name__ == "__main__":
