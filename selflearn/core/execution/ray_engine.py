@@ -229,7 +229,8 @@ class RayEngine:
             return
         fix = ("set execution.num_gpus: 0 to run on the CPU" if key == "GPU" and have == 0
                else f"lower execution.workers or execution.{name}")
-        raise ConfigError(f"{what}: Ray would keep the rest waiting forever; {fix}", f"execution.{name}")
+        raise ConfigError(f"{what}: Ray would keep the workers that do not fit waiting forever; {fix}",
+                          f"execution.{name}")
 
     def describe(self) -> dict[str, Any]:
         return {"engine": "ray", "workers": self._workers or self.options.workers}
