@@ -92,12 +92,7 @@ class Pipeline:
         )
         #: self-training in rounds (selflearn.core.rounds); None: one plain run
         self.rounds: RoundsOptions | None = parse_rounds(raw.get("rounds"))
-        self.slots: dict[str, SlotSpec | None] = {}
-        for slot, default in SLOT_DEFAULTS.items():
-            value = raw.get(slot, default)
-            self.slots[slot] = parse_slot(value, slot)
-        if self.slots["test_question_generator"] is None:
-            self.slots["test_question_generator"] = self.slots["question_generator"]
+        self.slots: dict[str, SlotSpec | None] = _parse_slots(raw)
         self.config: dict[str, Any] = {
             "run_dir": run_dir,
             "cache_dir": raw.get("cache_dir"),
@@ -117,15 +112,7 @@ class Pipeline:
         )
         self.ctx.execution = self.execution
         self.ctx.engine = make_engine(self.execution, self.ctx, spec)
-        self._stage_options: dict[str, Any] = {}
-        self._stage_classes: dict[str, type[Stage]] = {}
-        for name, ref in STAGE_ORDER:
-            cls = load_object(ref, f"stage {name!r}")
-            self._stage_classes[name] = cls
-            section = raw.get(name) or {}
-            if not isinstance(section, Mapping):
-                raise ConfigError(f"expected a mapping of stage options, got {section!r}", name)
-            self._stage_options[name] = build_options(cls.options_class, section, name)
+        self._stage_classes, self._stage_options = _load_stages(raw)
         # stages that share another stage's settings (the sft stage of flow: paper) read them here
         self.ctx.stage_options = self._stage_options
         self.ctx.describe = self.describe
@@ -411,6 +398,30 @@ def _execution_options(section: Any) -> ExecutionOptions:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _parse_slots(raw: Mapping[str, Any]) -> dict[str, SlotSpec | None]:
+    """Every component slot's spec (its default where the config is silent); held-out questions
+    are written by the training questions' generator unless one of their own is given."""
+    slots = {slot: parse_slot(raw.get(slot, default), slot) for slot, default in SLOT_DEFAULTS.items()}
+    if slots["test_question_generator"] is None:
+        slots["test_question_generator"] = slots["question_generator"]
+    return slots
+
+
+def _load_stages(raw: Mapping[str, Any]) -> tuple[dict[str, type[Stage]], dict[str, Any]]:
+    """The stage classes and their options, each section checked against its stage's options
+    class (so a typo in any stage's section stops the run before the first stage)."""
+    classes: dict[str, type[Stage]] = {}
+    options: dict[str, Any] = {}
+    for name, ref in STAGE_ORDER:
+        cls = load_object(ref, f"stage {name!r}")
+        classes[name] = cls
+        section = raw.get(name) or {}
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"expected a mapping of stage options, got {section!r}", name)
+        options[name] = build_options(cls.options_class, section, name)
+    return classes, options
 
 
 def _general_settings(raw: Mapping[str, Any]) -> tuple[list[str], bool | None, int, str | None, str, str]:

@@ -262,21 +262,7 @@ class DatasetsStage(Stage):
         for q in questions:
             s = scores.get(q.id)
             g = gens.get(q.id)
-            bases[q.id] = {
-                "question_id": q.id,
-                "passage_id": q.passage_id,
-                "document_id": q.document_id,
-                "s_l": s.s_l if s else None,
-                "s_k": s.s_k if s else None,
-                "consistency_samples": s.consistency_samples if s else [],
-                "knowledge_samples": s.knowledge_samples if s else [],
-                "thresholds": thresholds,
-                "scorer": s.provenance.get("scorer") if s else None,
-                "generation": {k: g.provenance.get(k) for k in ("backend", "k")} if g else None,
-                "variant": o.variant,
-                "pair_mode": o.pair_mode,
-                "truncated_samples": o.truncated_samples,
-            }
+            bases[q.id] = self._base(q, g, s, thresholds)
             if g is None:
                 removed["no_generations"] += 1
             elif s is None:
@@ -308,6 +294,27 @@ class DatasetsStage(Stage):
             self._push(tables, summary)
         self.store.write_json("datasets_summary.json", summary)
         return summary
+
+    def _base(self, q: Question, g: Generations | None, s: Scores | None,
+              thresholds: dict[str, Any]) -> dict[str, Any]:
+        """What every row built from question ``q`` records of where it came from: its scores,
+        the thresholds and settings that chose it, the scorer and the backend that answered."""
+        o: DatasetsOptions = self.options
+        return {
+            "question_id": q.id,
+            "passage_id": q.passage_id,
+            "document_id": q.document_id,
+            "s_l": s.s_l if s else None,
+            "s_k": s.s_k if s else None,
+            "consistency_samples": s.consistency_samples if s else [],
+            "knowledge_samples": s.knowledge_samples if s else [],
+            "thresholds": thresholds,
+            "scorer": s.provenance.get("scorer") if s else None,
+            "generation": {k: g.provenance.get(k) for k in ("backend", "k")} if g else None,
+            "variant": o.variant,
+            "pair_mode": o.pair_mode,
+            "truncated_samples": o.truncated_samples,
+        }
 
     def _summary(
         self,
