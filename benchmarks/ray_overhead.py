@@ -180,7 +180,7 @@ def report(args: argparse.Namespace, root: Path, stage: str, arms: list[tuple[st
     summary = summarise(runs, stage)
     result: dict[str, Any] = {"mode": "cpu" if args.cpu else "gpu", "cpus": os.cpu_count(), "stage": stage,
                               "fresh_processes": args.fresh, "summary": summary, "runs": runs}
-    if args.gpu and "local" in summary:
+    if args.gpu and "local" in summary and len(summary) > 1:
         local = summary["local"]["median_stage_s"]
         result["ray_overhead_percent"] = {
             name: round(100 * (s["median_stage_s"] - local) / local, 2) for name, s in summary.items() if name != "local"}
