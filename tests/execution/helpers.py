@@ -24,13 +24,22 @@ class KillOnceBackend(EchoBackend):
         super().__init__(Options())
         self.marker = marker
 
+    def _first(self) -> bool:
+        """True in exactly one process: the marker is created atomically (two workers starting
+        their first shards at once both saw no marker with an exists-then-write check)."""
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams, *, n: int = 1,
                  sample_offset: int = 0) -> list[list[Completion]]:
         import ray
 
-        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() and not os.path.exists(self.marker):
-            with open(self.marker, "w") as f:
-                f.write(str(os.getpid()))
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() and self._first():
             ray.kill(ray.get_runtime_context().current_actor)  # mid-shard: nothing returned
             time.sleep(60)
         return super().generate(prompts, params, n=n, sample_offset=sample_offset)
