@@ -10,7 +10,6 @@ model on the same held-out questions. The configs it builds from the real base.y
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import math
@@ -26,6 +25,8 @@ import yaml
 from selflearn import Pipeline
 from selflearn.core.config import default_config, merge
 
+from .test_rounds import QuestionHashScorer  # S_L = S_K = a hash of the question
+
 HERE = Path(__file__).resolve().parents[2] / "examples" / "reproduction"
 
 
@@ -36,23 +37,6 @@ def _driver() -> Any:
     sys.modules[spec.name] = module  # its dataclass resolves annotations through it
     spec.loader.exec_module(module)
     return module
-
-
-class QuestionHashScorer:
-    """S_L = S_K = a hash of the question: a random tiny model's answers all score 1.0 with the
-    real scorers, which would leave the knowledge filter nothing to choose."""
-
-    def identity(self) -> dict[str, Any]:
-        return {"scorer": "question-hash"}
-
-    def score(self, items: Any) -> list[Any]:
-        from selflearn.core.protocols import ScoreResult
-
-        out = []
-        for item in items:
-            value = int(hashlib.sha256(item.question.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-            out.append(ScoreResult(score=value, sample_scores=[value] * len(item.samples)))
-        return out
 
 
 def _base(model: str) -> dict[str, Any]:
