@@ -209,18 +209,16 @@ class RayEngine:
         self._check_fits(cluster)
 
     def _check_fits(self, cluster: dict[str, float]) -> None:
-        """Refuse workers the cluster can never place: Ray keeps such an actor pending without
-        an error, so the stage would wait forever. On a cluster this run started (or joined by
-        address, which may autoscale) only a warning: nodes with the resource may still come."""
-        short = []
+        """Refuse workers the Ray this run started can never place: Ray keeps such an actor
+        pending without an error, so the stage would wait forever. On a cluster joined by
+        address (which may autoscale) only a warning: nodes with the resource may still come."""
         for name, key in (("num_gpus", "GPU"), ("num_cpus", "CPU")):
             need = self._workers * float(self._resources[name] or 0.0)
             have = float(cluster.get(key, 0.0))
             if need > have + 1e-9:
-                short.append((name, need, have, key))
-        if not short:
+                break
+        else:
             return
-        name, need, have, key = short[0]
         what = (f"{self._workers} worker(s) at {name}: {self._resources[name]:g} need {need:g} {key}s, "
                 f"and the Ray cluster has {have:g}")
         if not self._started_ray:
