@@ -410,9 +410,32 @@ def _agreement(mine: list[list[int]], ref: list[list[int]]) -> tuple[int, list[f
 
 
 # -- NLI ------------------------------------------------------------------------------------------
-def nli_section(args: argparse.Namespace, work: str, corpus: list[str]) -> None:
+def build_nli(size: dict[str, Any], tok_dir: str, out: str, device: str) -> str:
+    """A random-weight DeBERTa-v2/v3 two-class NLI classifier of ``size`` saved (in bfloat16 on a
+    GPU) with the tokenizer: the scorer's cost depends on the shape, not on the weights."""
     import torch
     from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    big = size is DEBERTA_V3_LARGE
+    config = DebertaV2Config(
+        vocab_size=max(128100 if big else 0, len(tok)), max_position_embeddings=512,
+        relative_attention=True, position_buckets=256, pos_att_type=["p2c", "c2p"],
+        norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False, type_vocab_size=0,
+        pad_token_id=tok.pad_token_id, num_labels=2, id2label={0: "entailment", 1: "contradiction"},
+        label2id={"entailment": 0, "contradiction": 1}, max_relative_positions=-1, **size,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = DebertaV2ForSequenceClassification(config)
+    model.to(torch.bfloat16 if device == "cuda" else torch.float32).save_pretrained(out)
+    tok.save_pretrained(out)
+    del model
+    return out
+
+
+def nli_section(args: argparse.Namespace, work: str, corpus: list[str]) -> None:
+    import torch
 
     from selflearn.builtin.scorers import nli
     from selflearn.builtin.scorers._common import token_batches
@@ -422,22 +445,7 @@ def nli_section(args: argparse.Namespace, work: str, corpus: list[str]) -> None:
 
     tok_path = os.path.join(args.nli_assets, "tokenizer")
     tok_dir = tok_path if os.path.isdir(tok_path) and not args.smoke else tokenizer_dir("nli_tok", args, work, corpus)
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    size = DEBERTA_TINY if args.smoke else DEBERTA_V3_LARGE
-    config = DebertaV2Config(
-        vocab_size=max(128100 if not args.smoke else 0, len(tok)), max_position_embeddings=512,
-        relative_attention=True, position_buckets=256, pos_att_type=["p2c", "c2p"],
-        norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False, type_vocab_size=0,
-        pad_token_id=tok.pad_token_id, num_labels=2, id2label={0: "entailment", 1: "contradiction"},
-        label2id={"entailment": 0, "contradiction": 1}, max_relative_positions=-1, **size,
-    )
-    torch.manual_seed(0)
-    with torch.device(args.device):
-        model = DebertaV2ForSequenceClassification(config)
-    folder = os.path.join(work, "nli-model")
-    model.to(torch.bfloat16 if args.device == "cuda" else torch.float32).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    del model
+    folder = build_nli(DEBERTA_TINY if args.smoke else DEBERTA_V3_LARGE, tok_dir, os.path.join(work, "nli-model"), args.device)
     rng = random.Random(5)
     res = RESULTS.setdefault("nli", {})
     n_items = 8 if args.smoke else args.nli_items
@@ -486,7 +494,7 @@ def nli_section(args: argparse.Namespace, work: str, corpus: list[str]) -> None:
     for length in x_len:
         engine = NLIEngine(folder, device=args.device)
         engine._load()
-        x = torch.randint(10, min(30000, len(tok) - 1), (64, length), device=args.device)
+        x = torch.randint(10, min(30000, len(engine._tokenizer) - 1), (64, length), device=args.device)
         m = torch.ones_like(x)
         with torch.inference_mode():
             for _ in range(3):
