@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,6 +49,46 @@ Progress = Callable[..., Iterable[Any]]
 _LAG = 4
 #: pairs tokenised at a time (the next chunk is tokenised while the GPU runs this one)
 _CHUNK = 4096
+
+
+#: a launched batch: its pair indices, its probabilities (pinned host memory on CUDA, filled
+#: asynchronously) and the CUDA event recorded after the copy (None on the CPU)
+_Pending = tuple[list[int], Any, Any]
+
+
+def _to_device(arr: Any, device: str) -> Any:
+    """A numpy array as a tensor on ``device``; on CUDA through pinned memory, so the copy is
+    asynchronous and the host goes on padding the next batch."""
+    import torch
+
+    tensor = torch.from_numpy(arr)
+    return tensor.pin_memory().to(device, non_blocking=True) if device.startswith("cuda") else tensor
+
+
+def _batch_inputs(
+    ids: list[list[int]], types: list[list[int]] | None, lengths: Any, local: list[int], pad: int,
+    device: str,
+) -> dict[str, Any]:
+    """The model inputs of the rows ``local`` of a chunk, right-padded to their longest row
+    only (batches follow token lengths, so padding stays small)."""
+    import numpy as np
+
+    def padded(rows: list[list[int]], width: int, fill: int) -> Any:
+        arr = np.full((len(rows), width), fill, dtype=np.int64)
+        for r, row in enumerate(rows):
+            arr[r, : len(row)] = row
+        return _to_device(arr, device)
+
+    width = int(lengths[local].max())
+    inputs = {
+        "input_ids": padded([ids[j] for j in local], width, pad),
+        "attention_mask": _to_device(
+            (np.arange(width)[None, :] < lengths[local][:, None]).astype(np.int64), device
+        ),
+    }
+    if types is not None:
+        inputs["token_type_ids"] = padded([types[j] for j in local], width, 0)
+    return inputs
 
 
 def label_indices(
@@ -237,78 +277,80 @@ class NLIEngine:
           back ``_LAG`` batches later (a CUDA event says when), so the next batches are padded
           and launched while the GPU computes.
         """
-        import numpy as np
         import torch
 
         self._load()
         t1 = time.perf_counter()
-        tok = self._tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         order = sorted(range(len(pairs)), key=lambda i: (-len(pairs[i][0]) - len(pairs[i][1]), i))
         chunks = [order[i : i + _CHUNK] for i in range(0, len(order), _CHUNK)]
         out: list[list[float] | None] = [None] * len(pairs)
-        device = self.device
-        cuda = device.startswith("cuda")
-        pending: list[tuple[list[int], Any, Any]] = []  # (pair indices, host probabilities, event)
-
-        def collect(batch: list[int], host: Any, event: Any) -> None:
-            if event is not None:
-                event.synchronize()
-            probs = host.tolist()
-            for row, i in enumerate(batch):
-                out[i] = probs[row]
-            if self.cache is not None:
-                self.cache.put_many((keys[i], probs[r]) for r, i in enumerate(batch))
-
-        def to_device(arr: Any) -> Any:
-            tensor = torch.from_numpy(arr)
-            return tensor.pin_memory().to(device, non_blocking=True) if cuda else tensor
-
-        def padded(rows: list[list[int]], width: int, fill: int) -> Any:
-            arr = np.full((len(rows), width), fill, dtype=np.int64)
-            for r, row in enumerate(rows):
-                arr[r, : len(row)] = row
-            return to_device(arr)
-
-        iterator: Iterable[int] = range(len(chunks))
-        if self.progress is not None and len(chunks) > 1:
-            iterator = self.progress(iterator, total=len(chunks), desc="nli", unit="chunk")
+        pending: list[_Pending] = []
         with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
             future = pool.submit(self._encode, [pairs[i] for i in chunks[0]]) if chunks else None
-            for c in iterator:
+            for c in self._chunk_progress(len(chunks)):
                 assert future is not None
                 ids, types = future.result()
                 if c + 1 < len(chunks):
                     future = pool.submit(self._encode, [pairs[i] for i in chunks[c + 1]])
-                chunk = chunks[c]
-                lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-                for local in token_batches(lengths.tolist(), self.max_tokens_per_batch, self.batch_size):
-                    width = int(lengths[local].max())
-                    inputs = {
-                        "input_ids": padded([ids[j] for j in local], width, pad),
-                        "attention_mask": to_device(
-                            (np.arange(width)[None, :] < lengths[local][:, None]).astype(np.int64)
-                        ),
-                    }
-                    if types is not None:
-                        inputs["token_type_ids"] = padded([types[j] for j in local], width, 0)
-                    probs_t = torch.softmax(self._model(**inputs).logits.float(), dim=-1)
-                    batch = [chunk[j] for j in local]
-                    if cuda:
-                        host = torch.empty(probs_t.shape, dtype=probs_t.dtype, pin_memory=True)
-                        host.copy_(probs_t, non_blocking=True)
-                        event = torch.cuda.Event()
-                        event.record()
-                        pending.append((batch, host, event))
-                    else:
-                        pending.append((batch, probs_t, None))
+                for launched in self._launch_batches(chunks[c], ids, types):
+                    pending.append(launched)
                     while len(pending) > _LAG:
-                        collect(*pending.pop(0))
+                        self._store(pending.pop(0), out, keys)
             while pending:
-                collect(*pending.pop(0))
+                self._store(pending.pop(0), out, keys)
         self.timing["model_s"] += time.perf_counter() - t1
         self.computed += len(pairs)
         return out  # type: ignore[return-value]
+
+    def _chunk_progress(self, n_chunks: int) -> Iterable[int]:
+        """The chunk indices, through the progress bar when there is one and more than one
+        chunk (a single chunk finishes too fast for a bar to say anything)."""
+        iterator: Iterable[int] = range(n_chunks)
+        if self.progress is not None and n_chunks > 1:
+            iterator = self.progress(iterator, total=n_chunks, desc="nli", unit="chunk")
+        return iterator
+
+    def _launch_batches(
+        self, chunk: list[int], ids: list[list[int]], types: list[list[int]] | None
+    ) -> Iterator[_Pending]:
+        """Pad and run each token-budget batch of one tokenised chunk (``chunk`` maps its rows
+        to pair indices), yielding each as soon as it is launched.
+
+        On CUDA the probabilities are copied to pinned host memory asynchronously and a CUDA
+        event marks when they are there, so the caller can launch more batches before reading
+        them; on the CPU they are ready at once (event None).
+        """
+        import numpy as np
+        import torch
+
+        tok = self._tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        device = self.device
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        for local in token_batches(lengths.tolist(), self.max_tokens_per_batch, self.batch_size):
+            inputs = _batch_inputs(ids, types, lengths, local, pad, device)
+            probs_t = torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+            batch = [chunk[j] for j in local]
+            if device.startswith("cuda"):
+                host = torch.empty(probs_t.shape, dtype=probs_t.dtype, pin_memory=True)
+                host.copy_(probs_t, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                yield batch, host, event
+            else:
+                yield batch, probs_t, None
+
+    def _store(self, launched: _Pending, out: list[list[float] | None], keys: list[str]) -> None:
+        """Read one launched batch's probabilities back (waiting for its event) into ``out``
+        at its pairs' positions, and into the persistent cache under ``keys``."""
+        batch, host, event = launched
+        if event is not None:
+            event.synchronize()
+        probs = host.tolist()
+        for row, i in enumerate(batch):
+            out[i] = probs[row]
+        if self.cache is not None:
+            self.cache.put_many((keys[i], probs[r]) for r, i in enumerate(batch))
 
     def close(self) -> None:
         self._model = None
