@@ -223,8 +223,6 @@ class SentenceChunker:
         return "".join(parts)
 
     def chunk(self, document: Document, *, max_passages: int | None = None) -> list[Passage]:
-        o = self.options
-        L = o.max_tokens
         units = self._units(document.text)
         self.stats["documents"] += 1
         if not units:
@@ -232,52 +230,8 @@ class SentenceChunker:
         counts = self.counter.count([u.text for u in units])
         for u, n in zip(units, counts, strict=True):
             u.n = n
-        header: _Unit | None = None
-        if o.prefix_first_sentence and not units[0].heading:
-            if units[0].n <= o.max_header_fraction * L:
-                header, units = units[0], units[1:]
-            else:
-                self.stats["header_too_long"] += 1
-        sep = 2 if header is not None else 0  # a newline between header and body, with margin
-        budget = L - (header.n + sep if header is not None else 0)
-        body = self._fit(units, budget)
-        passages: list[str] = []
-        sizes: list[int] = []
-        i = 0
-        reached_end = False  # the last passage took the document's last sentence
-        while i < len(body) or (header is not None and not passages):
-            if max_passages is not None and len(passages) >= max_passages:
-                if i < len(body):
-                    self.stats["capped_documents"] += 1
-                break
-            if i < len(body) and body[i].heading:
-                i += 1  # a heading at a passage start: nothing to split
-                continue
-            # greedy estimate: always take one unit, then more while they fit
-            j, total = i, (header.n + sep if header is not None else 0)
-            while j < len(body) and not body[j].heading and (j == i or total + body[j].n + 1 <= L):
-                total += body[j].n + 1
-                j += 1
-            if j < len(body) and body[j].heading and total < o.min_tail_fraction * L:
-                body = body[:j] + body[j + 1 :]  # merge a short section forward, no fragment
-                continue
-            text, n = self._measure(header, body, i, j, first=not passages)
-            while n > L and j - i > 1:  # the estimate was short: give sentences back
-                j -= 1
-                text, n = self._measure(header, body, i, j, first=not passages)
-            if n > L:  # one piece plus the header is still too long: cut the piece tighter
-                pieces = self._fit_words(body[i], max(1, body[i].n - (n - L)))
-                body = body[:i] + pieces + body[i + 1 :]
-                continue
-            passages.append(text)
-            sizes.append(n)
-            reached_end = j >= len(body)
-            i = j
-        short_tail = passages and reached_end and sizes[-1] <= o.min_tail_fraction * L
-        if short_tail and not (o.keep_short_document and len(passages) == 1):
-            passages.pop()
-            sizes.pop()
-            self.stats["dropped_tails"] += 1
+        header, units = self._split_header(units)
+        passages, sizes = self._pack(header, units, max_passages)
         self.stats["passages"] += len(passages)
         return [
             Passage(
@@ -291,6 +245,92 @@ class SentenceChunker:
             )
             for k, (text, n) in enumerate(zip(passages, sizes, strict=True))
         ]
+
+    def _split_header(self, units: list[_Unit]) -> tuple[_Unit | None, list[_Unit]]:
+        """``(header, body)``: the first sentence becomes the header prefixed to every passage
+        (``prefix_first_sentence``), unless it is a heading or too large a share of the budget
+        to leave room for the body (counted as ``header_too_long``)."""
+        o = self.options
+        if o.prefix_first_sentence and not units[0].heading:
+            if units[0].n <= o.max_header_fraction * o.max_tokens:
+                return units[0], units[1:]
+            self.stats["header_too_long"] += 1
+        return None, units
+
+    def _pack(
+        self, header: _Unit | None, units: list[_Unit], max_passages: int | None
+    ) -> tuple[list[str], list[int]]:
+        """Pack the body greedily into passages of at most ``max_tokens`` (header included):
+        the texts and their exact token counts, the short final one already dropped.
+
+        A heading at a passage start is skipped; a section shorter than ``min_tail_fraction``
+        of the budget is merged forward past its closing heading instead of ending a passage;
+        a piece that does not fit even alone with the header is cut tighter.
+        """
+        o = self.options
+        L = o.max_tokens
+        head = header.n + 2 if header is not None else 0  # a newline after the header, with margin
+        body = self._fit(units, L - head)
+        passages: list[str] = []
+        sizes: list[int] = []
+        i = 0
+        reached_end = False  # the last passage took the document's last sentence
+        while i < len(body) or (header is not None and not passages):
+            if max_passages is not None and len(passages) >= max_passages:
+                if i < len(body):
+                    self.stats["capped_documents"] += 1
+                break
+            if i < len(body) and body[i].heading:
+                i += 1  # a heading at a passage start: nothing to split
+                continue
+            j, total = self._estimate(body, i, head)
+            if j < len(body) and body[j].heading and total < o.min_tail_fraction * L:
+                body = body[:j] + body[j + 1 :]  # merge a short section forward, no fragment
+                continue
+            text, n, j = self._measure_fitting(header, body, i, j, first=not passages)
+            if n > L:  # one piece plus the header is still too long: cut the piece tighter
+                pieces = self._fit_words(body[i], max(1, body[i].n - (n - L)))
+                body = body[:i] + pieces + body[i + 1 :]
+                continue
+            passages.append(text)
+            sizes.append(n)
+            reached_end = j >= len(body)
+            i = j
+        self._drop_short_tail(passages, sizes, reached_end)
+        return passages, sizes
+
+    def _estimate(self, body: list[_Unit], i: int, head: int) -> tuple[int, int]:
+        """``(j, total)``: the passage ``body[i:j]`` a greedy estimate from per-unit counts
+        allows (always one unit, then more while they fit; never past a heading), and its
+        estimated size (``head`` plus each unit's count and a joining space). Exact counts come
+        later, from :meth:`_measure_fitting`."""
+        j, total = i, head
+        while j < len(body) and not body[j].heading and (j == i or total + body[j].n + 1 <= self.options.max_tokens):
+            total += body[j].n + 1
+            j += 1
+        return j, total
+
+    def _measure_fitting(
+        self, header: _Unit | None, body: list[_Unit], i: int, j: int, *, first: bool
+    ) -> tuple[str, int, int]:
+        """``(text, n, j)``: the passage ``body[i:j]`` rendered and counted exactly, giving
+        sentences back while the estimate was short (tokenizers merge across sentence joins),
+        down to a single unit, whose count may still exceed the budget."""
+        text, n = self._measure(header, body, i, j, first=first)
+        while n > self.options.max_tokens and j - i > 1:
+            j -= 1
+            text, n = self._measure(header, body, i, j, first=first)
+        return text, n, j
+
+    def _drop_short_tail(self, passages: list[str], sizes: list[int], reached_end: bool) -> None:
+        """Drop the document's final passage when it is at most ``min_tail_fraction`` full,
+        unless it is the only one and ``keep_short_document`` keeps it (the 3/4 tail rule)."""
+        o = self.options
+        short_tail = passages and reached_end and sizes[-1] <= o.min_tail_fraction * o.max_tokens
+        if short_tail and not (o.keep_short_document and len(passages) == 1):
+            passages.pop()
+            sizes.pop()
+            self.stats["dropped_tails"] += 1
 
     def _measure(
         self, header: _Unit | None, body: list[_Unit], i: int, j: int, *, first: bool
