@@ -313,18 +313,7 @@ class Pipeline:
         names = self._selected(until)
         forced = self._forced(rerun, names)
         if rounds is not None or self.rounds is not None:
-            from .rounds import run_rounds
-
-            if rerun:
-                raise ConfigError("--rerun cannot be combined with rounds; to redo a round, delete "
-                                  "its directory (<run_dir>/round-<r>): the caches keep every "
-                                  "unchanged model call", "--rerun")
-            opts = self.rounds or RoundsOptions()
-            if rounds is not None:
-                if rounds < 1:
-                    raise ConfigError(f"expected at least 1 round, got {rounds}", "--rounds")
-                opts = attrs.evolve(opts, count=rounds)
-            return run_rounds(self, opts, until)
+            return self._run_rounds(until, rerun, rounds)
         stages = [self.stage(n) for n in names]
         for stage in stages:
             stage.validate()
@@ -339,37 +328,59 @@ class Pipeline:
         outcomes: list[StageOutcome] = []
         try:
             for stage in stages:
-                fp, inputs = self._fingerprint(stage)
-                if stage.name not in forced and self._is_done(stage, fp, manifest):
-                    summary = manifest["stages"][stage.name].get("summary", {})
-                    outcome = StageOutcome(stage.name, "skipped", 0.0, summary)
-                    log.info("stage %s: already done, skipped", stage.name)
-                else:
-                    log.info("stage %s: running", stage.name)
-                    t0 = time.perf_counter()
-                    summary = stage.run() or {}
-                    seconds = time.perf_counter() - t0
-                    missing = [f for f in stage.outputs() if not self.store.exists(f)]
-                    if missing:
-                        raise StageError(f"stage {stage.name} finished without writing {missing}")
-                    manifest["execution"] = self.ctx.engine.describe()
-                    manifest["stages"][stage.name] = {
-                        "fingerprint": fp,
-                        "config": stage.fingerprint_config(),
-                        "inputs": inputs,
-                        "outputs": {f: self.store.hash(f) for f in stage.outputs()},
-                        "summary": summary,
-                        "seconds": round(seconds, 3),
-                        "finished": _now(),
-                    }
-                    self.store.write_json(MANIFEST, manifest)
-                    outcome = StageOutcome(stage.name, "ran", seconds, summary)
+                outcome = self._run_stage(stage, stage.name in forced, manifest)
                 outcomes.append(outcome)
                 self.host.lifecycle.stage_end(info, stage.name, outcome.summary)
         finally:
             self.ctx.close()
         self.host.lifecycle.run_end(info, {o.name: o.summary for o in outcomes})
         return outcomes
+
+    def _run_rounds(self, until: str | None, rerun: str | Iterable[str] | None,
+                    rounds: int | None) -> list[StageOutcome]:
+        """Hand the run to :func:`.rounds.run_rounds`; ``--rounds`` overrides the config's
+        count. ``--rerun`` is refused: a round's directory is the unit to redo."""
+        from .rounds import run_rounds
+
+        if rerun:
+            raise ConfigError("--rerun cannot be combined with rounds; to redo a round, delete "
+                              "its directory (<run_dir>/round-<r>): the caches keep every "
+                              "unchanged model call", "--rerun")
+        opts = self.rounds or RoundsOptions()
+        if rounds is not None:
+            if rounds < 1:
+                raise ConfigError(f"expected at least 1 round, got {rounds}", "--rounds")
+            opts = attrs.evolve(opts, count=rounds)
+        return run_rounds(self, opts, until)
+
+    def _run_stage(self, stage: Stage, forced: bool, manifest: dict[str, Any]) -> StageOutcome:
+        """Run one stage, or skip it when the manifest shows it done with the same fingerprint
+        (and ``--rerun`` did not name it). A stage that ran is recorded in the manifest, written
+        at once, so an interrupted run resumes after the last finished stage."""
+        fp, inputs = self._fingerprint(stage)
+        if not forced and self._is_done(stage, fp, manifest):
+            summary = manifest["stages"][stage.name].get("summary", {})
+            log.info("stage %s: already done, skipped", stage.name)
+            return StageOutcome(stage.name, "skipped", 0.0, summary)
+        log.info("stage %s: running", stage.name)
+        t0 = time.perf_counter()
+        summary = stage.run() or {}
+        seconds = time.perf_counter() - t0
+        missing = [f for f in stage.outputs() if not self.store.exists(f)]
+        if missing:
+            raise StageError(f"stage {stage.name} finished without writing {missing}")
+        manifest["execution"] = self.ctx.engine.describe()
+        manifest["stages"][stage.name] = {
+            "fingerprint": fp,
+            "config": stage.fingerprint_config(),
+            "inputs": inputs,
+            "outputs": {f: self.store.hash(f) for f in stage.outputs()},
+            "summary": summary,
+            "seconds": round(seconds, 3),
+            "finished": _now(),
+        }
+        self.store.write_json(MANIFEST, manifest)
+        return StageOutcome(stage.name, "ran", seconds, summary)
 
     def describe(self) -> dict[str, Any]:
         """The effective configuration (slots described; secrets are never part of it)."""
