@@ -356,59 +356,85 @@ class WikipediaSource:
         repeats: int,
         locator: _Locator | None,
     ) -> Iterator[Document]:
-        o = self.options
+        """The chosen documents of every category, interleaved (round robin) so a consumer that
+        stops early still sees every category; ``stats`` is filled before the first one."""
         groups: list[list[Document]] = []
         by_cat: dict[str, dict[str, int]] = {}
-        not_found: list[str] = []
-        too_short = 0
         for c in cats:
-            looked = [t for t in orders[c] if t in articles]
-            not_found += [t for t in looked if articles[t] is None]
-            too_short += sum(1 for t in looked if articles[t] is not None and not self._eligible(articles[t]))
-            eligible = [t for t in orders[c] if t in articles and self._eligible(articles[t])]
-            chosen = take_split(eligible, o.train_per_category, o.test_per_category)
-            by_cat[c] = {s: sum(1 for _, x in chosen if x == s) for s in ("train", "test")}
-            wanted = o.test_per_category + (o.train_per_category or 0)
-            if len(chosen) < wanted:
-                log.warning(
-                    "wikipedia: category %r gave %d usable articles of the %d asked for "
-                    "(missing from the dump or under %d words)", c, len(chosen), wanted, o.min_words,
-                )
-            docs = []
-            for title, split in chosen:
-                art = articles[title]
-                assert art is not None
-                docs.append(
-                    Document(
-                        id=f"wikipedia:{title}",
-                        title=title,
-                        text=art["text"],
-                        metadata={
-                            "category": c,
-                            "split": split,
-                            "url": art["url"],
-                            "wiki_id": art["id"],
-                            "words": art["words"],
-                            "source": f"{o.dataset}/{o.config}",
-                        },
-                    )
-                )
+            docs = self._category_documents(c, orders[c], articles)
+            by_cat[c] = {s: sum(1 for d in docs if d.metadata["split"] == s) for s in ("train", "test")}
             groups.append(docs)
-        self.stats = {
+        self.stats = self._stats(cats, orders, articles, repeats, by_cat, locator)
+        yield from round_robin(groups)
+
+    def _category_documents(
+        self, category: str, order: list[str], articles: dict[str, dict[str, Any] | None]
+    ) -> list[Document]:
+        """One category's documents: its eligible articles in the seeded ``order``, split into
+        train and test; a category short of articles is warned about, not an error (the dump
+        decides what exists)."""
+        o = self.options
+        eligible = [t for t in order if t in articles and self._eligible(articles[t])]
+        chosen = take_split(eligible, o.train_per_category, o.test_per_category)
+        wanted = o.test_per_category + (o.train_per_category or 0)
+        if len(chosen) < wanted:
+            log.warning(
+                "wikipedia: category %r gave %d usable articles of the %d asked for "
+                "(missing from the dump or under %d words)", category, len(chosen), wanted, o.min_words,
+            )
+        docs = []
+        for title, split in chosen:
+            art = articles[title]
+            assert art is not None
+            docs.append(
+                Document(
+                    id=f"wikipedia:{title}",
+                    title=title,
+                    text=art["text"],
+                    metadata={
+                        "category": category,
+                        "split": split,
+                        "url": art["url"],
+                        "wiki_id": art["id"],
+                        "words": art["words"],
+                        "source": f"{o.dataset}/{o.config}",
+                    },
+                )
+            )
+        return docs
+
+    def _stats(
+        self,
+        cats: list[str],
+        orders: dict[str, list[str]],
+        articles: dict[str, dict[str, Any] | None],
+        repeats: int,
+        by_cat: dict[str, dict[str, int]],
+        locator: _Locator | None,
+    ) -> dict[str, Any]:
+        """What the source did, for the stage summary: titles looked up, not found (the first
+        50 named, to fix a titles file), too short, per-category splits, and what the loader
+        read (row groups show how little of the dump a run needed)."""
+        looked = [[t for t in orders[c] if t in articles] for c in cats]
+        not_found = [t for titles in looked for t in titles if articles[t] is None]
+        stats: dict[str, Any] = {
             "titles": sum(len(orders[c]) for c in cats),
             "repeated_titles_dropped": repeats,
-            "looked_up": sum(1 for c in cats for t in orders[c] if t in articles),
+            "looked_up": sum(len(titles) for titles in looked),
             "not_found": len(not_found),
             "not_found_titles": sorted(not_found)[:50],
-            "skipped_short": too_short,
+            "skipped_short": sum(
+                1 for titles in looked for t in titles
+                if articles[t] is not None and not self._eligible(articles[t])
+            ),
             "by_category": by_cat,
         }
         if locator is not None:
-            self.stats["loader"] = locator.mode
+            stats["loader"] = locator.mode
             if locator.mode == "parquet":
-                self.stats["row_groups_read"] = locator.row_groups_read
-                self.stats["row_groups_total"] = locator.row_groups_total
-        yield from round_robin(groups)
+                stats["row_groups_read"] = locator.row_groups_read
+                stats["row_groups_total"] = locator.row_groups_total
+        return stats
 
 
 def create(options: Options, context: Any) -> WikipediaSource:
