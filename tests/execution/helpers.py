@@ -12,9 +12,46 @@ from collections.abc import Sequence
 from typing import Any
 
 from selflearn.builtin.backends.echo import EchoBackend, Options
+from selflearn.builtin.backends.hf.backend import HFBackend
+from selflearn.builtin.backends.hf.backend import Options as HFOptions
 from selflearn.core.errors import BackendError
 from selflearn.core.protocols import GenerationParams, Prompt
 from selflearn.core.records import Completion
+
+#: how long StallOnceHFBackend holds its shard (far longer than taking a node away takes)
+STALL_S = 120.0
+
+
+def first_anywhere(marker: str, text: str = "") -> bool:
+    """True in exactly one process: the marker is created atomically (two workers starting
+    their first shards at once both saw no marker with an exists-then-write check). It holds
+    ``text`` (by default the process id) and a newline, so a reader knows when it is whole."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{text or os.getpid()}\n")
+    return True
+
+
+def in_ray_actor() -> bool:
+    """True inside a Ray actor (a worker), False in a driver or without Ray."""
+    import ray
+
+    return bool(ray.is_initialized() and ray.get_runtime_context().get_actor_id())
+
+
+def stall_once(marker: str) -> None:
+    """Inside a Ray worker, the first call anywhere writes its node's id to ``marker`` and
+    stalls, so that its shard is in flight while a test takes that node away (finishing means
+    it did not)."""
+    if not in_ray_actor():
+        return
+    import ray
+
+    if first_anywhere(marker, ray.get_runtime_context().get_node_id()):
+        time.sleep(STALL_S)
 
 
 class KillOnceBackend(EchoBackend):
@@ -24,24 +61,41 @@ class KillOnceBackend(EchoBackend):
         super().__init__(Options())
         self.marker = marker
 
-    def _first(self) -> bool:
-        """True in exactly one process: the marker is created atomically (two workers starting
-        their first shards at once both saw no marker with an exists-then-write check)."""
-        try:
-            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams, *, n: int = 1,
                  sample_offset: int = 0) -> list[list[Completion]]:
         import ray
 
-        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() and self._first():
+        if in_ray_actor() and first_anywhere(self.marker):
             ray.kill(ray.get_runtime_context().current_actor)  # mid-shard: nothing returned
             time.sleep(60)
+        return super().generate(prompts, params, n=n, sample_offset=sample_offset)
+
+
+class StallOnceHFBackend(HFBackend):
+    """The ``hf`` backend; inside a Ray worker the first call anywhere writes ``marker`` and then
+    stalls, so its shard is in flight for as long as the test needs to take the node away. In a
+    driver (the local reference run) it is the plain ``hf`` backend: same identity, same bytes."""
+
+    def __init__(self, marker: str, model: str, seed: int, batch_size: int) -> None:
+        super().__init__(HFOptions(batch_size=batch_size), model, seed)
+        self.marker = marker
+
+    def generate(self, prompts: Sequence[Prompt], params: GenerationParams, *, n: int = 1,
+                 sample_offset: int = 0) -> list[list[Completion]]:
+        stall_once(self.marker)
+        return super().generate(prompts, params, n=n, sample_offset=sample_offset)
+
+
+class StallOnceEchoBackend(EchoBackend):
+    """The ``echo`` backend stalling like :class:`StallOnceHFBackend` (no model to load)."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__(Options())
+        self.marker = marker
+
+    def generate(self, prompts: Sequence[Prompt], params: GenerationParams, *, n: int = 1,
+                 sample_offset: int = 0) -> list[list[Completion]]:
+        stall_once(self.marker)
         return super().generate(prompts, params, n=n, sample_offset=sample_offset)
 
 
