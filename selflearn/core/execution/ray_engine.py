@@ -12,10 +12,12 @@ block scheduling for no gain at the sizes a stage hands out (see docs/scaling.md
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, StageError
@@ -33,6 +35,11 @@ IN_FLIGHT = 2
 #: client server (ray-project/ray#63202; 1 in 20 connections on a busy 2-core machine)
 CLIENT_TRIES = 3
 CLIENT_RACE = "Starting Ray client server failed"
+#: seconds of waiting for a shard or a starting worker before the engine looks at the cluster
+WAIT_S = 30.0
+#: seconds a stage waits with no worker running and no live node able to hold one (a lost
+#: node an autoscaler or a person may still replace) before it fails instead of waiting forever
+NODE_WAIT_S = 600.0
 
 
 def import_ray() -> Any:
@@ -146,6 +153,71 @@ def _refused(address: str, why: str) -> str:
     )
 
 
+class WorkerPool:
+    """One task's workers, a slot each. A slot gets shards only once its worker answered its
+    probe (its component built): a worker replacing a lost one may wait for a node to join,
+    and meanwhile the live workers take the lost shards instead of queueing them behind it."""
+
+    def __init__(self, ray: Any, new_actor: Callable[[], Any], task: Task, workers: int,
+                 max_retries: int) -> None:
+        self.ray = ray
+        self.new_actor = new_actor
+        self.task = task
+        self.max_retries = max_retries
+        self.actors: list[Any] = [None] * workers
+        self.ready = [False] * workers
+        self.starting: dict[Any, int] = {}  # probe ref -> slot
+        self.deaths = [0] * workers  # the slot's workers that died in a row before answering
+        self.probed: dict[str, Any] | None = None  # the first answer (all workers answer alike)
+        self.unplaceable_since: float | None = None  # no worker running, no node could hold one
+        for w in range(workers):
+            self.start(w)
+
+    def start(self, w: int) -> None:
+        """A fresh worker in slot ``w``. The old one is killed first: a worker that is only
+        unreachable (ActorUnavailableError) would otherwise keep its CPUs or GPU."""
+        if self.actors[w] is not None:
+            with contextlib.suppress(Exception):  # gone already, with its node
+                self.ray.kill(self.actors[w])
+        self.actors[w] = self.new_actor()
+        self.ready[w] = False
+        self.starting[self.actors[w].probe.remote(self.task)] = w
+
+    def started(self, ref: Any) -> bool:
+        """A probe's answer: its slot takes shards from now on. True when the worker died
+        first instead (e.g. placed on a node that was lost meanwhile): a fresh one starts."""
+        w = self.starting.pop(ref)
+        try:
+            answer = self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:  # the component failed to build
+            raise exc.as_instanceof_cause() from None
+        except self.ray.exceptions.RayActorError as exc:
+            self.deaths[w] += 1
+            if self.deaths[w] > self.max_retries:
+                raise StageError(
+                    f"{self.task.desc}: a Ray worker died before its component was built "
+                    f"{self.deaths[w]} times in a row (last: {type(exc).__name__}); check the "
+                    "workers' memory and logs (ray logs), or raise execution.max_retries"
+                ) from exc
+            log.warning("%s: a starting Ray worker died (%s); starting another",
+                        self.task.desc, type(exc).__name__)
+            self.start(w)
+            return True
+        self.deaths[w] = 0
+        self.ready[w] = True
+        if self.probed is None:
+            self.probed = answer
+        return False
+
+    def first_ready(self) -> Any:
+        return self.actors[self.ready.index(True)]
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            with contextlib.suppress(Exception):  # gone already, with its node
+                self.ray.kill(actor)
+
+
 class RayEngine:
     """Shards of a stage spread over Ray actors; a dead actor's shards run again elsewhere."""
 
@@ -157,7 +229,7 @@ class RayEngine:
         self.spec = spec
         self._ray: Any = None
         self._started_ray = False
-        self._pools: dict[str, list[Any]] = {}
+        self._pools: dict[str, WorkerPool] = {}
         self._probes: dict[tuple[str, str | None], dict[str, Any]] = {}  # (component key, usage)
         self._workers = 0
         self._resources: dict[str, float] = {}
@@ -165,6 +237,7 @@ class RayEngine:
         self._usage: dict[str, Any] = {}
         self._reruns = 0
         self._lost = 0
+        self._lost_any = False  # a worker died during this run (with its node, maybe)
 
     # -- start ---------------------------------------------------------------------------
     def check(self) -> None:
@@ -239,18 +312,71 @@ class RayEngine:
         cls = ray.remote(ShardWorker).options(max_restarts=0, **self._resources)
         return cls.remote(self.spec)
 
-    def _pool(self, task: Task) -> list[Any]:
+    def _pool(self, task: Task) -> WorkerPool:
         """The task's workers, started and with the component built (models load in parallel)."""
         key = task.component_key
         if key not in self._pools:
             self._start()
             for other in list(self._pools):  # one loaded component per worker: GPUs are not shared
                 self._stop(other)
-            pool = [self._new_actor() for _ in range(self._workers)]
-            probes = self._get([a.probe.remote(task) for a in pool])
+            pool = WorkerPool(self._ray, self._new_actor, task, self._workers, self.options.max_retries)
             self._pools[key] = pool
-            self._probes[(key, task.usage)] = probes[0]
+            self._settle(pool)
+            assert pool.probed is not None  # _settle returns once a worker answered
+            self._probes[(key, task.usage)] = pool.probed
         return self._pools[key]
+
+    def _settle(self, pool: WorkerPool) -> None:
+        """Until every worker answered its probe, or some did and the others still wait for
+        room on the cluster after WAIT_S (they get shards once they answer)."""
+        while pool.starting:
+            ref = self._wait(pool, [])
+            if ref is not None:
+                self._started(pool, ref)
+            elif any(pool.ready):
+                return
+
+    def _started(self, pool: WorkerPool, ref: Any) -> None:
+        if pool.started(ref):
+            self._lost += 1
+            self._lost_any = True
+
+    def _wait(self, pool: WorkerPool, refs: list[Any]) -> Any:
+        """The first of ``refs`` and the pool's probes to finish; None after WAIT_S without
+        one, once the cluster was checked for room (see :meth:`_check_placeable`)."""
+        done, _ = self._ray.wait([*refs, *pool.starting], num_returns=1, timeout=WAIT_S)
+        if done:
+            return done[0]
+        self._check_placeable(pool)
+        return None
+
+    def _check_placeable(self, pool: WorkerPool) -> None:
+        """With no worker running and no live node able to hold one: once a worker died in
+        this run (a lost node that nothing replaced), fail after NODE_WAIT_S, as Ray would keep
+        the workers waiting without a word; before that only a warning, as in _check_fits."""
+        if any(pool.ready):  # work goes on; a slow shard is no reason to look
+            pool.unplaceable_since = None
+            return
+        need = {"CPU": float(self._resources["num_cpus"] or 0.0), "GPU": float(self._resources["num_gpus"] or 0.0)}
+        nodes = [n.get("Resources") or {} for n in self._ray.nodes() if n.get("Alive")]
+        if any(all(float(r.get(k, 0.0)) + 1e-9 >= v for k, v in need.items()) for r in nodes):
+            pool.unplaceable_since = None  # Ray places the worker once the node has room
+            return
+        have = ", ".join(f"{r.get('CPU', 0.0):g} CPU/{r.get('GPU', 0.0):g} GPU" for r in nodes) or "none"
+        what = (f"{pool.task.desc}: no Ray worker is running and no live node of the cluster can hold one "
+                f"(a worker needs {need['CPU']:g} CPU and {need['GPU']:g} GPU; the live nodes have {have})")
+        now = time.monotonic()
+        if pool.unplaceable_since is None:
+            pool.unplaceable_since = now
+            wait = f"up to {NODE_WAIT_S:g} s" if self._lost_any else "until one does (an autoscaler may add it)"
+            log.warning("%s; waiting %s for a node to join", what, wait)
+        if self._lost_any and now - pool.unplaceable_since >= NODE_WAIT_S:
+            raise StageError(
+                f"{what}, and none joined in {NODE_WAIT_S:g} s: the node the workers ran on was lost "
+                "and nothing replaced it. Add a node (ray start --address=<head>) and run the same "
+                "command again (it resumes from the cache), or lower execution.num_cpus / "
+                "execution.num_gpus to what the live nodes have"
+            )
 
     def _get(self, refs: Any) -> Any:
         try:
@@ -262,7 +388,9 @@ class RayEngine:
         pool = self._pool(task)
         key = (task.component_key, task.usage)
         if key not in self._probes:  # another task on the same workers: its own usage shape
-            self._probes[key] = self._get(pool[0].probe.remote(task))
+            if not any(pool.ready):
+                self._settle(pool)
+            self._probes[key] = self._get(pool.first_ready().probe.remote(task))
         return self._probes[key]
 
     # -- running shards ------------------------------------------------------------------
@@ -274,20 +402,20 @@ class RayEngine:
         results = self._dispatch(task, shards, pool)
         return iter(self.run.progress(results, total=len(shards), desc=task.desc, unit="shard"))
 
-    def _dispatch(self, task: Task, shards: Sequence[Shard], pool: list[Any]) -> Iterator[tuple[int, Any]]:
-        """Keep every worker fed; yield each shard's result once, re-running a lost one."""
+    def _dispatch(self, task: Task, shards: Sequence[Shard], pool: WorkerPool) -> Iterator[tuple[int, Any]]:
+        """Keep every ready worker fed; yield each shard's result once, re-running a lost one."""
         ray = self._ray
         queue = collections.deque(range(len(shards)))
         tries = [0] * len(shards)
         inflight: dict[Any, tuple[int, int]] = {}  # ref -> (worker slot index, shard index)
         while queue or inflight:
-            for w, actor in enumerate(pool):
-                busy = sum(1 for a, _ in inflight.values() if a == w)
-                while queue and busy < IN_FLIGHT:
-                    i = queue.popleft()
-                    inflight[actor.run.remote(task, shards[i].payload)] = (w, i)
-                    busy += 1
-            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            self._feed(task, shards, pool, queue, inflight)
+            ref = self._wait(pool, list(inflight))
+            if ref is None:
+                continue
+            if ref in pool.starting:  # a replacement worker answered (or died starting)
+                self._started(pool, ref)
+                continue
             w, i = inflight.pop(ref)
             try:
                 out = ray.get(ref)
@@ -296,9 +424,21 @@ class RayEngine:
                 continue
             yield i, self._accept(out, shards[i].items)
 
-    def _lost_worker(self, task: Task, pool: list[Any], w: int, inflight: dict[Any, tuple[int, int]],
+    @staticmethod
+    def _feed(task: Task, shards: Sequence[Shard], pool: WorkerPool, queue: collections.deque[int],
+              inflight: dict[Any, tuple[int, int]]) -> None:
+        """Up to IN_FLIGHT shards on every worker that answered its probe."""
+        for w, actor in enumerate(pool.actors):
+            busy = sum(1 for a, _ in inflight.values() if a == w)
+            while pool.ready[w] and queue and busy < IN_FLIGHT:
+                i = queue.popleft()
+                inflight[actor.run.remote(task, shards[i].payload)] = (w, i)
+                busy += 1
+
+    def _lost_worker(self, task: Task, pool: WorkerPool, w: int, inflight: dict[Any, tuple[int, int]],
                      queue: collections.deque[int], tries: list[int], i: int, exc: Exception) -> None:
-        """A worker died: its shards go back to the queue, a fresh worker takes its place."""
+        """A worker died (``ray.kill``, its process, its node): its shards go back to the
+        front of the queue for the live workers, and a fresh worker starts in its slot."""
         lost = [i]
         for ref, (a, j) in list(inflight.items()):
             if a == w:
@@ -316,8 +456,9 @@ class RayEngine:
                     task.desc, type(exc).__name__, len(lost))
         self._reruns += len(lost)
         self._lost += 1
+        self._lost_any = True
         queue.extendleft(reversed(lost))
-        pool[w] = self._new_actor()
+        pool.start(w)
 
     def _accept(self, out: dict[str, Any], items: int) -> Any:
         """Write a finished shard's cache entries here (one writer), then raise or return."""
@@ -344,8 +485,9 @@ class RayEngine:
             self._stop(key)
 
     def _stop(self, key: str) -> None:
-        for actor in self._pools.pop(key, []):
-            self._ray.kill(actor)
+        pool = self._pools.pop(key, None)
+        if pool is not None:
+            pool.kill()
         for probed in [p for p in self._probes if p[0] == key]:
             del self._probes[probed]
 
