@@ -56,6 +56,7 @@ questions.
   GPU (their steps are mostly launch- and CPU-bound; guessed 1.3-1.7x): ~8-10 minutes. The
   GPU call (gpu_session.sh rounds) starts no new run after 6.5 minutes and stops at 550 s, so
   that the tables are written; a further call of the same command resumes what was left.
+  Measured (docs/results.md): 429 s on one H100 for both parts and three seeds with --jobs 3.
 """
 
 from __future__ import annotations
@@ -413,10 +414,12 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def checks(rows: list[dict[str, Any]], epochs: float, batch: int | None) -> list[dict[str, Any]]:
+def checks(rows: list[dict[str, Any]], epochs: float, batch: int | None,
+           split: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The pairing the comparisons rest on, per seed: the random arm trained as many questions
-    as the filtered arm kept; every epochs arm trained E epochs of its pairs (ceil(pairs /
-    batch) x E steps); the two-round run as many DPO steps in all as the one-round run."""
+    as the filtered arm kept; every epochs arm trained E epochs of its training pairs (ceil(pairs
+    less the trainer's evaluation split / batch) x E steps); the two-round run as many DPO steps
+    in all as the one-round run."""
     by = {(r["part"], r["arm"], r["seed"]): r for r in rows}
     out: list[dict[str, Any]] = []
     for (part, arm, seed), r in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
@@ -425,9 +428,11 @@ def checks(rows: list[dict[str, Any]], epochs: float, batch: int | None) -> list
             out.append({"seed": seed, "check": "random arm size = filtered arm's kept questions",
                         "ok": r["kept_questions"] == kept, "detail": f"{r['kept_questions']} vs {kept}"})
         if part == "epochs" and batch:
-            want = math.ceil(epochs * math.ceil(r["dpo_pairs"] / batch))
-            out.append({"seed": seed, "check": f"{arm}: DPO steps = ceil(pairs / {batch}) x {epochs:g}",
-                        "ok": r["dpo_steps"] == want, "detail": f"{r['dpo_steps']} vs {want}"})
+            trained = train_rows(r["dpo_pairs"], split)
+            want = math.ceil(epochs * math.ceil(trained / batch))
+            out.append({"seed": seed, "check": f"{arm}: DPO steps = ceil(training pairs / {batch}) x {epochs:g}",
+                        "ok": r["dpo_steps"] == want,
+                        "detail": f"{r['dpo_steps']} vs {want} ({trained} of {r['dpo_pairs']} pairs trained on)"})
         if part == "rounds" and arm == "two-rounds" and ("rounds", "one-round", seed) in by:
             one = by[("rounds", "one-round", seed)]["dpo_steps"]
             out.append({"seed": seed, "check": "two rounds' DPO steps in all = one round's",
@@ -547,7 +552,7 @@ def report(root: str, seeds: list[int], settings: dict[str, Any]) -> str:
     os.makedirs(out_dir, exist_ok=True)
     rows = epochs_runs(root, seeds) + rounds_runs(root, seeds)
     summary = summarise(rows)
-    chk = checks(rows, settings["epochs"], settings.get("dpo_batch"))
+    chk = checks(rows, settings["epochs"], settings.get("dpo_batch"), settings.get("dpo_eval_split"))
     with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
         json.dump({"settings": settings, "summary": summary, "checks": chk, "runs": rows}, f, indent=2, sort_keys=True)
     md = markdown(summary, rows, chk, settings)
@@ -559,6 +564,26 @@ def report(root: str, seeds: list[int], settings: dict[str, Any]) -> str:
     return out_dir
 
 
+def _eval_split(trainer: dict[str, Any]) -> dict[str, Any]:
+    """The trainer's held-out evaluation share (its options, else the trainers' defaults): the
+    pairs it holds out are not trained on, so they are not in the steps of an epoch."""
+    from selflearn.builtin.trainers.common import CommonOptions
+
+    defaults = CommonOptions()
+    return {"fraction": trainer.get("eval_fraction", defaults.eval_fraction),
+            "min_rows": trainer.get("min_eval_rows", defaults.min_eval_rows)}
+
+
+def train_rows(pairs: int, split: dict[str, Any] | None) -> int:
+    """How many of ``pairs`` the trainer trains on (the rest are its evaluation split), by the
+    trainers' own split rule."""
+    if not split:
+        return pairs
+    from selflearn.builtin.trainers.common import split_rows
+
+    return len(split_rows([{}] * pairs, split["fraction"], split["min_rows"], 0)[0])
+
+
 def settings_of(base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """What the results were measured with (recorded in results.json and the table)."""
     trainer = (base.get("trainer") or {}).get("options") or {}
@@ -568,6 +593,7 @@ def settings_of(base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
             "seeds": args.seeds, "parts": args.parts, "source": (base.get("source") or {}).get("options"),
             "k": (base.get("generations") or {}).get("k"),
             "dpo_batch": batch * accumulate if batch else None,
+            "dpo_eval_split": _eval_split(trainer),
             "tau": {k: (base.get("datasets") or {}).get(k) for k in ("tau_l", "tau_k")}}
 
 

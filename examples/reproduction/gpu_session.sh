@@ -16,6 +16,8 @@
 #   gpu_session.sh rounds 6.5      (carry .assets/r3; epochs_rounds.py --jobs 3, issue 20's
 #                                   measurement: no new run after 6.5 minutes, stopped at 550 s)
 #   gpu_session.sh run 8           (or: reproduce.py, docs/results.md, for at most 8 minutes)
+#   gpu_session.sh decoder         (or: issue 19's GPU smoke test and the real model's decoding rate
+#                                   against the 135M shape's, benchmarks/README.md; a few minutes)
 # and the same "rounds" / "run" command again while the machine is warm: it resumes.
 set -euo pipefail
 PK=/tmp/pk
@@ -84,8 +86,21 @@ case "${1:-}" in
     echo "epochs_rounds.py exit status $rc (0: done, 3: deadline, 124: stopped at ${HARD_S:-550} s)"
     exit $rc
     ;;
+  decoder)
+    # issue 19 with the real model carried: the GPU smoke test (the default path on both random
+    # shapes and the real SmolLM2), then the real model's rate against the 135M shape's
+    assemble
+    mkdir -p "${OUT:-/tmp/decoder}"
+    set +e
+    python3 benchmarks/gpu_smoke.py --out "${OUT:-/tmp/decoder}/smoke" --real-model "$GGUF"
+    smoke=$?
+    python3 benchmarks/run_gpu.py --out "${OUT:-/tmp/decoder}/gen" --sections gen --models real,smollm2-135m \
+      --real-model "$GGUF" --tokens 128 --rows 640 --repeats 3 --deadline-s "${2:-300}"
+    echo "gpu_smoke.py exit status $smoke"
+    exit $smoke
+    ;;
   *)
-    echo "usage: gpu_session.sh part1|part2|rounds|run [MINUTES] [driver options]" >&2
+    echo "usage: gpu_session.sh part1|part2|rounds|run|decoder [MINUTES] [driver options]" >&2
     exit 2
     ;;
 esac

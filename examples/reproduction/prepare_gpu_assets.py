@@ -45,6 +45,15 @@ def copy_package(name: str, dest: str, skip: tuple[str, ...] = ()) -> None:
     shutil.copytree(package_dir(name), os.path.join(dest, name), ignore=ignore, dirs_exist_ok=True)
 
 
+def copy_metadata(name: str, dest: str) -> None:
+    """The package's ``*.dist-info`` folder beside it: transformers asks importlib.metadata for
+    gguf's version, and a bare package folder fails there ("Invalid version: 'N/A'")."""
+    found = glob.glob(os.path.join(os.path.dirname(package_dir(name)), f"{name}-*.dist-info"))
+    if not found:
+        raise SystemExit(f"no {name}-*.dist-info beside the installed {name} package")
+    shutil.copytree(found[0], os.path.join(dest, os.path.basename(found[0])), dirs_exist_ok=True)
+
+
 def minilm_fp16(dest: str) -> None:
     """all-MiniLM-L6-v2 with float16 weights (the rest of the package as it is)."""
     from safetensors.torch import load_file, save_file
@@ -89,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     copy_package("fanoutqa", os.path.join(r1, "pkgs"), skip=("fanout-final-test.json",))
     copy_package("redbot", os.path.join(r1, "pkgs"))
     copy_package("gguf", os.path.join(r1, "pkgs"))
+    copy_metadata("gguf", os.path.join(r1, "pkgs"))
     os.makedirs(os.path.join(r1, "whl"))
     for w in wheels:
         shutil.copy(w, os.path.join(r1, "whl"))

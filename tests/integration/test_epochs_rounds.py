@@ -177,3 +177,18 @@ def test_a_seed_worker_gets_the_same_settings_and_its_own_cache(tmp_path: Path) 
     (tmp_path / "cache" / "generations.jsonl").write_text("x\ny\n")
     assert drv.seed_cache(str(tmp_path), 2) == path
     assert Path(path, "generations.jsonl").read_text() == "x\n"
+
+
+def test_the_epochs_check_counts_only_the_pairs_the_trainer_trains_on() -> None:
+    """The trainer holds out eval_fraction of the pairs (5%, at least 2): on the GPU run the
+    unfiltered arm's 391 pairs trained 371, 12 steps of 32 an epoch, 60 steps in 5 epochs; a
+    check that counted all 391 (65 steps) reported a pairing failure that was not one."""
+    drv = _driver()
+    split = drv._eval_split({})
+    assert split == {"fraction": 0.05, "min_rows": 2}
+    assert drv._eval_split({"eval_fraction": 0.0})["fraction"] == 0.0
+    row = {"part": "epochs", "arm": "unfiltered", "seed": 1, "dpo_pairs": 391, "dpo_steps": 60}
+    assert drv.train_rows(391, split) == 371 and drv.train_rows(20, split) == 20  # 1 < 2: none held out
+    assert drv.checks([row], 5.0, 32, split)[0]["ok"]
+    assert not drv.checks([{**row, "dpo_steps": 65}], 5.0, 32, split)[0]["ok"]
+    assert drv.checks([{**row, "dpo_steps": 65}], 5.0, 32, None)[0]["ok"]  # no split: every pair
