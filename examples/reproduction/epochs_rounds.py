@@ -69,6 +69,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -283,6 +284,27 @@ def _release_gpu() -> None:
         torch.cuda.empty_cache()
 
 
+def stop_workers(running: dict[int, subprocess.Popen[bytes]], grace_s: float = 30.0) -> None:
+    """Stop the seed workers still running when this process stops early (Ctrl-C, SIGTERM,
+    an error): left running, a worker would go on writing its run directories while the same
+    command, run again to resume, starts another worker on them. What they wrote is kept: the
+    next call resumes it."""
+    for proc in running.values():
+        if proc.poll() is None:
+            proc.terminate()
+    end = time.monotonic() + grace_s
+    for proc in running.values():
+        try:
+            proc.wait(timeout=max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds run_parallel, whose finally stops the workers
+
+
 def run_parallel(plan: Plan, args: argparse.Namespace, jobs: int) -> str:
     """The data stages here, then each seed in a worker process, ``jobs`` at a time.
     Returns "done", "deadline" (some worker stopped at it) or "failed"."""
@@ -291,17 +313,20 @@ def run_parallel(plan: Plan, args: argparse.Namespace, jobs: int) -> str:
     pending: list[int] = list(args.seeds)
     running: dict[int, subprocess.Popen[bytes]] = {}
     codes: dict[int, int] = {}
-    while pending or running:
-        while pending and len(running) < jobs:
-            seed = pending.pop(0)
-            seed_cache(plan.root, seed)
-            log(f"seed {seed}: worker started")
-            running[seed] = subprocess.Popen(worker_argv(args, seed, plan.deadline), env=worker_env(jobs, seed))
-        time.sleep(0.5)
-        for seed, proc in list(running.items()):
-            if proc.poll() is not None:
-                codes[seed] = running.pop(seed).returncode
-                log(f"seed {seed}: worker exited with status {codes[seed]}")
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                seed = pending.pop(0)
+                seed_cache(plan.root, seed)
+                log(f"seed {seed}: worker started")
+                running[seed] = subprocess.Popen(worker_argv(args, seed, plan.deadline), env=worker_env(jobs, seed))
+            time.sleep(0.5)
+            for seed, proc in list(running.items()):
+                if proc.poll() is not None:
+                    codes[seed] = running.pop(seed).returncode
+                    log(f"seed {seed}: worker exited with status {codes[seed]}")
+    finally:
+        stop_workers(running)
     if any(c not in (0, 3) for c in codes.values()):
         return "failed"
     return "deadline" if any(c == 3 for c in codes.values()) else "done"
@@ -641,6 +666,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if run_seeds(plan, args.seeds) else 3
     status = "done"
     if args.jobs > 1 and not args.report_only:
+        signal.signal(signal.SIGTERM, _terminated)
         status = run_parallel(plan, args, args.jobs)
     elif not args.report_only:
         status = "done" if run_all(plan, args.seeds) else "deadline"

@@ -192,3 +192,33 @@ def test_the_epochs_check_counts_only_the_pairs_the_trainer_trains_on() -> None:
     assert drv.checks([row], 5.0, 32, split)[0]["ok"]
     assert not drv.checks([{**row, "dpo_steps": 65}], 5.0, 32, split)[0]["ok"]
     assert drv.checks([{**row, "dpo_steps": 65}], 5.0, 32, None)[0]["ok"]  # no split: every pair
+
+
+def test_a_stopped_driver_stops_its_seed_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C, SIGTERM or an error in the parent of --jobs N: its seed workers stop too (left
+    running, one would write its run directories while the resumed command starts another)."""
+    import subprocess
+
+    drv = _driver()
+    monkeypatch.setattr(drv.rp, "run_data", lambda base, root: None)
+    monkeypatch.setattr(drv, "worker_argv", lambda args, seed, deadline: [
+        sys.executable, "-c", "import time; time.sleep(120)"])
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def popen(*a: Any, **k: Any) -> subprocess.Popen[bytes]:
+        started.append(real_popen(*a, **k))
+        return started[-1]
+
+    def seed_cache(root: str, seed: int) -> str:
+        if seed == 3:  # two workers are running by now
+            raise KeyboardInterrupt
+        return str(tmp_path)
+
+    monkeypatch.setattr(drv.subprocess, "Popen", popen)
+    monkeypatch.setattr(drv, "seed_cache", seed_cache)
+    plan = drv.Plan(base={}, root=str(tmp_path))
+    args = drv._parser().parse_args(["--seeds", "1", "2", "3", "--jobs", "3"])
+    with pytest.raises(KeyboardInterrupt):
+        drv.run_parallel(plan, args, 3)
+    assert len(started) == 2 and all(p.returncode is not None for p in started)
