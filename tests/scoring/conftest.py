@@ -101,20 +101,35 @@ def build_tiny_deberta(path: Path, id2label: dict[int, str], seed: int = 0) -> P
     return path
 
 
+def wordpiece_vocab(texts: list[str], special: list[str], size: int) -> dict[str, int]:
+    """A fixed WordPiece vocabulary (special tokens, characters, then the most frequent whole
+    words): tokenizers' WordPieceTrainer breaks ties differently from run to run, so a trained
+    vocabulary made the encoder fixture, and the similarities tests read from it, change between
+    sessions (a CI run once saw three cosines within 0.02 of each other)."""
+    import collections
+    import re
+
+    words = collections.Counter(w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower()))
+    chars = sorted({c for w in words for c in w})
+    pieces = [*special, *chars, *(f"##{c}" for c in chars)]
+    ranked = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if w not in pieces]
+    pieces += ranked[: max(0, size - len(pieces))]
+    return {p: i for i, p in enumerate(pieces)}
+
+
 def build_tiny_encoder(path: Path, seed: int = 0) -> Path:
     """A tiny random BERT saved as a sentence-transformers folder (mean pooling, normalised)."""
     import json
 
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    raw = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    raw = Tokenizer(models.WordPiece(wordpiece_vocab(NLI_CORPUS, special, 300), unk_token="[UNK]"))
     raw.normalizer = normalizers.BertNormalizer(lowercase=True)
     raw.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    raw.train_from_iterator(NLI_CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
     from tokenizers import processors
 
     raw.post_processor = processors.TemplateProcessing(
