@@ -64,13 +64,20 @@ def _file_digest(path: str, h: Any) -> None:
             h.update(f.read())
 
 
+#: files of a model folder that describe it (card, lineage, training records), not what it computes
+DESCRIPTIVE_FILES = frozenset({"README.md", "selflearn-lineage.json", "training_args.bin", "trainer_state.json"})
+
+
 def content_fingerprint(path: str) -> str | None:
     """A short content fingerprint of a local model (folder or single file); None when
     ``path`` is not local (a hub id).
 
     Part of the cache keys of generations and scores, so a model retrained into the same
     folder never serves stale cached results. Hashing multi-GB weights whole would cost more
-    than the work it guards, so each file contributes its name, size and both ends.
+    than the work it guards, so each file contributes its name, size and both ends. Files that
+    describe a model rather than define it (DESCRIPTIVE_FILES: the model card and lineage carry
+    training times and paths) do not count: the same weights trained again after a kill, or in
+    another run directory, keep their fingerprint, hence their cache keys and provenance.
     """
     h = hashlib.sha256()
     if os.path.isfile(path):
@@ -78,7 +85,7 @@ def content_fingerprint(path: str) -> str | None:
     elif os.path.isdir(path):
         for name in sorted(os.listdir(path)):
             full = os.path.join(path, name)
-            if os.path.isfile(full) and not name.startswith("."):
+            if os.path.isfile(full) and not name.startswith(".") and name not in DESCRIPTIVE_FILES:
                 _file_digest(full, h)
     else:
         return None

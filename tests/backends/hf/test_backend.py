@@ -243,9 +243,17 @@ def test_identity_fingerprints_the_weights(tiny_llama: str, tmp_path: Any) -> No
     shutil.copytree(tiny_llama, copy)
     a = HFBackend(Options(), str(copy), seed=1).identity()
     assert a["backend"] == "hf" and a["dtype"] == "float32" and a["weights"]
+    # the model card and lineage (training times, paths) describe the model: the same weights
+    # trained again, after a kill or in another run directory, keep their fingerprint
+    (copy / "README.md").write_text("| train_runtime | 25.7 |\n")
+    (copy / "selflearn-lineage.json").write_text('{"finished": "2026-12-07T03:41:13+00:00"}')
+    assert HFBackend(Options(), str(copy), seed=1).identity()["weights"] == a["weights"]
     with open(copy / "model.safetensors", "ab") as f:  # "retrained" in place
         f.write(b"\0")
     assert HFBackend(Options(), str(copy), seed=1).identity()["weights"] != a["weights"]
+    b = HFBackend(Options(), str(copy), seed=1).identity()["weights"]
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("{", '{"x": 1, ', 1))
+    assert HFBackend(Options(), str(copy), seed=1).identity()["weights"] != b  # the config counts
 
 
 def test_factory_takes_the_run_model_and_seed(tiny_llama: str) -> None:
