@@ -1,4 +1,5 @@
-"""Backends for the fault tests: the deterministic ``echo`` backend, plus a fault on cue.
+"""The Ray tests' shared small run (``history_run``) and backends: the deterministic ``echo``
+backend, plus a fault on cue.
 
 They are given to the Pipeline as objects, so Ray pickles them (by reference to this module)
 into every worker; a file in the test's temporary folder is the cue, shared by all processes.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from selflearn.builtin.backends.echo import EchoBackend, Options
@@ -17,6 +19,23 @@ from selflearn.builtin.backends.hf.backend import Options as HFOptions
 from selflearn.core.errors import BackendError
 from selflearn.core.protocols import GenerationParams, Prompt
 from selflearn.core.records import Completion
+
+
+def history_run(run_dir: Path, engine: str, **execution: Any) -> dict[str, Any]:
+    """The small run the Ray tests share, without its components: 4 real Wikipedia History
+    leads and 1 held out, a passage each, seed 7, questions in batches of 2, K = 2, one item a
+    shard (so that the workers share several shards)."""
+    return {
+        "run_dir": str(run_dir),
+        "seed": 7,
+        "source": {"use": "wikipedia-offline", "options": {
+            "categories": ["History"], "train_per_category": 4, "test_per_category": 1, "min_words": 40}},
+        "passages": {"max_per_document_train": 1, "max_per_document_test": 1},
+        "questions": {"batch_size": 2},
+        "generations": {"k": 2, "chunk_size": 1},
+        "execution": {"engine": engine, "shard_size": 1, **execution},
+    }
+
 
 #: how long StallOnceHFBackend holds its shard (far longer than taking a node away takes)
 STALL_S = 120.0
@@ -71,32 +90,34 @@ class KillOnceBackend(EchoBackend):
         return super().generate(prompts, params, n=n, sample_offset=sample_offset)
 
 
-class StallOnceHFBackend(HFBackend):
-    """The ``hf`` backend; inside a Ray worker the first call anywhere writes ``marker`` and then
-    stalls, so its shard is in flight for as long as the test needs to take the node away. In a
-    driver (the local reference run) it is the plain ``hf`` backend: same identity, same bytes."""
+class StallOnce:
+    """Put before a backend class: inside a Ray worker the first call anywhere writes
+    ``marker`` and then stalls, so its shard is in flight for as long as the test needs to take
+    the node away. In a driver (the local reference run) it is the plain backend: same identity,
+    same bytes."""
+
+    marker: str
+
+    def generate(self, prompts: Sequence[Prompt], params: GenerationParams, *, n: int = 1,
+                 sample_offset: int = 0) -> list[list[Completion]]:
+        stall_once(self.marker)
+        return super().generate(prompts, params, n=n, sample_offset=sample_offset)  # type: ignore[misc]
+
+
+class StallOnceHFBackend(StallOnce, HFBackend):
+    """The ``hf`` backend, stalling once in a Ray worker."""
 
     def __init__(self, marker: str, model: str, seed: int, batch_size: int) -> None:
         super().__init__(HFOptions(batch_size=batch_size), model, seed)
         self.marker = marker
 
-    def generate(self, prompts: Sequence[Prompt], params: GenerationParams, *, n: int = 1,
-                 sample_offset: int = 0) -> list[list[Completion]]:
-        stall_once(self.marker)
-        return super().generate(prompts, params, n=n, sample_offset=sample_offset)
 
-
-class StallOnceEchoBackend(EchoBackend):
-    """The ``echo`` backend stalling like :class:`StallOnceHFBackend` (no model to load)."""
+class StallOnceEchoBackend(StallOnce, EchoBackend):
+    """The ``echo`` backend, stalling once in a Ray worker (no model to load)."""
 
     def __init__(self, marker: str) -> None:
         super().__init__(Options())
         self.marker = marker
-
-    def generate(self, prompts: Sequence[Prompt], params: GenerationParams, *, n: int = 1,
-                 sample_offset: int = 0) -> list[list[Completion]]:
-        stall_once(self.marker)
-        return super().generate(prompts, params, n=n, sample_offset=sample_offset)
 
 
 class FailOnCueBackend(EchoBackend):

@@ -31,6 +31,9 @@ import yaml
 import selflearn
 from selflearn import Pipeline
 
+from .helpers import history_run
+from .test_ray import STAGE_FILES
+
 ROOT = Path(selflearn.__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
@@ -116,26 +119,12 @@ def head() -> Iterator[Head]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-STAGE_FILES = ("questions.jsonl", "test_questions.jsonl", "generations.jsonl", "scores.jsonl")
-
-
 def config(run_dir: Path, engine: str, **execution: Any) -> dict[str, Any]:
     """Real Wikipedia leads through components that load no model (the workers start in a
     second), so the test is about the cluster, not the models (tests/execution/test_ray.py
     runs real ones)."""
-    return {
-        "run_dir": str(run_dir),
-        "seed": 7,
-        "source": {"use": "wikipedia-offline", "options": {
-            "categories": ["History"], "train_per_category": 4, "test_per_category": 1, "min_words": 40}},
-        "passages": {"max_per_document_train": 1, "max_per_document_test": 1},
-        "question_generator": "template",
-        "questions": {"batch_size": 2},
-        "backend": "echo",
-        "generations": {"k": 2, "chunk_size": 1},
-        "scorer": "lexical",
-        "execution": {"engine": engine, "shard_size": 1, **execution},
-    }
+    return {**history_run(run_dir, engine, **execution),
+            "question_generator": "template", "backend": "echo", "scorer": "lexical"}
 
 
 @pytest.fixture(scope="module")

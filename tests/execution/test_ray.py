@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from selflearn import Pipeline
+from selflearn.core.config import merge
+
+from .helpers import history_run
 
 STAGE_FILES = ("questions.jsonl", "test_questions.jsonl", "generations.jsonl", "scores.jsonl")
 
@@ -14,21 +17,13 @@ STAGE_FILES = ("questions.jsonl", "test_questions.jsonl", "generations.jsonl", "
 def config(run_dir: Path, model: str, encoder: str, engine: str, **execution: Any) -> dict[str, Any]:
     """A reduced offline run: real Wikipedia leads, template questions, the tiny Llama sampling."""
     short = {"max_new_tokens": 8}
-    return {
-        "run_dir": str(run_dir),
+    return merge(history_run(run_dir, engine, **execution), {
         "model": model,
-        "seed": 7,
-        "source": {"use": "wikipedia-offline", "options": {
-            "categories": ["History"], "train_per_category": 4, "test_per_category": 1, "min_words": 40}},
-        "passages": {"max_per_document_train": 1, "max_per_document_test": 1},
         "question_generator": "template",
-        "questions": {"batch_size": 2},
         "backend": {"use": "hf", "options": {"batch_size": 4}},
-        "generations": {"k": 2, "chunk_size": 1, "reference": short, "with_passage": short,
-                        "without_passage": short},
+        "generations": {"reference": short, "with_passage": short, "without_passage": short},
         "scorer": {"use": "selfcheck-embedding", "options": {"model": encoder}},
-        "execution": {"engine": engine, "shard_size": 1, **execution},
-    }
+    })
 
 
 def manifest(run_dir: Path) -> dict[str, Any]:
@@ -60,20 +55,12 @@ def test_ray_run_equals_the_local_run_byte_for_byte(ray_session, tiny_llama, tin
 def served(run_dir: Path, url: str, encoder: str, engine: str, **execution: Any) -> dict[str, Any]:
     """A run whose every model-calling stage keeps usage counters: the local question generator
     and the generations on an OpenAI-protocol server (requests, tokens), the encoder's passes."""
-    return {
-        "run_dir": str(run_dir),
-        "seed": 7,
-        "source": {"use": "wikipedia-offline", "options": {
-            "categories": ["History"], "train_per_category": 4, "test_per_category": 1, "min_words": 40}},
-        "passages": {"max_per_document_train": 1, "max_per_document_test": 1},
+    return merge(history_run(run_dir, engine, **execution), {
         "question_generator": {"use": "local", "options": {"shots": 1, "max_new_tokens": 24}},
-        "questions": {"batch_size": 2},
         "backend": {"use": "openai", "options": {"base_url": url + "/v1", "model": "test-model",
                                                  "seeded_samples": True, "backoff": 0.01}},
-        "generations": {"k": 2, "chunk_size": 1},
         "scorer": {"use": "selfcheck-embedding", "options": {"model": encoder}},
-        "execution": {"engine": engine, "shard_size": 1, **execution},
-    }
+    })
 
 
 def usage_fields(outcomes: list[Any]) -> dict[str, Any]:
