@@ -59,28 +59,51 @@ def models(args: argparse.Namespace, out: Path, device: str) -> tuple[str, str]:
 
 def config_for(args: argparse.Namespace, run_dir: Path, lm: str, nli: str) -> dict[str, Any]:
     """ray_overhead's paper shape (template questions, K, tokens, batch) run on to the scores."""
-    config = ray_overhead.paper_shape(str(run_dir), lm, args.questions, args.k, args.max_new_tokens, args.batch_size)
+    config = ray_overhead.paper_shape(str(run_dir), lm, args.questions, args.k, args.max_new_tokens, args.batch_size,
+                                      args.chunk_size)
     return merge(config, {"scorer": {"use": "selfcheck-nli", "options": {"model": nli}}})
 
 
+STAGES = ("generations", "scores")
+
+
 def record(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
-    """Store this invocation in ``paper_scale.json`` (``entry`` None: mark it started). An
-    invocation that never finished (killed at a call's time limit) stays as a started entry, so
-    a resumed run's figure says it covers only the last part of the work."""
+    """Store this invocation in ``paper_scale.json`` (``entry`` with ``started``: mark it
+    started). An invocation that never finished (killed at a call's time limit) stays as a
+    started entry. The figure sums each data stage's seconds from the invocation that ran it:
+    ``--until generations`` then the same command to the scores measures both stages whole in
+    two calls; a stage that ran after an interrupted invocation covers only the work left, so the
+    figure then says it is a lower bound."""
     path = out / "paper_scale.json"
     result: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"invocations": []}
     if entry.get("started"):
         result["invocations"].append(entry)
     else:
         result["invocations"][-1] = entry
-        ran = [s for s in ("generations", "scores") if s in entry["ran_s"]]
-        interrupted = sum(1 for inv in result["invocations"] if "ran_s" not in inv)
-        if ran:  # a later invocation that found everything done keeps the figure
-            result["data_stage_minutes"] = round(sum(entry["ran_s"][s] for s in ran) / 60, 2)
-            result["measured_in"] = "one invocation, nothing cached before it" if not interrupted else (
-                f"the invocation after {interrupted} interrupted one(s): a lower bound")
+        result.update(figure(result["invocations"]))
     path.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def figure(invocations: list[dict[str, Any]]) -> dict[str, Any]:
+    """The data stage's minutes over ``invocations``: each stage's seconds from the last one
+    that ran it, and whether an interrupted invocation came before (then: a lower bound)."""
+    stages: dict[str, Any] = {}
+    for i, inv in enumerate(invocations):
+        for stage in STAGES:
+            if stage in inv.get("ran_s", {}):
+                interrupted = any("ran_s" not in before for before in invocations[:i])
+                stages[stage] = {"seconds": inv["ran_s"][stage], "invocation": i, "after_interruption": interrupted}
+    if not stages:  # a later invocation that found everything done keeps the figure
+        return {}
+    missing = [s for s in STAGES if s not in stages]
+    lower = any(v["after_interruption"] for v in stages.values())
+    measured = "whole, each stage in one invocation with nothing cached before it" if not lower else (
+        "a lower bound: a stage ran after an interrupted invocation, on the work it left")
+    if missing:
+        measured = f"incomplete: {', '.join(missing)} not run yet"
+    return {"data_stage_minutes": round(sum(v["seconds"] for v in stages.values()) / 60, 2),
+            "stages": stages, "measured_in": measured}
 
 
 def counts(run_dir: Path) -> dict[str, int]:
@@ -102,6 +125,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=384)
     ap.add_argument("--batch-size", type=int, default=640, help="the hf backend's sequences per pass")
+    ap.add_argument("--chunk-size", type=int, default=64, help="questions per generations shard")
+    ap.add_argument("--until", choices=STAGES, default="scores",
+                    help="stop after this stage (generations: the scores in a later invocation, e.g. another call)")
     ap.add_argument("--assets", default=str(HERE.parent / ".assets" / "perf"))
     ap.add_argument("--nli-assets", default=str(HERE.parent / ".assets" / "bench_nli"))
     args = ap.parse_args(argv)
@@ -120,14 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     lm, nli = models(args, out, device)
     run_dir = out / "run"
     record(out, {"started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    config = config_for(args, run_dir, lm, nli)
+    Pipeline(config).run(until="questions")
+    ray_overhead.check_questions(run_dir, args.questions)  # never time a smaller stage than asked for
     t0 = time.perf_counter()
-    outcomes = Pipeline(config_for(args, run_dir, lm, nli)).run(until="scores")
+    outcomes = Pipeline(config).run(until=args.until)
     entry = {
         "wall_s": round(time.perf_counter() - t0, 1),
         "ran_s": {o.name: round(o.seconds, 1) for o in outcomes if o.status == "ran"},
         "rows": counts(run_dir), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "shape": "tiny" if args.smoke else args.shape, "questions": args.questions, "k": args.k,
-        "max_new_tokens": args.max_new_tokens, "versions": run_gpu.versions(),
+        "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
+        "versions": run_gpu.versions(),
     }
     result = record(out, entry)
     print(json.dumps({k: v for k, v in result.items() if k != "invocations"} | {"this": entry}, indent=2))

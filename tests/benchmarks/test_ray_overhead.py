@@ -41,3 +41,18 @@ def test_fresh_arms_split_over_two_invocations(tiny_llama: str, tmp_path: Path) 
     assert set(ray["per_worker"]["generations"]) != {"local"}  # shards ran on a Ray worker
     assert isinstance(report["ray_overhead_percent"]["ray-1"], float)
     assert "| ray-1 |" in second.stdout and "Ray's overhead" in second.stdout
+
+
+def test_short_prepared_run_stops_the_benchmark(tmp_path: Path) -> None:
+    """A prepared run with fewer questions than --questions is an error, not a smaller stage
+    timed as if it were the asked one (the three topics used before gave 2,472 of 5,780)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ray_overhead
+
+    (tmp_path / "questions.jsonl").write_text('{"id": 1}\n{"id": 2}\n')
+    ray_overhead.check_questions(tmp_path, 2)
+    with pytest.raises(SystemExit, match="holds 2 questions, fewer than the 3"):
+        ray_overhead.check_questions(tmp_path, 3)
+    config = ray_overhead.paper_shape(str(tmp_path / "run"), None, 5780)
+    assert config["source"]["options"]["categories"] is None  # every topic: three hold too few leads
+    assert config["generations"]["limit"] == 5780 and config["documents"]["limit"] > 5780
