@@ -138,6 +138,8 @@ def test_lora_pads_with_an_existing_token_and_saves_no_embeddings(tiny_base: str
         sizes[pad] = sum(t.numel() for t in tensors.values())
         tok = AutoTokenizer.from_pretrained(str(out))
         lineage = json.loads((out / "selflearn-lineage.json").read_text())
+        modules = json.loads((out / "adapter_config.json").read_text())["target_modules"]
+        assert len(modules) > 2 and modules == sorted(modules)  # PEFT writes its set in hash order
         if pad == "auto":
             assert tok.pad_token == "<pad>" and tok.pad_token_id != tok.eos_token_id
             assert len(tok) == len(AutoTokenizer.from_pretrained(tiny_base))

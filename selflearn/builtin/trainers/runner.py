@@ -296,9 +296,26 @@ class TRLTrainer:
         target = os.path.join(output_dir, "adapter") if opts.use_lora and opts.merge_adapters else output_dir
         trainer.save_model(target)
         if trainer.is_world_process_zero():
+            sort_target_modules(target)
             tokenizer.save_pretrained(target)
             if target != output_dir:
                 tokenizer.save_pretrained(output_dir)
+
+
+def sort_target_modules(folder: str) -> None:
+    """Rewrite ``adapter_config.json`` with ``target_modules`` sorted. PEFT keeps them as a set
+    and writes them in its hash order, which differs per process (``PYTHONHASHSEED``): the same
+    adapter trained again (a resumed run) got other bytes, hence another weight fingerprint and
+    cache keys downstream."""
+    path = os.path.join(folder, "adapter_config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(config, indent=2, sort_keys=True))
 
 
 def _free_memory() -> None:

@@ -8,6 +8,7 @@ files with the right columns (and ``num_shards=1``: datasets cannot load a zero-
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -75,10 +76,16 @@ def write_parquet(store: ArtifactStore, name: str, tbl: Any) -> None:
 
 
 def save_dataset(store: ArtifactStore, folder: str, tbl: Any) -> list[str]:
-    """``datasets.Dataset(tbl).save_to_disk`` into ``folder`` of the run directory."""
+    """``datasets.Dataset(tbl).save_to_disk`` into ``folder`` of the run directory, with a
+    fingerprint taken from the table's content: datasets otherwise draws a random one into
+    ``state.json``, so the same records exported again (a resumed run) gave other bytes."""
     import datasets
+    import pyarrow as pa
 
-    ds = datasets.Dataset(tbl)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, tbl.schema) as writer:
+        writer.write_table(tbl)
+    ds = datasets.Dataset(tbl, fingerprint=hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16])
     written = []
     with tempfile.TemporaryDirectory(prefix="selflearn-ds-") as tmp:
         ds.save_to_disk(tmp, num_shards=1)
