@@ -249,10 +249,26 @@ def _twin(backend: Any, options: Any) -> Any:
 
 
 def gen_model(args: argparse.Namespace, work: str, corpus: list[str], name: str, shape: dict[str, Any], tok_name: str) -> None:
-    import attrs
+    """One model's generation figures: every length and configuration on the one loaded model
+    (twins share its weights and, where they can, its decoder), so loading is paid once."""
+    backend, base = _gen_backend(args, work, corpus, name, shape, tok_name)
+    model, tok = backend._model, backend._tokenizer
+    res: dict[str, Any] = RESULTS.setdefault("generation", {}).setdefault(name, {})
+    res["decoder"] = type(backend._decoder).__name__
+    res["fuse"] = getattr(backend._decoder, "fuse", None)
+    for max_new in args.tokens:
+        row, batch, ours_key = _gen_ours(args, corpus, backend, base, res, max_new)
+        _gen_variants(args, corpus, name, backend, base, row, batch, max_new)
+        _gen_eager(args, name, model, tok, row, batch, max_new, ours_key)
+    if name == "tinyllama-1.1b" and 384 in args.tokens and args.big_rows > 0:
+        _gen_greedy_384(args, corpus, backend, base, res)
+    backend.close()
 
+
+def _gen_backend(args: argparse.Namespace, work: str, corpus: list[str], name: str, shape: dict[str, Any], tok_name: str) -> tuple[Any, Any]:
+    """Our backend loaded on the model (``--real-model``, or a random-weight one of ``shape``
+    built here), and the options every other configuration of this model is evolved from."""
     from selflearn.builtin.backends.hf import HFBackend, Options
-    from selflearn.core.protocols import GenerationParams
 
     if name == "real":
         model_dir = args.real_model
@@ -262,62 +278,88 @@ def gen_model(args: argparse.Namespace, work: str, corpus: list[str], name: str,
                    dtype="bfloat16" if args.device == "cuda" else "float32")
     backend = HFBackend(base, model_dir, seed=1)
     backend._load()
-    model, tok = backend._model, backend._tokenizer
-    res: dict[str, Any] = RESULTS.setdefault("generation", {}).setdefault(name, {})
-    res["decoder"] = type(backend._decoder).__name__
-    res["fuse"] = getattr(backend._decoder, "fuse", None)
+    return backend, base
+
+
+def _gen_ours(args: argparse.Namespace, corpus: list[str], backend: Any, base: Any, res: dict[str, Any], max_new: int) -> tuple[dict[str, Any], list[Any], str]:
+    """Our backend at ``--rows`` sequences (the eager baseline's concurrency) and, while time is
+    left, at ``--big-rows``; returns the length's row, its prompts and the key eager is set
+    against. Saved after each, so that a run cut short keeps them."""
+    import attrs
+
     k, n_prompts = args.k, args.rows // args.k
-    for max_new in args.tokens:
-        batch = prompts(corpus, n_prompts)
-        row: dict[str, Any] = res.setdefault(f"{max_new} tokens", {"prompts": n_prompts, "k": k})
-        reps = args.repeats if max_new <= 128 else max(1, args.repeats - 1)
-        ours_key = f"hf shared, {args.rows} seqs"
-        _variant(row, ours_key, partial(_ours, backend, batch, k, max_new), reps)
-        row["hf stats"] = dict(getattr(backend._decoder, "last_stats", {}))
+    batch = prompts(corpus, n_prompts)
+    row: dict[str, Any] = res.setdefault(f"{max_new} tokens", {"prompts": n_prompts, "k": k})
+    reps = args.repeats if max_new <= 128 else max(1, args.repeats - 1)
+    ours_key = f"hf shared, {args.rows} seqs"
+    _variant(row, ours_key, partial(_ours, backend, batch, k, max_new), reps)
+    row["hf stats"] = dict(getattr(backend._decoder, "last_stats", {}))
+    save(args.out)
+    if args.big_rows // k > n_prompts and time_left() > 120:
+        big = _twin(backend, attrs.evolve(base, batch_size=args.big_rows))
+        _variant(row, f"hf shared, {args.big_rows} seqs",
+                 partial(_ours, big, prompts(corpus, args.big_rows // k), k, max_new), 1)
         save(args.out)
-        if args.big_rows // k > n_prompts and time_left() > 120:
-            big = _twin(backend, attrs.evolve(base, batch_size=args.big_rows))
-            _variant(row, f"hf shared, {args.big_rows} seqs",
-                     partial(_ours, big, prompts(corpus, args.big_rows // k), k, max_new), 1)
-            save(args.out)
-        if max_new == min(args.tokens) and getattr(backend._decoder, "nucleus", False):
-            cands = _twin(backend, attrs.evolve(base, sampler="candidates"))
-            _variant(row, f"hf shared, previous default (sampler: candidates), {args.rows} seqs",
-                     partial(_ours, cands, batch, k, max_new), 1)
-            row["hf stats, sampler: candidates"] = dict(cands._decoder.last_stats)
-        if args.older and max_new == min(args.tokens) and getattr(backend._decoder, "fuse", "off") != "off":
-            plain = _twin(backend, attrs.evolve(base, fuse="off", decode_attention="sdpa", sampler="candidates"))
-            _variant(row, f"hf shared, fuse: off, decode_attention: sdpa, sampler: candidates, {args.rows} seqs",
-                     partial(_ours, plain, batch, k, max_new), 1)
-        if args.older and name != "tinyllama-1.1b" and max_new == min(args.tokens):
-            full = _twin(backend, attrs.evolve(base, sampler="candidates", candidates=0))
-            _variant(row, f"hf shared, full-vocabulary sampling, {args.rows} seqs",
-                     partial(_ours, full, batch, k, max_new), 1)
-        if name == "real" and max_new == min(args.tokens):
-            # rows of a real model end (EOS) at different steps: what refilling their slots gives
-            whole = _twin(backend, attrs.evolve(base, refill=False))
-            _variant(row, f"hf shared, refill: false, {args.rows} seqs", partial(_ours, whole, batch, k, max_new), 1)
-            _variant(row, f"hf shared, {args.rows} seqs at a time, {args.big_rows} seqs (refill)",
-                     partial(_ours, backend, prompts(corpus, args.big_rows // k), k, max_new), 1)
-            save(args.out)
-        if time_left() < (150 if max_new > 128 else 40):
-            row["eager generate"] = {"skipped": "time budget of the run"}
-            log(name, max_new, "eager skipped: time budget")
-            continue
-        eager_reps = 1 if max_new > 128 or args.smoke else 2
-        row["eager generate"] = measure(partial(_eager, model, tok, batch, k, max_new, n_prompts), eager_reps)
-        ours = row[ours_key].get("tokens_per_s")
-        if ours:
-            row["speedup at the same concurrency"] = round(ours / row["eager generate"]["tokens_per_s"], 2)
-        log(name, max_new, json.dumps({key: v for key, v in row.items() if key != "hf stats"})[:1500])
+    return row, batch, ours_key
+
+
+def _gen_variants(args: argparse.Namespace, corpus: list[str], name: str, backend: Any, base: Any, row: dict[str, Any], batch: list[Any], max_new: int) -> None:
+    """The other configurations, at the shortest length only (one repeat each): the previous
+    default sampler, the older decoders (``--older``) and, on a real model, refill's effect."""
+    import attrs
+
+    k = args.k
+    if max_new == min(args.tokens) and getattr(backend._decoder, "nucleus", False):
+        cands = _twin(backend, attrs.evolve(base, sampler="candidates"))
+        _variant(row, f"hf shared, previous default (sampler: candidates), {args.rows} seqs",
+                 partial(_ours, cands, batch, k, max_new), 1)
+        row["hf stats, sampler: candidates"] = dict(cands._decoder.last_stats)
+    if args.older and max_new == min(args.tokens) and getattr(backend._decoder, "fuse", "off") != "off":
+        plain = _twin(backend, attrs.evolve(base, fuse="off", decode_attention="sdpa", sampler="candidates"))
+        _variant(row, f"hf shared, fuse: off, decode_attention: sdpa, sampler: candidates, {args.rows} seqs",
+                 partial(_ours, plain, batch, k, max_new), 1)
+    if args.older and name != "tinyllama-1.1b" and max_new == min(args.tokens):
+        full = _twin(backend, attrs.evolve(base, sampler="candidates", candidates=0))
+        _variant(row, f"hf shared, full-vocabulary sampling, {args.rows} seqs",
+                 partial(_ours, full, batch, k, max_new), 1)
+    if name == "real" and max_new == min(args.tokens):
+        # rows of a real model end (EOS) at different steps: what refilling their slots gives
+        whole = _twin(backend, attrs.evolve(base, refill=False))
+        _variant(row, f"hf shared, refill: false, {args.rows} seqs", partial(_ours, whole, batch, k, max_new), 1)
+        _variant(row, f"hf shared, {args.rows} seqs at a time, {args.big_rows} seqs (refill)",
+                 partial(_ours, backend, prompts(corpus, args.big_rows // k), k, max_new), 1)
         save(args.out)
-    if name == "tinyllama-1.1b" and 384 in args.tokens and args.big_rows > 0:
-        greedy = _twin(backend, attrs.evolve(base, batch_size=args.big_rows // 2))
-        params = GenerationParams(max_new_tokens=384, temperature=0.0, repetition_penalty=1.1)
-        res["greedy 384 tokens"] = measure(
-            partial(_greedy_tokens, greedy, prompts(corpus, args.big_rows // 2, offset=7), params), 1)
-        save(args.out)
-    backend.close()
+
+
+def _gen_eager(args: argparse.Namespace, name: str, model: Any, tok: Any, row: dict[str, Any], batch: list[Any], max_new: int, ours_key: str) -> None:
+    """The research code's eager generate on the same prompts and concurrency, and our speed-up
+    over it; the slowest configuration, so it is the one skipped near ``--deadline-s``."""
+    if time_left() < (150 if max_new > 128 else 40):
+        row["eager generate"] = {"skipped": "time budget of the run"}
+        log(name, max_new, "eager skipped: time budget")
+        return
+    k, n_prompts = args.k, args.rows // args.k
+    eager_reps = 1 if max_new > 128 or args.smoke else 2
+    row["eager generate"] = measure(partial(_eager, model, tok, batch, k, max_new, n_prompts), eager_reps)
+    ours = row[ours_key].get("tokens_per_s")
+    if ours:
+        row["speedup at the same concurrency"] = round(ours / row["eager generate"]["tokens_per_s"], 2)
+    log(name, max_new, json.dumps({key: v for key, v in row.items() if key != "hf stats"})[:1500])
+    save(args.out)
+
+
+def _gen_greedy_384(args: argparse.Namespace, corpus: list[str], backend: Any, base: Any, res: dict[str, Any]) -> None:
+    """Greedy decoding's rate at 384 tokens and half of ``--big-rows``: the estimate section's
+    rate for the paper's reference answers (one greedy answer per question)."""
+    import attrs
+
+    from selflearn.core.protocols import GenerationParams
+
+    greedy = _twin(backend, attrs.evolve(base, batch_size=args.big_rows // 2))
+    params = GenerationParams(max_new_tokens=384, temperature=0.0, repetition_penalty=1.1)
+    res["greedy 384 tokens"] = measure(
+        partial(_greedy_tokens, greedy, prompts(corpus, args.big_rows // 2, offset=7), params), 1)
+    save(args.out)
 
 
 def gen_section(args: argparse.Namespace, work: str, corpus: list[str]) -> None:
@@ -435,14 +477,8 @@ def build_nli(size: dict[str, Any], tok_dir: str, out: str, device: str) -> str:
 
 
 def nli_section(args: argparse.Namespace, work: str, corpus: list[str]) -> None:
-    import torch
-
-    from selflearn.builtin.scorers import nli
-    from selflearn.builtin.scorers._common import token_batches
-    from selflearn.builtin.scorers._nli import NLIEngine
-    from selflearn.core.cache import JsonlCache
-    from selflearn.core.protocols import ScoreItem
-
+    """The NLI scorer end to end against the bare forward on the same pairs, at two pair lengths,
+    then the bare forward at exact lengths (the ceiling the scorer's overhead is read against)."""
     tok_path = os.path.join(args.nli_assets, "tokenizer")
     tok_dir = tok_path if os.path.isdir(tok_path) and not args.smoke else tokenizer_dir("nli_tok", args, work, corpus)
     folder = build_nli(DEBERTA_TINY if args.smoke else DEBERTA_V3_LARGE, tok_dir, os.path.join(work, "nli-model"), args.device)
@@ -450,46 +486,90 @@ def nli_section(args: argparse.Namespace, work: str, corpus: list[str]) -> None:
     res = RESULTS.setdefault("nli", {})
     n_items = 8 if args.smoke else args.nli_items
     for label, words in (("~128-token pairs", 75), ("~256-token pairs", 170)):
-        items = []
-        for i in range(n_items):
-            samples = []
-            for _ in range(args.k):
-                w: list[str] = []
-                while len(w) < words:
-                    w += rng.choice(corpus).split()
-                samples.append(" ".join(w[:words]))
-            items.append(ScoreItem(reference=corpus[i % len(corpus)], samples=samples))
-        engine = NLIEngine(folder, device=args.device, cache=JsonlCache(os.path.join(work, f"nli-{words}.jsonl")))
-        scorer = nli.SelfCheckNLI(nli.Options(model=folder), engine)
-        engine._load()
-        warm = [ScoreItem(reference=corpus[-1 - i], samples=[corpus[i]] * 2) for i in range(4)]
-        scorer.score(warm)  # warm-up (kernels, allocator), on other pairs than the measured ones
-        engine.computed = 0
-        dt, _ = timed(partial(scorer.score, items))
-        computed = engine.computed
-        pairs = list(dict.fromkeys((s, x) for it in items for x in it.samples for s in nli.split_sentences(it.reference)))
-        ids = engine._tokenizer([p for p, _ in pairs], [h for _, h in pairs], truncation=True, max_length=engine.max_length)["input_ids"]
-        batches = token_batches([len(x) for x in ids], engine.max_tokens_per_batch, engine.batch_size)
-        pad = engine._tokenizer.pad_token_id
-        ready = []
-        for b in batches:
-            width = max(len(ids[i]) for i in b)
-            ready.append((
-                torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in b], device=args.device),
-                torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in b], device=args.device),
-            ))
+        items = _nli_items(args, corpus, rng, n_items, words)
+        _nli_pairs(args, work, corpus, folder, items, words, res, label)
+    _nli_bare_lengths(args, folder, res)
+    save(args.out)
 
-        bare = partial(_bare, engine._model, ready)
-        bare()
-        bare_s, _ = timed(bare)
-        res[label] = {
-            "pairs": len(pairs), "computed": computed,
-            "mean_tokens": round(sum(len(x) for x in ids) / len(ids), 1),
-            "scorer_pairs_per_s": round(len(pairs) / dt, 1), "bare_pairs_per_s": round(len(pairs) / bare_s, 1),
-            "scorer_over_bare": round(bare_s / dt, 3),
-        }
-        log("nli", label, res[label])
-        engine.close()
+
+def _nli_items(args: argparse.Namespace, corpus: list[str], rng: random.Random, n_items: int, words: int) -> list[Any]:
+    """Score items of a passage and K samples of ``words`` words each (their length sets the pair
+    length); ``rng`` runs on across both lengths, as it did when this was one loop."""
+    from selflearn.core.protocols import ScoreItem
+
+    items = []
+    for i in range(n_items):
+        samples = []
+        for _ in range(args.k):
+            w: list[str] = []
+            while len(w) < words:
+                w += rng.choice(corpus).split()
+            samples.append(" ".join(w[:words]))
+        items.append(ScoreItem(reference=corpus[i % len(corpus)], samples=samples))
+    return items
+
+
+def _nli_pairs(args: argparse.Namespace, work: str, corpus: list[str], folder: str, items: list[Any], words: int,
+               res: dict[str, Any], label: str) -> None:
+    """Our ``selfcheck-nli`` scorer on ``items`` (after a warm-up on other pairs), then the bare
+    forward on the same pairs batched as the engine batches them, into ``res[label]``."""
+    from selflearn.builtin.scorers import nli
+    from selflearn.builtin.scorers._nli import NLIEngine
+    from selflearn.core.cache import JsonlCache
+    from selflearn.core.protocols import ScoreItem
+
+    engine = NLIEngine(folder, device=args.device, cache=JsonlCache(os.path.join(work, f"nli-{words}.jsonl")))
+    scorer = nli.SelfCheckNLI(nli.Options(model=folder), engine)
+    engine._load()
+    warm = [ScoreItem(reference=corpus[-1 - i], samples=[corpus[i]] * 2) for i in range(4)]
+    scorer.score(warm)  # warm-up (kernels, allocator), on other pairs than the measured ones
+    engine.computed = 0
+    dt, _ = timed(partial(scorer.score, items))
+    computed = engine.computed
+    pairs, ids, ready = _nli_ready(args, engine, items)
+
+    bare = partial(_bare, engine._model, ready)
+    bare()
+    bare_s, _ = timed(bare)
+    res[label] = {
+        "pairs": len(pairs), "computed": computed,
+        "mean_tokens": round(sum(len(x) for x in ids) / len(ids), 1),
+        "scorer_pairs_per_s": round(len(pairs) / dt, 1), "bare_pairs_per_s": round(len(pairs) / bare_s, 1),
+        "scorer_over_bare": round(bare_s / dt, 3),
+    }
+    log("nli", label, res[label])
+    engine.close()
+
+
+def _nli_ready(args: argparse.Namespace, engine: Any, items: list[Any]) -> tuple[list[tuple[str, str]], list[list[int]], list[Any]]:
+    """The scorer's distinct (sentence, sample) pairs, their token ids and padded device tensors
+    in the engine's token batches: the bare forward's input, tokenised outside the timing."""
+    import torch
+
+    from selflearn.builtin.scorers import nli
+    from selflearn.builtin.scorers._common import token_batches
+
+    pairs = list(dict.fromkeys((s, x) for it in items for x in it.samples for s in nli.split_sentences(it.reference)))
+    ids = engine._tokenizer([p for p, _ in pairs], [h for _, h in pairs], truncation=True, max_length=engine.max_length)["input_ids"]
+    batches = token_batches([len(x) for x in ids], engine.max_tokens_per_batch, engine.batch_size)
+    pad = engine._tokenizer.pad_token_id
+    ready = []
+    for b in batches:
+        width = max(len(ids[i]) for i in b)
+        ready.append((
+            torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in b], device=args.device),
+            torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in b], device=args.device),
+        ))
+    return pairs, ids, ready
+
+
+def _nli_bare_lengths(args: argparse.Namespace, folder: str, res: dict[str, Any]) -> None:
+    """The bare forward on 64 pairs of exactly 128 and 256 tokens (16 and 32 in smoke), after
+    three warm-up passes: the rate with no padding and no scorer around it."""
+    import torch
+
+    from selflearn.builtin.scorers._nli import NLIEngine
+
     x_len = (16, 32) if args.smoke else (128, 256)
     for length in x_len:
         engine = NLIEngine(folder, device=args.device)
@@ -503,7 +583,6 @@ def nli_section(args: argparse.Namespace, work: str, corpus: list[str]) -> None:
             dt, _ = timed(partial(_forward_n, engine._model, x, m, steps))
         res[f"bare, every pair {length} tokens"] = round(64 * steps / dt, 1)
         engine.close()
-    save(args.out)
 
 
 def _bare(model: Any, ready: list[Any]) -> None:
@@ -649,7 +728,8 @@ def versions() -> dict[str, Any]:
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line; the GPU sessions' scripts and benchmarks/README.md spell these flags."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
     ap.add_argument("--smoke", action="store_true", help="tiny models and sizes, on the CPU")
@@ -670,26 +750,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", nargs="*", default=[], help="bench.json files of earlier runs whose generation and "
                     "NLI figures join this run's (for the estimate: e.g. --sections '' --merge gen.json nli.json)")
     ap.add_argument("--deadline-s", type=float, default=0, help="skip long runs past this many seconds (0: never)")
-    args = ap.parse_args(argv)
-    if args.deadline_s > 0:
-        DEADLINE[0] = args.deadline_s
-    import torch
+    return ap
 
-    args.device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
-    args.tokens = [int(t) for t in args.tokens.split(",")]
-    if args.smoke:
-        args.tokens, args.k, args.rows, args.big_rows, args.repeats = [8], 2, 4, 8, 1
-    os.makedirs(args.out, exist_ok=True)
-    RESULTS["versions"] = versions()
-    RESULTS["args"] = {k: v for k, v in vars(args).items()}
-    work = tempfile.mkdtemp(prefix="selflearn-bench-")
-    corpus = texts(args)
-    for path in args.merge:
+
+def _merge(paths: list[str]) -> None:
+    """Earlier runs' generation and NLI figures into this run's, named under ``merged``: the
+    estimate can then combine sections that were measured in separate GPU sessions."""
+    for path in paths:
         with open(path) as f:
             earlier = json.load(f)
         for key in ("generation", "nli"):
             RESULTS.setdefault(key, {}).update(earlier.get(key, {}))
         RESULTS.setdefault("merged", []).append(os.path.basename(path))
+
+
+def _run_sections(args: argparse.Namespace, work: str, corpus: list[str]) -> list[str]:
+    """Each requested section in turn, timed and saved after it; a section that raises is
+    recorded under ``errors`` and the next one still runs. Returns the failed sections."""
     sections = {"gen": gen_section, "greedy": greedy_section, "nli": nli_section, "dpo": dpo_section}
     failed = []
     for name in filter(None, args.sections.split(",")):
@@ -706,6 +783,28 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[{name}] FAILED: {exc!r}")
         RESULTS.setdefault("section_s", {})[name] = round(time.perf_counter() - t0, 1)
         save(args.out)
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run the sections, estimate, print the table; exit 1 when a section failed (its
+    trace is in bench.json), so that a GPU session notices without reading the figures."""
+    args = _parser().parse_args(argv)
+    if args.deadline_s > 0:
+        DEADLINE[0] = args.deadline_s
+    import torch
+
+    args.device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
+    args.tokens = [int(t) for t in args.tokens.split(",")]
+    if args.smoke:
+        args.tokens, args.k, args.rows, args.big_rows, args.repeats = [8], 2, 4, 8, 1
+    os.makedirs(args.out, exist_ok=True)
+    RESULTS["versions"] = versions()
+    RESULTS["args"] = {k: v for k, v in vars(args).items()}
+    work = tempfile.mkdtemp(prefix="selflearn-bench-")
+    corpus = texts(args)
+    _merge(args.merge)
+    failed = _run_sections(args, work, corpus)
     estimate_section(args)
     text = table()
     with open(os.path.join(args.out, "table.md"), "w") as f:
