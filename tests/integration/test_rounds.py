@@ -78,6 +78,20 @@ class QuestionHashScorer:
         return out
 
 
+def _assert_round_two_lineage(model2: Path, r1: Path, model1: str, original: str) -> None:
+    """Round 2's model names round 1's data, thresholds and model in its lineage file and its
+    model card: what lets a reader of the model alone trace it back through the rounds."""
+    lineage = json.loads((model2 / "selflearn-lineage.json").read_text())
+    rounds = lineage["lineage"]["rounds"]
+    assert rounds["round"] == 2 and rounds["model"] == model1 and rounds["original_model"] == original
+    (earlier,) = rounds["earlier"]
+    assert earlier["model"] == model1
+    assert earlier["data"]["hash"] == ArtifactStore(str(r1)).hash("dpo_pairs.jsonl")
+    assert earlier["thresholds"]["tau_k"] == 0.5
+    card = (model2 / "README.md").read_text()
+    assert "## Self-training rounds" in card and earlier["data"]["hash"] in card and model1 in card
+
+
 def test_two_rounds_train_the_previous_rounds_model(tiny_llama, tmp_path):
     run = tmp_path / "run"
     outcomes = Pipeline(_config(run, tiny_llama, scorer=QuestionHashScorer())).run()
@@ -114,16 +128,7 @@ def test_two_rounds_train_the_previous_rounds_model(tiny_llama, tmp_path):
     assert not ({q.id for q in q1} - unknown) & {q.id for q in q2}  # ... and only those
     assert (r1 / "test_questions.jsonl").read_bytes() == (r2 / "test_questions.jsonl").read_bytes()
 
-    # lineage: round 2's model names round 1's data, thresholds and model
-    lineage = json.loads((Path(train2["models"]["dpo"]) / "selflearn-lineage.json").read_text())
-    rounds = lineage["lineage"]["rounds"]
-    assert rounds["round"] == 2 and rounds["model"] == model1 and rounds["original_model"] == tiny_llama
-    (earlier,) = rounds["earlier"]
-    assert earlier["model"] == model1
-    assert earlier["data"]["hash"] == ArtifactStore(str(r1)).hash("dpo_pairs.jsonl")
-    assert earlier["thresholds"]["tau_k"] == 0.5
-    card = (Path(train2["models"]["dpo"]) / "README.md").read_text()
-    assert "## Self-training rounds" in card and earlier["data"]["hash"] in card and model1 in card
+    _assert_round_two_lineage(Path(train2["models"]["dpo"]), r1, model1, tiny_llama)
 
     # the report across rounds
     report = (run / "report.md").read_text()
