@@ -308,8 +308,8 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
             graph = st.graphs[128]
 
             def replay(st: Any = st, graph: Any = graph) -> None:
-                with torch.inference_mode():
-                    st.t.fill_(70)
+                with torch.inference_mode():  # every row at step 70 (rows have their own steps since refill)
+                    st.step.fill_(70)
                 graph.replay()
 
             times = []
