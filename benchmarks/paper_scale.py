@@ -70,38 +70,46 @@ STAGES = ("generations", "scores")
 def record(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
     """Store this invocation in ``paper_scale.json`` (``entry`` with ``started``: mark it
     started). An invocation that never finished (killed at a call's time limit) stays as a
-    started entry. The figure sums each data stage's seconds from the invocation that ran it:
-    ``--until generations`` then the same command to the scores measures both stages whole in
-    two calls; a stage that ran after an interrupted invocation covers only the work left, so the
-    figure then says it is a lower bound."""
+    started entry; :func:`figure` reads the figure from the list."""
     path = out / "paper_scale.json"
     result: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"invocations": []}
     if entry.get("started"):
         result["invocations"].append(entry)
     else:
-        result["invocations"][-1] = entry
+        result["invocations"][-1] = {**result["invocations"][-1], **entry}
         result.update(figure(result["invocations"]))
     path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
 def figure(invocations: list[dict[str, Any]]) -> dict[str, Any]:
-    """The data stage's minutes over ``invocations``: each stage's seconds from the last one
-    that ran it, and whether an interrupted invocation came before (then: a lower bound)."""
+    """The data stage's minutes: each stage's seconds summed over the invocations that ran it.
+    One complete invocation per stage is the whole figure (``--until generations`` then the
+    same command to the scores gives that in two calls). A stage split over several complete
+    invocations (``--questions 2890``, then 5,780) pays the model's start-up in each: an upper
+    bound. A stage after an interrupted invocation (killed at a call's limit, which may have
+    done part of the work) covers only the rest: a lower bound."""
     stages: dict[str, Any] = {}
     for i, inv in enumerate(invocations):
         for stage in STAGES:
             if stage in inv.get("ran_s", {}):
-                interrupted = any("ran_s" not in before for before in invocations[:i])
-                stages[stage] = {"seconds": inv["ran_s"][stage], "invocation": i, "after_interruption": interrupted}
-    if not stages:  # a later invocation that found everything done keeps the figure
+                entry = stages.setdefault(stage, {"seconds": 0.0, "invocations": []})
+                entry["seconds"] = round(entry["seconds"] + inv["ran_s"][stage], 1)
+                entry["invocations"].append(i)
+    if not stages:  # invocations that found everything done keep the figure
         return {}
+    last_run = max(i for v in stages.values() for i in v["invocations"])
+    interrupted = any("ran_s" not in inv for inv in invocations[:last_run])
     missing = [s for s in STAGES if s not in stages]
-    lower = any(v["after_interruption"] for v in stages.values())
-    measured = "whole, each stage in one invocation with nothing cached before it" if not lower else (
-        "a lower bound: a stage ran after an interrupted invocation, on the work it left")
+    split = [s for s, v in stages.items() if len(v["invocations"]) > 1]
     if missing:
         measured = f"incomplete: {', '.join(missing)} not run yet"
+    elif interrupted:
+        measured = "a lower bound: an interrupted invocation did part of the work, uncounted"
+    elif split:
+        measured = f"an upper bound: {', '.join(split)} ran over several invocations, each starting its model again"
+    else:
+        measured = "whole, each stage in one invocation with nothing cached before it"
     return {"data_stage_minutes": round(sum(v["seconds"] for v in stages.values()) / 60, 2),
             "stages": stages, "measured_in": measured}
 
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     lm, nli = models(args, out, device)
     run_dir = out / "run"
-    record(out, {"started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    record(out, {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "questions": args.questions, "until": args.until})
     config = config_for(args, run_dir, lm, nli)
     Pipeline(config).run(until="questions")
     ray_overhead.check_questions(run_dir, args.questions)  # never time a smaller stage than asked for

@@ -47,13 +47,18 @@ def test_paper_scale_smoke_runs_and_resumes(tmp_path: Path) -> None:
     assert again["data_stage_minutes"] == minutes  # nothing re-ran, the figure stays
 
 
-def test_interrupted_invocation_makes_a_lower_bound() -> None:
-    """A stage that ran after an invocation killed at a call's limit covers only the work left."""
+def test_interrupted_or_split_invocations_are_bounds() -> None:
+    """A stage that ran after an invocation killed at a call's limit covers only the work left
+    (lower bound); a stage split over complete invocations pays a start-up in each (upper)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import paper_scale
 
     killed = {"started": "t0"}
-    done = {"ran_s": {"generations": 60.0, "scores": 30.0}}
+    done = {"started": "t1", "ran_s": {"generations": 60.0, "scores": 30.0}}
     assert paper_scale.figure([done])["measured_in"].startswith("whole")
     lower = paper_scale.figure([killed, done])
     assert lower["measured_in"].startswith("a lower bound") and lower["data_stage_minutes"] == 1.5
+    half = {"started": "t0", "ran_s": {"generations": 40.0}}
+    upper = paper_scale.figure([half, done])
+    assert upper["measured_in"].startswith("an upper bound: generations") and upper["data_stage_minutes"] == 2.17
+    assert paper_scale.figure([done, killed, {"started": "t2", "ran_s": {}}])["measured_in"].startswith("whole")
