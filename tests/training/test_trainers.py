@@ -319,3 +319,32 @@ def test_model_card_front_matter_loads_with_huggingface_hub(tiny_llama: str, tmp
     local = {"base_model": str(out), "resolved_base": str(out), "lineage": {"base_model": "org/base"}}
     assert lin.card_base_model(local) == "org/base"
     assert lin.card_base_model({"base_model": tiny_llama, "resolved_base": tiny_llama}) is None
+
+
+def test_checkpointing_on_under_the_installed_transformers_names(
+    tiny_llama: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``gradient_checkpointing: true`` turns activation checkpointing on, passed under the name
+    the installed TrainingArguments declares: transformers 5.25 renamed it and warns on the old
+    name (a FutureWarning in every user's training log, an error in v6)."""
+    import warnings
+
+    import transformers
+
+    calls: list[str] = []
+    for name in ("activation_checkpointing_enable", "gradient_checkpointing_enable"):
+        original = getattr(transformers.PreTrainedModel, name, None)
+        if original is not None:
+            def spy(self: object, *a: object, _o: object = original, _n: str = name, **k: object) -> object:
+                calls.append(_n)
+                return _o(self, *a, **k)  # type: ignore[operator]
+
+            monkeypatch.setattr(transformers.PreTrainedModel, name, spy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sft.SFTTrainer(sft_options(max_steps=1, gradient_checkpointing=True)).train(
+            TrainRequest(rows=sft_rows(4), model=tiny_llama, output_dir=str(tmp_path / "sft"))
+        )
+    renamed = [str(w.message) for w in caught if "training_args" in w.filename and "checkpointing" in str(w.message)]
+    assert renamed == []
+    assert calls, "activation checkpointing was never turned on"

@@ -271,10 +271,7 @@ class TRLTrainer:
             "eval_steps": _steps(opts.eval_steps) if has_eval else None,
             "bf16": precision.bf16,
             "fp16": precision.fp16,
-            "gradient_checkpointing": opts.gradient_checkpointing,
-            "gradient_checkpointing_kwargs": {"use_reentrant": False}
-            if opts.gradient_checkpointing
-            else None,
+            **checkpointing_args(opts.gradient_checkpointing),
             "seed": seed,
             "data_seed": seed,
             "max_length": opts.max_length,
@@ -300,6 +297,21 @@ class TRLTrainer:
             tokenizer.save_pretrained(target)
             if target != output_dir:
                 tokenizer.save_pretrained(output_dir)
+
+
+def checkpointing_args(enabled: bool) -> dict[str, Any]:
+    """The activation-checkpointing arguments under the installed transformers' names:
+    transformers renamed ``gradient_checkpointing`` (and its ``_kwargs``) to
+    ``activation_checkpointing``, and 5.25 warns on the old names until v6 removes them, while
+    older releases of our range know only the old ones. Our option keeps its name
+    (``gradient_checkpointing``, as in TRL's docs)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    name = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
 def sort_target_modules(folder: str) -> None:
