@@ -35,7 +35,6 @@ Greedy selection is ``argmax`` of the penalised logits, as on the full path.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -87,15 +86,22 @@ def _full_rows(
     return tokens, lp
 
 
-@functools.cache
+#: :func:`full_rows_uncompiled`'s one function (a list, not ``functools.cache``: dynamo
+#: traces through a cache wrapper and warns that doing so may be silently wrong)
+_FULL_ROWS_UNCOMPILED: list[Callable[..., tuple[torch.Tensor, torch.Tensor]]] = []
+
+
 def full_rows_uncompiled() -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     """:func:`_full_rows` marked for ``torch.compile`` to leave alone (a graph break): its
     vocabulary-wide sort and cumulative sum run as PyTorch's own kernels, and inductor's split
     scan for a long cumulative sum over few rows fails to generate code in torch 2.11. Made
-    once, outside traced code (dynamo cannot call ``torch.compiler.disable`` while tracing)."""
-    import torch
+    once, outside traced code (dynamo cannot call ``torch.compiler.disable`` while tracing):
+    the decoder calls this before compiling, and the traced call only reads the list."""
+    if not _FULL_ROWS_UNCOMPILED:
+        import torch
 
-    return torch.compiler.disable(_full_rows)
+        _FULL_ROWS_UNCOMPILED.append(torch.compiler.disable(_full_rows))
+    return _FULL_ROWS_UNCOMPILED[0]
 
 
 def select_candidates(
