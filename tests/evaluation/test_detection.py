@@ -166,3 +166,18 @@ def test_detection_errors(run_dir: str) -> None:
     with pytest.raises(ConfigError, match=r"detection.scorers\[0\]"):
         Pipeline({**base, "evaluate": {"qa": [QA_SET], "detection": {"scorers": [{"options": {}}]}}},
                  load_entry_points=False).stage("evaluate").validate()
+
+
+def test_roc_plot_says_why_a_panel_has_no_curve() -> None:
+    """A QA set whose answers are all right has no ROC curve: the panel says so (no legend of
+    nothing, which matplotlib warns about), and the other panel still draws its curve."""
+    import warnings
+
+    from selflearn.builtin.evaluation.detection import plot_roc
+
+    rows = [{"set": "trivia", "wrong": False, "s_k": {"nli": v}} for v in (0.1, 0.4, 0.8)]
+    rows += [{"set": "fanout", "wrong": w, "s_k": {"nli": v}} for w, v in ((True, 0.9), (False, 0.2), (True, 0.6))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = plot_roc(rows, ["nli"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000

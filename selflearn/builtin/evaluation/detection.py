@@ -152,17 +152,23 @@ def plot_roc(rows: Sequence[dict[str, Any]], scorer_names: Sequence[str]) -> byt
     fig, axes = plt.subplots(1, max(1, len(sets)), figsize=(4.2 * max(1, len(sets)), 4), squeeze=False)
     for ax, set_name in zip(axes[0], sets, strict=False):
         sel = [r for r in rows if r["set"] == set_name]
+        drawn = 0
         for name in scorer_names:
             scores, labels = _scored(sel, name)
             pts = roc_curve(scores, labels)
             if pts:
                 a = auroc(scores, labels)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{name} (AUROC {a:.2f})")
+                drawn += 1
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"{set_name} (n={len(sel)})", fontsize=9)
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate (wrong answers found)")
-        ax.legend(fontsize=7, loc="lower right")
+        if drawn:
+            ax.legend(fontsize=7, loc="lower right")
+        else:  # say why the panel is empty rather than leave a blank square
+            ax.text(0.5, 0.5, "no curve: the scored answers here\nare all right or all wrong", ha="center",
+                    va="center", fontsize=8, transform=ax.transAxes)
     fig.suptitle("S_K as a detector of wrong closed-book answers", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
