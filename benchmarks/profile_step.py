@@ -1,6 +1,6 @@
 """Where a decode step of the ``shared`` decoder spends its time (GPU only).
 
-    python benchmarks/profile_step.py [--out DIR]
+    python benchmarks/profile_step.py [--out DIR] [--parts ...] [--assets .assets/perf] [--nli-assets .assets/bench_nli]
 
 Times, on random-weight SmolLM2-135M- and TinyLlama-1.1B-shaped models in bfloat16, K = 10:
 
@@ -227,7 +227,7 @@ def kernel_configs() -> None:
                                       "best": [best, ok[best]], "all": times})
 
 
-def host_overhead(work: str) -> None:
+def host_overhead(work: str, assets: str, nli_assets: str) -> None:
     """One end-to-end ``generate`` call of the hf backend (SmolLM2-135M shape, 2,560 rows, 128
     tokens) under cProfile after a warm-up call: where the time outside the decode loop goes."""
     import cProfile
@@ -240,8 +240,8 @@ def host_overhead(work: str) -> None:
     from selflearn.builtin.backends.hf import HFBackend, Options
     from selflearn.core.protocols import GenerationParams
 
-    folder = build_lm(SMOLLM2_135M, os.path.join(ROOT, ".assets", "perf", "smollm2_tok"), os.path.join(work, "host"), "cuda")
-    corpus = texts(argparse.Namespace(nli_assets=os.path.join(ROOT, ".assets", "bench_nli"), smoke=False))
+    folder = build_lm(SMOLLM2_135M, os.path.join(assets, "smollm2_tok"), os.path.join(work, "host"), "cuda")
+    corpus = texts(argparse.Namespace(nli_assets=nli_assets, smoke=False))
     backend = HFBackend(Options(batch_size=2560, device="cuda", dtype="bfloat16"), folder, seed=1)
     params = GenerationParams(max_new_tokens=128, temperature=1.0, top_p=0.9, repetition_penalty=1.1)
     batch = prompts(corpus, 256)
@@ -271,7 +271,7 @@ def _f32(st: Any) -> Any:
     return out
 
 
-def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
+def decode_runs(name: str, shape: dict[str, Any], tok_dir: str, work: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -279,7 +279,7 @@ def decode_runs(name: str, shape: dict[str, Any], tok: str, work: str) -> None:
     from selflearn.builtin.backends.hf.sampling import SamplingConfig
     from selflearn.builtin.backends.hf.shared_decoder import SharedPrefixDecoder
 
-    folder = build_lm(shape, os.path.join(ROOT, ".assets", "perf", tok), os.path.join(work, name), "cuda")
+    folder = build_lm(shape, tok_dir, os.path.join(work, name), "cuda")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).cuda().eval()
     cfg = SamplingConfig(greedy=False, temperature=1.0, top_p=0.9, repetition_penalty=1.1)
     rng = random.Random(0)
@@ -336,6 +336,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "profile-out"))
     ap.add_argument("--parts", default="attention,kernel,select,decode")
+    ap.add_argument("--assets", default=os.path.join(ROOT, ".assets", "perf"),
+                    help="folder of smollm2_tok and tok32k (prepare_bench_assets.py writes .assets/bench/perf)")
+    ap.add_argument("--nli-assets", default=os.path.join(ROOT, ".assets", "bench_nli"), help="folder of texts.json")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp()
@@ -344,10 +347,10 @@ def main() -> None:
     for part, fn in (
         ("attention", attention_check),
         ("kernel", kernel_configs),
-        ("host", lambda: host_overhead(work)),
+        ("host", lambda: host_overhead(work, args.assets, args.nli_assets)),
         ("select", lambda: (select_times(49152), select_times(32000))),
-        ("decode", lambda: (decode_runs("smollm2-135m", SMOLLM2_135M, "smollm2_tok", work),
-                            decode_runs("tinyllama-1.1b", TINYLLAMA_1B, "tok32k", work))),
+        ("decode", lambda: (decode_runs("smollm2-135m", SMOLLM2_135M, os.path.join(args.assets, "smollm2_tok"), work),
+                            decode_runs("tinyllama-1.1b", TINYLLAMA_1B, os.path.join(args.assets, "tok32k"), work))),
     ):
         if part in parts:
             try:

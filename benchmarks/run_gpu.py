@@ -117,6 +117,13 @@ def tokenizer_dir(name: str, args: argparse.Namespace, work: str, corpus: list[s
     path = os.path.join(args.assets, name)
     if os.path.isdir(path) and not args.smoke:
         return path
+    return train_bpe(corpus, os.path.join(work, f"tok-{name}"), vocab_size=400)
+
+
+def train_bpe(corpus: list[str], out: str, vocab_size: int) -> str:
+    """A byte-level BPE of ``vocab_size`` ids (the three ChatML specials included) trained on
+    ``corpus``, with the ChatML template and ``<|im_end|>`` as eos and pad, saved to ``out``:
+    the 400-piece fallback above, and ``prepare_bench_assets.py``'s 32k ``tok32k``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -125,12 +132,11 @@ def tokenizer_dir(name: str, args: argparse.Namespace, work: str, corpus: list[s
     tk.decoder = decoders.ByteLevel()
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tk.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     ))
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|im_end|>")
     fast.chat_template = CHATML
-    out = os.path.join(work, f"tok-{name}")
     fast.save_pretrained(out)
     return out
 
