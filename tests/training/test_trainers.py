@@ -178,11 +178,13 @@ def test_dpo_truncates_prompts_and_drops_rejected_eos(tiny_llama: str) -> None:
         to_dataset,
     )
     from selflearn.builtin.trainers.dpo import _trainer_class
+    from selflearn.builtin.trainers.runner import checkpointing_args
 
     opts = dpo_options()
     tok, _ = prepare_tokenizer(tiny_llama, opts)
     model = load_model(tiny_llama, tok, opts, resolve_precision("fp32"))
-    args = DPOConfig(output_dir="/tmp/unused-dpo", report_to="none", bf16=False, max_length=64)
+    args = DPOConfig(output_dir="/tmp/unused-dpo", report_to="none", bf16=False, max_length=64,
+                     **checkpointing_args(False))  # TRL's default (on) under the old name warns
     trainer = _trainer_class()(
         model=model,
         ref_model=load_model(tiny_llama, tok, opts, resolve_precision("fp32")),
