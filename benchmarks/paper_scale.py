@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     entry = {
         "wall_s": round(time.perf_counter() - t0, 1),
         "ran_s": {o.name: round(o.seconds, 1) for o in outcomes if o.status == "ran"},
+        # generations made here against those found in the per-call cache (a split stage's proof
+        # that the second invocation did not redo the first's work)
+        "generations_made": {k: o.summary.get(k) for o in outcomes if o.name == "generations" and o.status == "ran"
+                             for k in ("backend_generations", "cached_generations")},
         "rows": counts(run_dir), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "shape": "tiny" if args.smoke else args.shape, "questions": args.questions, "k": args.k,
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "chunk_size": args.chunk_size,

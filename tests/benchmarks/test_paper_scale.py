@@ -35,6 +35,7 @@ def test_paper_scale_smoke_runs_and_resumes(tmp_path: Path) -> None:
     rows = this["rows"]  # the questions stage writes a few more than are answered (see paper_shape)
     assert rows["generations"] == rows["scores"] == 6 and rows["questions"] >= 6, rows
     assert set(gen["ran_s"]) == {"generations"} and set(this["ran_s"]) == {"scores"}
+    assert gen["generations_made"] == {"backend_generations": 30, "cached_generations": 0}  # 6 x (1 + 2 + 2)
     assert result["measured_in"].startswith("whole")
     minutes = result["data_stage_minutes"]
     assert minutes == round((gen["ran_s"]["generations"] + this["ran_s"]["scores"]) / 60, 2)
