@@ -500,19 +500,11 @@ def nli_section(args: argparse.Namespace, work: str, corpus: list[str]) -> None:
 
 def _nli_items(args: argparse.Namespace, corpus: list[str], rng: random.Random, n_items: int, words: int) -> list[Any]:
     """Score items of a passage and K samples of ``words`` words each (their length sets the pair
-    length); ``rng`` runs on across both lengths, as it did when this was one loop."""
-    from selflearn.core.protocols import ScoreItem
+    length), built as tests/scoring/bench_nli.py builds its workload; ``rng`` runs on across
+    both lengths, as it did when this was one loop."""
+    from tests.scoring.bench_nli import workload
 
-    items = []
-    for i in range(n_items):
-        samples = []
-        for _ in range(args.k):
-            w: list[str] = []
-            while len(w) < words:
-                w += rng.choice(corpus).split()
-            samples.append(" ".join(w[:words]))
-        items.append(ScoreItem(reference=corpus[i % len(corpus)], samples=samples))
-    return items
+    return workload(corpus, n_items, args.k, words, rng)
 
 
 def _nli_pairs(args: argparse.Namespace, work: str, corpus: list[str], folder: str, items: list[Any], words: int,

@@ -57,10 +57,9 @@ def build_model(assets: str, folder: str, device: str, tiny: bool) -> str:
     return folder
 
 
-def workload(texts: list[str], n_items: int, k: int, sample_words: int, seed: int) -> list[ScoreItem]:
+def workload(texts: list[str], n_items: int, k: int, sample_words: int, rng: random.Random) -> list[ScoreItem]:
     """References = paragraphs (split into sentences by the scorer); samples = other paragraphs
-    cut or joined to about ``sample_words`` words."""
-    rng = random.Random(seed)
+    cut or joined to about ``sample_words`` words (also benchmarks/run_gpu.py's NLI items)."""
     items = []
     for i in range(n_items):
         samples = []
@@ -149,9 +148,9 @@ def main() -> None:
             engine = NLIEngine(model_dir, device=DEVICE, max_tokens_per_batch=budget, cache=cache)
             scorer = nli.SelfCheckNLI(nli.Options(model=model_dir), engine)
             n_items = args.items if words < 100 else args.items // 2
-            items = workload(texts, n_items, 10, words, seed=words)
+            items = workload(texts, n_items, 10, words, random.Random(words))
             engine._load()
-            scorer.score(workload(texts, 4, 10, words, seed=1))  # warm-up (kernels, allocator)
+            scorer.score(workload(texts, 4, 10, words, random.Random(1)))  # warm-up (kernels, allocator)
             engine.computed = 0
             engine.timing = dict.fromkeys(engine.timing, 0.0)
             t0 = time.perf_counter()
