@@ -155,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = out / "run"
     record(out, {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "questions": args.questions, "until": args.until})
     config = config_for(args, run_dir, lm, nli)
-    Pipeline(config).run(until="questions")
+    pipeline = Pipeline(config)
+    pipeline.run(until="questions")
     ray_overhead.check_questions(run_dir, args.questions)  # never time a smaller stage than asked for
     t0 = time.perf_counter()
-    outcomes = Pipeline(config).run(until=args.until)
+    outcomes = pipeline.run(until=args.until)
     entry = {
         "wall_s": round(time.perf_counter() - t0, 1),
         "ran_s": {o.name: round(o.seconds, 1) for o in outcomes if o.status == "ran"},
