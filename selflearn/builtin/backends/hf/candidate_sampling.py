@@ -131,14 +131,7 @@ def select_candidates(
     raw_lse = logits.logsumexp(dim=-1) if cfg.logprobs == "model" else None
     raw_at = None
     if cfg.greedy:
-        if raw_lse is not None:
-            tokens = penalize_ids(logits.clone(), seen_ids, cfg.repetition_penalty).argmax(dim=-1)
-            return tokens, logits.gather(1, tokens[:, None])[:, 0] - raw_lse
-        scores = penalize_ids(logits, seen_ids, cfg.repetition_penalty)
-        tokens = scores.argmax(dim=-1)
-        if cfg.logprobs is None:
-            return tokens, None
-        return tokens, scores.log_softmax(dim=-1).gather(1, tokens[:, None])[:, 0]
+        return _greedy(logits, seen_ids, cfg, raw_lse)
     if raw_lse is not None:
         # the raw logit of every candidate is needed later; keep the unpenalised row values
         raw_at = logits.clone()
@@ -161,23 +154,53 @@ def select_candidates(
     if cfg.logprobs == "sampling":
         lp = (masked.gather(1, pick) - masked.logsumexp(dim=-1, keepdim=True))[:, 0]
     over = ~covered if live is None else ~covered & live
-    over_n = over.sum()
-    slots = min(overflow_slots, scores.shape[0])
-    if slots > 0:
-        # overflow rows first (stable: by row order); the rest of the slots do harmless work
-        idx = torch.argsort(over.to(torch.int8), descending=True, stable=True)[:slots]
-        use = over.index_select(0, idx)
-        full = full_rows_uncompiled() if torch.compiler.is_compiling() else _full_rows
-        sub_tok, sub_lp = full(
-            scores.index_select(0, idx), keys.index_select(0, idx), _rows_of(step, idx), cfg.top_p, vocab
-        )
-        tokens = tokens.scatter(0, idx, torch.where(use, sub_tok, tokens.index_select(0, idx)))
-        if lp is not None:
-            lp = lp.scatter(0, idx, torch.where(use, sub_lp, lp.index_select(0, idx)))
-        stats[1] += over_n - use.sum()
-    else:
-        stats[1] += over_n
-    stats[0] += over_n
+    tokens, lp = _resample_overflow(over, scores, keys, step, cfg, overflow_slots, stats, vocab, tokens, lp)
     if raw_lse is not None and raw_at is not None:
         lp = raw_at.gather(1, tokens[:, None])[:, 0] - raw_lse
+    return tokens, lp
+
+
+def _greedy(logits: torch.Tensor, seen_ids: torch.Tensor, cfg: SamplingConfig,
+            raw_lse: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`select_candidates` for greedy decoding: the best penalised token per row, and
+    its log-probability under the model (``raw_lse``: the unpenalised logits are kept for it)
+    or under the penalised distribution."""
+    if raw_lse is not None:
+        tokens = penalize_ids(logits.clone(), seen_ids, cfg.repetition_penalty).argmax(dim=-1)
+        return tokens, logits.gather(1, tokens[:, None])[:, 0] - raw_lse
+    scores = penalize_ids(logits, seen_ids, cfg.repetition_penalty)
+    tokens = scores.argmax(dim=-1)
+    if cfg.logprobs is None:
+        return tokens, None
+    return tokens, scores.log_softmax(dim=-1).gather(1, tokens[:, None])[:, 0]
+
+
+def _resample_overflow(
+    over: torch.Tensor, scores: torch.Tensor, keys: torch.Tensor, step: torch.Tensor | int,
+    cfg: SamplingConfig, overflow_slots: int, stats: torch.Tensor, vocab: torch.Tensor,
+    tokens: torch.Tensor, lp: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows whose top-p mass lies beyond the k candidates (``over``) sampled again over the
+    full vocabulary, in at most ``overflow_slots`` fixed slots (fixed shapes: no host sync);
+    the ``stats`` counters count overflow rows and those left without a slot (truncated)."""
+    import torch
+
+    over_n = over.sum()
+    slots = min(overflow_slots, scores.shape[0])
+    if slots <= 0:
+        stats[1] += over_n
+        stats[0] += over_n
+        return tokens, lp
+    # overflow rows first (stable: by row order); the rest of the slots do harmless work
+    idx = torch.argsort(over.to(torch.int8), descending=True, stable=True)[:slots]
+    use = over.index_select(0, idx)
+    full = full_rows_uncompiled() if torch.compiler.is_compiling() else _full_rows
+    sub_tok, sub_lp = full(
+        scores.index_select(0, idx), keys.index_select(0, idx), _rows_of(step, idx), cfg.top_p, vocab
+    )
+    tokens = tokens.scatter(0, idx, torch.where(use, sub_tok, tokens.index_select(0, idx)))
+    if lp is not None:
+        lp = lp.scatter(0, idx, torch.where(use, sub_lp, lp.index_select(0, idx)))
+    stats[1] += over_n - use.sum()
+    stats[0] += over_n
     return tokens, lp
