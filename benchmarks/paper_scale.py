@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -91,36 +92,103 @@ def figure(invocations: list[dict[str, Any]]) -> dict[str, Any]:
     done part of the work) covers only the rest: a lower bound."""
     stages: dict[str, Any] = {}
     for i, inv in enumerate(invocations):
+        spent = dict(inv.get("ran_s", {}))
+        if "cut" in inv:  # cut at a call's limit: its seconds in the stage count too
+            spent[inv["cut"]["stage"]] = spent.get(inv["cut"]["stage"], 0.0) + inv["cut"]["seconds"]
         for stage in STAGES:
-            if stage in inv.get("ran_s", {}):
+            if stage in spent:
                 entry = stages.setdefault(stage, {"seconds": 0.0, "invocations": []})
-                entry["seconds"] = round(entry["seconds"] + inv["ran_s"][stage], 1)
+                entry["seconds"] = round(entry["seconds"] + spent[stage], 1)
                 entry["invocations"].append(i)
     if not stages:  # invocations that found everything done keep the figure
         return {}
     last_run = max(i for v in stages.values() for i in v["invocations"])
-    interrupted = any("ran_s" not in inv for inv in invocations[:last_run])
-    missing = [s for s in STAGES if s not in stages]
+    interrupted = any("ran_s" not in inv and "cut" not in inv for inv in invocations[:last_run])
+    done = {s for inv in invocations for s in inv.get("ran_s", {})}
+    missing = [s for s in STAGES if s not in done]
     split = [s for s, v in stages.items() if len(v["invocations"]) > 1]
     if missing:
-        measured = f"incomplete: {', '.join(missing)} not run yet"
+        measured = f"incomplete: {', '.join(missing)} not finished yet"
     elif interrupted:
         measured = "a lower bound: an interrupted invocation did part of the work, uncounted"
     elif split:
-        measured = f"an upper bound: {', '.join(split)} ran over several invocations, each starting its model again"
+        measured = (f"an upper bound: {', '.join(split)} ran over several invocations, each starting its model "
+                    "again (an invocation cut at a call's limit counts its seconds; its last shard runs twice)")
     else:
         measured = "whole, each stage in one invocation with nothing cached before it"
     return {"data_stage_minutes": round(sum(v["seconds"] for v in stages.values()) / 60, 2),
             "stages": stages, "measured_in": measured}
 
 
+def lines(path: Path) -> int:
+    """Lines of a JSONL file (0 if absent)."""
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for _ in f)
+
+
+def nli_pairs(run_dir: Path) -> int:
+    """The (reference sentence, sample) pairs the scores stage classifies (before the engine
+    drops duplicates): the stage's work, known before it starts, so a cut invocation's share of
+    it (the NLI cache's lines) says how far the stage got."""
+    from selflearn.core.text import split_sentences
+
+    total = 0
+    with (run_dir / "generations.jsonl").open() as f:
+        for line in f:
+            row = json.loads(line)
+            samples = [c for c in row["with_passage"] + row["without_passage"] if c["text"].strip()]
+            total += len(split_sentences(row["reference"]["text"])) * len(samples)
+    return total
+
+
+class Cut(BaseException):
+    """SIGTERM (``timeout`` at a call's limit) while a stage runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Cut
+
+
+def run_stages(pipeline: Any, until: str, run_dir: Path) -> dict[str, Any]:
+    """Run the stages one at a time, timing each. At SIGTERM the running stage's seconds so
+    far and its progress (finished shards, NLI pairs computed) are recorded under ``cut``
+    before the process ends: a call cut at its limit still counts toward the figure."""
+    entry: dict[str, Any] = {"ran_s": {}, "generations_made": {}}
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        for stage in STAGES[: STAGES.index(until) + 1]:
+            if stage == "scores" and not (run_dir / "scores.jsonl").exists():
+                entry["nli_pairs"] = nli_pairs(run_dir)
+            t0 = time.perf_counter()
+            try:
+                outcomes = pipeline.run(until=stage)
+            except Cut:
+                entry["cut"] = {"stage": stage, "seconds": round(time.perf_counter() - t0, 1),
+                                "shards_cached": lines(run_dir / "cache" / "shards.jsonl"),
+                                "nli_pairs_cached": lines(run_dir / "cache" / "nli.jsonl")}
+                return entry
+            _ran(entry, stage, outcomes)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return entry
+
+
+def _ran(entry: dict[str, Any], stage: str, outcomes: list[Any]) -> None:
+    """The stage's seconds (and its work) into ``entry`` when it ran in this invocation."""
+    for o in outcomes:
+        if o.name == stage and o.status == "ran":
+            entry["ran_s"][stage] = round(o.seconds, 1)
+            if stage == "generations":  # made here against found in the per-call cache
+                entry["generations_made"] = {k: o.summary.get(k) for k in ("backend_generations", "cached_generations")}
+            else:
+                entry["nli_pairs_computed"] = o.summary.get("engine_computed")
+
+
 def counts(run_dir: Path) -> dict[str, int]:
     """Rows written by each data stage (every question answered and scored once)."""
-    out = {}
-    for name in ("questions", "generations", "scores"):
-        path = run_dir / f"{name}.jsonl"
-        out[name] = sum(1 for _ in path.open()) if path.exists() else 0
-    return out
+    return {name: lines(run_dir / f"{name}.jsonl") for name in ("questions", "generations", "scores")}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -159,14 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     pipeline.run(until="questions")
     ray_overhead.check_questions(run_dir, args.questions)  # never time a smaller stage than asked for
     t0 = time.perf_counter()
-    outcomes = pipeline.run(until=args.until)
+    entry = run_stages(pipeline, args.until, run_dir)
     entry = {
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "ran_s": {o.name: round(o.seconds, 1) for o in outcomes if o.status == "ran"},
-        # generations made here against those found in the per-call cache (a split stage's proof
-        # that the second invocation did not redo the first's work)
-        "generations_made": {k: o.summary.get(k) for o in outcomes if o.name == "generations" and o.status == "ran"
-                             for k in ("backend_generations", "cached_generations")},
+        "wall_s": round(time.perf_counter() - t0, 1), **entry,
         "rows": counts(run_dir), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "shape": "tiny" if args.smoke else args.shape, "questions": args.questions, "k": args.k,
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
@@ -174,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result = record(out, entry)
     print(json.dumps({k: v for k, v in result.items() if k != "invocations"} | {"this": entry}, indent=2))
-    return 0
+    return 124 if "cut" in entry else 0
 
 
 if __name__ == "__main__":

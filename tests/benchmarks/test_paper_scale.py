@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +30,7 @@ def test_paper_scale_smoke_runs_and_resumes(tmp_path: Path) -> None:
     first = _run(out, "--until", "generations")
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     result = json.loads((out / "paper_scale.json").read_text())
-    assert result["measured_in"] == "incomplete: scores not run yet"
+    assert result["measured_in"] == "incomplete: scores not finished yet"
     second = _run(out)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
     result = json.loads((out / "paper_scale.json").read_text())
@@ -36,6 +39,8 @@ def test_paper_scale_smoke_runs_and_resumes(tmp_path: Path) -> None:
     assert rows["generations"] == rows["scores"] == 6 and rows["questions"] >= 6, rows
     assert set(gen["ran_s"]) == {"generations"} and set(this["ran_s"]) == {"scores"}
     assert gen["generations_made"] == {"backend_generations": 30, "cached_generations": 0}  # 6 x (1 + 2 + 2)
+    # the scores' work is counted before they run and equals what the NLI engine computed
+    assert this["nli_pairs"] >= this["nli_pairs_computed"] > 0, this
     assert result["measured_in"].startswith("whole")
     minutes = result["data_stage_minutes"]
     assert minutes == round((gen["ran_s"]["generations"] + this["ran_s"]["scores"]) / 60, 2)
@@ -63,3 +68,54 @@ def test_interrupted_or_split_invocations_are_bounds() -> None:
     upper = paper_scale.figure([half, done])
     assert upper["measured_in"].startswith("an upper bound: generations") and upper["data_stage_minutes"] == 2.17
     assert paper_scale.figure([done, killed, {"started": "t2", "ran_s": {}}])["measured_in"].startswith("whole")
+    cut = {"started": "t0", "ran_s": {"generations": 40.0}, "cut": {"stage": "scores", "seconds": 20.0}}
+    after = {"started": "t1", "ran_s": {"scores": 10.0}}
+    assert paper_scale.figure([cut])["measured_in"] == "incomplete: scores not finished yet"
+    both = paper_scale.figure([cut, after])
+    assert both["measured_in"].startswith("an upper bound: scores") and both["data_stage_minutes"] == 1.17
+
+
+class _CutInScores:
+    """A pipeline whose generations run and whose scores stage is cut by SIGTERM (as
+    ``timeout`` cuts a call) after it finished one shard and cached one NLI pair."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def run(self, until: str) -> list[SimpleNamespace]:
+        if until == "generations":
+            return [SimpleNamespace(name="generations", status="ran", seconds=2.0,
+                                    summary={"backend_generations": 5, "cached_generations": 0})]
+        cache = self.run_dir / "cache"
+        cache.mkdir()
+        (cache / "shards.jsonl").write_text('{"k": "a", "v": []}\n')
+        (cache / "nli.jsonl").write_text('{"k": "b", "v": [0.5, 0.5]}\n')
+        time.sleep(0.2)  # the stage's seconds so far
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler ends this
+        raise AssertionError("SIGTERM did not cut the stage")
+
+
+def test_sigterm_records_the_cut_stage_and_restores_the_handler(tmp_path: Path) -> None:
+    """SIGTERM while the scores run: the invocation records the stage's seconds so far and its
+    progress (shards and NLI pairs cached, pairs to do) instead of dying unrecorded, and the
+    figure counts them (an upper bound once a later invocation finishes the stage)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import paper_scale
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    row = {"reference": {"text": "One. Two."}, "with_passage": [{"text": "a"}, {"text": " "}],
+           "without_passage": [{"text": "b"}]}
+    (run_dir / "generations.jsonl").write_text(json.dumps(row) + "\n")
+    paper_scale.record(tmp_path, {"started": "t0"})
+    before = signal.getsignal(signal.SIGTERM)
+    entry = paper_scale.run_stages(_CutInScores(run_dir), "scores", run_dir)
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert entry["ran_s"] == {"generations": 2.0} and entry["nli_pairs"] == 4  # 2 sentences x 2 samples
+    cut = entry["cut"]
+    assert cut["stage"] == "scores" and 0 < cut["seconds"] < 30, cut
+    assert cut["shards_cached"] == 1 and cut["nli_pairs_cached"] == 1
+    result = paper_scale.record(tmp_path, entry)
+    assert result["measured_in"] == "incomplete: scores not finished yet"
+    assert result["stages"]["scores"]["seconds"] == cut["seconds"]
