@@ -55,7 +55,8 @@ setup() {
 }
 setup
 export PYTHONPATH=$SITE:$A/pkgs:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TQDM_DISABLE=1
-export SELFLEARN_NO_PROGRESS=1 TOKENIZERS_PARALLELISM=false RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+# TOKENIZERS_PARALLELISM stays unset: the NLI scores tokenise on the tokenizers' thread pool (run 21)
+export SELFLEARN_NO_PROGRESS=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -31,7 +31,6 @@ from typing import Any
 
 os.environ.setdefault("SELFLEARN_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from selflearn import Pipeline  # noqa: E402
 from selflearn.core.config import default_config, merge  # noqa: E402
@@ -210,6 +209,10 @@ def report(args: argparse.Namespace, root: Path, stage: str, arms: list[tuple[st
 
 
 def main() -> None:
+    # its arms start Ray workers after the tokenizers ran: keep the tokenizers' fork warning out
+    # of the log (set here, not at import: paper_scale.py imports this module and its NLI
+    # tokenisation needs the thread pool, run 21)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args()
     root = Path(args.out).resolve()
     root.mkdir(parents=True, exist_ok=True)

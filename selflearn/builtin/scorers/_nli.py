@@ -6,9 +6,11 @@ sequence classifier, as fast as the model allows:
 - identical pairs are computed once per call (a stage batches every pair of every item), and
   every computed vector is kept in a persistent cache keyed by (model identity, premise,
   hypothesis), so a re-run or a second scorer on the same pairs loads no model at all;
-- the pairs are tokenised in one fast-tokenizer call, truncated to ``max_length`` tokens
-  (``longest_first``, as SelfCheckGPT's ``truncation=True`` does with a 512-token tokenizer),
-  sorted by length and cut into batches by a padded-token budget, so padding stays small;
+- the pairs are tokenised as the tokenizer's own pair call does, truncated to ``max_length``
+  tokens (``longest_first``, as SelfCheckGPT's ``truncation=True`` does with a 512-token
+  tokenizer), but each distinct text once (:mod:`._pairs`; checked against that call on the
+  first pairs), sorted by length and cut into batches by a padded-token budget, so padding
+  stays small;
 - the model runs in bfloat16 on CUDA and float32 on CPU; the softmax is taken in float32 over
   **all** logits (for a 2-class entailment/contradiction head this is exactly SelfCheckGPT's
   ``softmax(logits)[1]``).
@@ -40,6 +42,7 @@ from ._common import (
     token_batches,
     torch_dtype,
 )
+from ._pairs import PairEncoder
 
 log = logging.getLogger("selflearn.scorers.nli")
 
@@ -49,6 +52,8 @@ Progress = Callable[..., Iterable[Any]]
 _LAG = 4
 #: pairs tokenised at a time (the next chunk is tokenised while the GPU runs this one)
 _CHUNK = 4096
+#: pairs of the first chunk also tokenised by the tokenizer's own call, to check :mod:`._pairs`
+_CHECK = 64
 
 
 #: a launched batch: its pair indices, its probabilities (pinned host memory on CUDA, filled
@@ -162,6 +167,9 @@ class NLIEngine:
         self.progress = progress
         self._model: Any = None
         self._tokenizer: Any = None
+        self._pairs: PairEncoder | None = None
+        self._pairs_checked = False
+        self._use_token_types = False
         self._labels: dict[str, int] | None = None
         self._identity: dict[str, Any] | None = None
         self._id_json: str | None = None
@@ -233,6 +241,8 @@ class NLIEngine:
             ) from exc
         self._model = model.to(self.device).eval()
         self._use_token_types = int(getattr(model.config, "type_vocab_size", 0) or 0) > 0
+        self._pairs = PairEncoder.of(self._tokenizer, self.max_length)
+        self._pairs_checked = False
         log.info("NLI model %s loaded on %s (%s)", self.ref, self.device, self.dtype)
 
     def _key(self, premise: str, hypothesis: str) -> str:
@@ -251,7 +261,26 @@ class NLIEngine:
         return cached_lookup(pairs, self.cache, lambda p: self._key(*p), lambda hit: hit, self._compute)
 
     def _encode(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]] | None]:
+        """Token ids (and types) of ``pairs``: each distinct text tokenised once
+        (:mod:`._pairs`) where that gives the tokenizer's own result, else the tokenizer's call."""
         t0 = time.perf_counter()
+        fast = self._pairs
+        result = None
+        if fast is not None and all(p and h for p, h in pairs):
+            result = fast.encode(pairs, self._use_token_types)
+            if not self._pairs_checked:
+                self._pairs_checked = True
+                head = list(pairs[:_CHECK])
+                if self._encode_slow(head) != (result[0][:_CHECK], None if result[1] is None else result[1][:_CHECK]):
+                    log.info("NLI: the tokenizer's pairs differ from encoding each text once; using its own call")
+                    self._pairs, result = None, None
+        if result is None:
+            result = self._encode_slow(pairs)
+        self.timing["tokenize_s"] += time.perf_counter() - t0
+        return result
+
+    def _encode_slow(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]] | None]:
+        """The tokenizer's own pair call (the reference of :meth:`_encode`)."""
         encoded = self._tokenizer(
             [p for p, _ in pairs],
             [h for _, h in pairs],
@@ -261,7 +290,6 @@ class NLIEngine:
             return_token_type_ids=self._use_token_types,
             return_attention_mask=False,
         )
-        self.timing["tokenize_s"] += time.perf_counter() - t0
         types = encoded.get("token_type_ids") if self._use_token_types else None
         return encoded["input_ids"], types
 
