@@ -201,6 +201,89 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return (x * cos) + (rot * sin)
 
 
+def _qkv_piece(d: Dims) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The layer's input half for dims ``d``: projections, rotary embedding, the cache write."""
+    import torch
+
+    def qkv(x: torch.Tensor, lw_qkv_w: torch.Tensor, lw_qkv_b: Any, q_norm: Any, k_norm: Any,
+            cos: torch.Tensor, sin: torch.Tensor, m: int, cache: torch.Tensor,
+            t_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Projections, rotary embedding, and the step's key/value written into ``cache``
+        (2, R, Hkv, T, d) at each row's ``t_index`` (fused with the rotary kernel); the queries."""
+        rows = x.shape[0]
+        hd = d.head_dim
+        y = torch.nn.functional.linear(x, lw_qkv_w, lw_qkv_b)
+        q, k, v = y.split([d.hq * hd, d.hkv * hd, d.hkv * hd], dim=-1)
+        q, k, v = q.view(rows, d.hq, hd), k.view(rows, d.hkv, hd), v.view(rows, d.hkv, hd)
+        if q_norm is not None:
+            q, k = _rms(q, q_norm, d.qk_eps), _rms(k, k_norm, d.qk_eps)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        # an indexed store (aten.index_put_), not scatter_: inductor writes index_put_ into
+        # the cache in place, but lowers scatter_ on an input as a copy of the whole cache
+        # plus the scatter (per layer and step; run 16's regression, see performance.md)
+        row = torch.arange(rows, device=x.device)
+        cache[:, row, :, t_index] = torch.stack((k, v), dim=1)  # (R, 2, Hkv, d)
+        if m <= 0:  # plain attention takes (R, Hq, 1, d)
+            return (q.view(rows, d.hq, 1, hd),)
+        q_gen = q.view(rows, d.hkv, d.hq // d.hkv, hd)
+        return prefix_queries(q_gen, rows // m), q_gen
+
+    return qkv
+
+
+def _block_piece(d: Dims, act: Callable[[Any], Any]) -> Callable[..., torch.Tensor]:
+    """The layer's output half for dims ``d`` and the MLP's activation ``act``."""
+    import torch
+
+    def merge(parts: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
+        if len(parts) == 1:
+            return parts[0].reshape(parts[0].shape[0], -1)
+        o1, l1, o2, l2 = parts
+        return merge_parts(o1, l1, o2, l2, dtype).reshape(o2.shape[0], -1)
+
+    def block(h: torch.Tensor, parts: tuple[torch.Tensor, ...], o_w: torch.Tensor, o_b: Any,
+              norm_post: torch.Tensor, gu_w: torch.Tensor, gu_b: Any, down_w: torch.Tensor,
+              down_b: Any) -> torch.Tensor:
+        """Attention output -> o_proj -> residual -> MLP -> residual."""
+        h = h + torch.nn.functional.linear(merge(parts, h.dtype), o_w, o_b)
+        x = _rms(h, norm_post, d.eps)
+        gu = torch.nn.functional.linear(x, gu_w, gu_b)
+        gate, up = gu.split([d.inter, d.inter], dim=-1)
+        return h + torch.nn.functional.linear(act(gate) * up, down_w, down_b)
+
+    return block
+
+
+def _pieces(qkv: Callable[..., tuple[torch.Tensor, ...]], block: Callable[..., torch.Tensor], d: Dims,
+            final_eps: float) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., None]]:
+    """The step's three pieces (see the module docstring), cut at the attention calls."""
+    import torch
+
+    def first(h: torch.Tensor, norm_in: torch.Tensor, qkv_w: torch.Tensor, qkv_b: Any,
+              q_norm: Any, k_norm: Any, cos: torch.Tensor, sin: torch.Tensor, m: int,
+              cache: torch.Tensor, t_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return qkv(_rms(h, norm_in, d.eps), qkv_w, qkv_b, q_norm, k_norm, cos, sin, m, cache, t_index)
+
+    def mid(h: torch.Tensor, parts: tuple[torch.Tensor, ...], o_w: torch.Tensor, o_b: Any,
+            norm_post: torch.Tensor, gu_w: torch.Tensor, gu_b: Any, down_w: torch.Tensor, down_b: Any,
+            norm_in: torch.Tensor, qkv_w: torch.Tensor, qkv_b: Any, q_norm: Any, k_norm: Any,
+            cos: torch.Tensor, sin: torch.Tensor, m: int, cache: torch.Tensor,
+            t_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = block(h, parts, o_w, o_b, norm_post, gu_w, gu_b, down_w, down_b)
+        return (h, *qkv(_rms(h, norm_in, d.eps), qkv_w, qkv_b, q_norm, k_norm, cos, sin, m, cache, t_index))
+
+    def last(h: torch.Tensor, parts: tuple[torch.Tensor, ...], o_w: torch.Tensor, o_b: Any,
+             norm_post: torch.Tensor, gu_w: torch.Tensor, gu_b: Any, down_w: torch.Tensor, down_b: Any,
+             final_norm: torch.Tensor, lm_w: torch.Tensor, lm_b: Any, out: torch.Tensor) -> None:
+        """... -> the final norm -> lm_head; float32 logits written into ``out`` (one
+        conversion kernel writes them where the sampler reads them: no extra copy)."""
+        h = block(h, parts, o_w, o_b, norm_post, gu_w, gu_b, down_w, down_b)
+        logits = torch.nn.functional.linear(_rms(h, final_norm, final_eps), lm_w, lm_b)
+        out.copy_(logits)
+
+    return first, mid, last
+
+
 class FusedLayers:
     """The pieces of one model's decode step; see the module docstring.
 
@@ -219,69 +302,7 @@ class FusedLayers:
         self.final_eps = float(model.model.norm.variance_epsilon)
         self.lm_w, self.lm_b = model.lm_head.weight, model.lm_head.bias
         self.fused_attention = fused_attention
-        d = self.dims
-
-        def qkv(x: torch.Tensor, lw_qkv_w: torch.Tensor, lw_qkv_b: Any, q_norm: Any, k_norm: Any,
-                cos: torch.Tensor, sin: torch.Tensor, m: int, cache: torch.Tensor,
-                t_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            """Projections, rotary embedding, and the step's key/value written into ``cache``
-            (2, R, Hkv, T, d) at each row's ``t_index`` (fused with the rotary kernel); the queries."""
-            rows = x.shape[0]
-            hd = d.head_dim
-            y = torch.nn.functional.linear(x, lw_qkv_w, lw_qkv_b)
-            q, k, v = y.split([d.hq * hd, d.hkv * hd, d.hkv * hd], dim=-1)
-            q, k, v = q.view(rows, d.hq, hd), k.view(rows, d.hkv, hd), v.view(rows, d.hkv, hd)
-            if q_norm is not None:
-                q, k = _rms(q, q_norm, d.qk_eps), _rms(k, k_norm, d.qk_eps)
-            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-            # an indexed store (aten.index_put_), not scatter_: inductor writes index_put_ into
-            # the cache in place, but lowers scatter_ on an input as a copy of the whole cache
-            # plus the scatter (per layer and step; run 16's regression, see performance.md)
-            row = torch.arange(rows, device=x.device)
-            cache[:, row, :, t_index] = torch.stack((k, v), dim=1)  # (R, 2, Hkv, d)
-            if m <= 0:  # plain attention takes (R, Hq, 1, d)
-                return (q.view(rows, d.hq, 1, hd),)
-            q_gen = q.view(rows, d.hkv, d.hq // d.hkv, hd)
-            return prefix_queries(q_gen, rows // m), q_gen
-
-        def merge(parts: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
-            if len(parts) == 1:
-                return parts[0].reshape(parts[0].shape[0], -1)
-            o1, l1, o2, l2 = parts
-            return merge_parts(o1, l1, o2, l2, dtype).reshape(o2.shape[0], -1)
-
-        def block(h: torch.Tensor, parts: tuple[torch.Tensor, ...], o_w: torch.Tensor, o_b: Any,
-                  norm_post: torch.Tensor, gu_w: torch.Tensor, gu_b: Any, down_w: torch.Tensor,
-                  down_b: Any) -> torch.Tensor:
-            """Attention output -> o_proj -> residual -> MLP -> residual."""
-            h = h + torch.nn.functional.linear(merge(parts, h.dtype), o_w, o_b)
-            x = _rms(h, norm_post, d.eps)
-            gu = torch.nn.functional.linear(x, gu_w, gu_b)
-            gate, up = gu.split([d.inter, d.inter], dim=-1)
-            return h + torch.nn.functional.linear(act(gate) * up, down_w, down_b)
-
-        def first(h: torch.Tensor, norm_in: torch.Tensor, qkv_w: torch.Tensor, qkv_b: Any,
-                  q_norm: Any, k_norm: Any, cos: torch.Tensor, sin: torch.Tensor, m: int,
-                  cache: torch.Tensor, t_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            return qkv(_rms(h, norm_in, d.eps), qkv_w, qkv_b, q_norm, k_norm, cos, sin, m, cache, t_index)
-
-        def mid(h: torch.Tensor, parts: tuple[torch.Tensor, ...], o_w: torch.Tensor, o_b: Any,
-                norm_post: torch.Tensor, gu_w: torch.Tensor, gu_b: Any, down_w: torch.Tensor, down_b: Any,
-                norm_in: torch.Tensor, qkv_w: torch.Tensor, qkv_b: Any, q_norm: Any, k_norm: Any,
-                cos: torch.Tensor, sin: torch.Tensor, m: int, cache: torch.Tensor,
-                t_index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            h = block(h, parts, o_w, o_b, norm_post, gu_w, gu_b, down_w, down_b)
-            return (h, *qkv(_rms(h, norm_in, d.eps), qkv_w, qkv_b, q_norm, k_norm, cos, sin, m, cache, t_index))
-
-        def last(h: torch.Tensor, parts: tuple[torch.Tensor, ...], o_w: torch.Tensor, o_b: Any,
-                 norm_post: torch.Tensor, gu_w: torch.Tensor, gu_b: Any, down_w: torch.Tensor, down_b: Any,
-                 final_norm: torch.Tensor, lm_w: torch.Tensor, lm_b: Any, out: torch.Tensor) -> None:
-            """... -> the final norm -> lm_head; float32 logits written into ``out`` (one
-            conversion kernel writes them where the sampler reads them: no extra copy)."""
-            h = block(h, parts, o_w, o_b, norm_post, gu_w, gu_b, down_w, down_b)
-            logits = torch.nn.functional.linear(_rms(h, final_norm, self.final_eps), lm_w, lm_b)
-            out.copy_(logits)
-
+        first, mid, last = _pieces(_qkv_piece(self.dims), _block_piece(self.dims, act), self.dims, self.final_eps)
         self._first: Callable[..., Any] = first
         self._mid: Callable[..., Any] = mid
         self._last: Callable[..., Any] = last
