@@ -562,24 +562,32 @@ def _nli_ready(args: argparse.Namespace, engine: Any, items: list[Any]) -> tuple
 
 
 def _nli_bare_lengths(args: argparse.Namespace, folder: str, res: dict[str, Any]) -> None:
-    """The bare forward on 64 pairs of exactly 128 and 256 tokens (16 and 32 in smoke), after
-    three warm-up passes: the rate with no padding and no scorer around it."""
+    """The bare forward on 64 pairs of exactly each of ``--nli-lengths`` tokens (16 and 32 in
+    smoke; 32 pairs at 512), after three warm-up passes: the rate with no padding and no scorer
+    around it; with ``--nli-compile`` also the classifier under ``torch.compile`` on the same
+    tensors (a fixed shape each; compilation in the warm-up), the lever docs/performance.md
+    names for the paper-scale scores (run 21)."""
     import torch
 
     from selflearn.builtin.scorers._nli import NLIEngine
 
-    x_len = (16, 32) if args.smoke else (128, 256)
+    x_len = (16, 32) if args.smoke else tuple(int(n) for n in args.nli_lengths.split(","))
     for length in x_len:
         engine = NLIEngine(folder, device=args.device)
         engine._load()
-        x = torch.randint(10, min(30000, len(engine._tokenizer) - 1), (64, length), device=args.device)
+        rows = 32 if length > 256 else 64
+        x = torch.randint(10, min(30000, len(engine._tokenizer) - 1), (rows, length), device=args.device)
         m = torch.ones_like(x)
-        with torch.inference_mode():
-            for _ in range(3):
-                engine._model(input_ids=x, attention_mask=m)
-            steps = 2 if args.smoke else 20
-            dt, _ = timed(partial(_forward_n, engine._model, x, m, steps))
-        res[f"bare, every pair {length} tokens"] = round(64 * steps / dt, 1)
+        arms = [("bare", engine._model)]
+        if args.nli_compile:
+            arms.append(("bare compiled", torch.compile(engine._model, dynamic=False)))
+        for name, model in arms:
+            with torch.inference_mode():
+                for _ in range(3):
+                    model(input_ids=x, attention_mask=m)
+                steps = 2 if args.smoke else 20
+                dt, _ = timed(partial(_forward_n, model, x, m, steps))
+            res[f"{name}, every pair {length} tokens"] = round(rows * steps / dt, 1)
         engine.close()
 
 
@@ -739,6 +747,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--big-rows", type=int, default=2560, help="a larger batch for our backend")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--nli-items", type=int, default=400)
+    ap.add_argument("--nli-lengths", default="128,256", help="the bare forward's exact pair lengths")
+    ap.add_argument("--nli-compile", action="store_true", help="also the bare forward under torch.compile")
     ap.add_argument("--assets", default=os.path.join(ROOT, ".assets", "perf"))
     ap.add_argument("--nli-assets", default=os.path.join(ROOT, ".assets", "bench_nli"))
     ap.add_argument("--real-model", default="", help="also measure this model (a path, hub id or pkg: "

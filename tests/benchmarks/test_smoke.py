@@ -19,7 +19,7 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
            "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run_gpu.py"), "--smoke", "--out", str(out),
-         "--assets", str(tmp_path / "none"), "--nli-assets", str(tmp_path / "none")],
+         "--assets", str(tmp_path / "none"), "--nli-assets", str(tmp_path / "none"), "--nli-compile"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -33,6 +33,9 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
     assert greedy["identical"] == greedy["prompts"] == 4
     nli = result["nli"]["~128-token pairs"]
     assert nli["pairs"] == nli["computed"] > 0 and nli["scorer_pairs_per_s"] > 0
+    for length in (16, 32):  # the bare forward, eager and under torch.compile (--nli-compile)
+        assert result["nli"][f"bare, every pair {length} tokens"] > 0
+        assert result["nli"][f"bare compiled, every pair {length} tokens"] > 0
     assert result["dpo"]["median_step_s"] > 0 and result["dpo"]["steps"] == 3
     table = (out / "table.md").read_text()
     assert "greedy == generate, tiny float32 | 4/4 identical" in table
