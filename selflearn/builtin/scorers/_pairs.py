@@ -21,8 +21,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
+
 #: ids and token types of one encoded pair list
 Encoded = tuple[list[list[int]], list[list[int]] | None]
+
+
+@attrs.frozen
+class Template:
+    """A post-processor's pair layout: the special ids (and their token types) before the first
+    text, between the texts and after the second, and each text's token type."""
+
+    pre: list[int]
+    mid: list[int]
+    post: list[int]
+    pre_types: list[int]
+    mid_types: list[int]
+    post_types: list[int]
+    first_type: int
+    second_type: int
+
+    @property
+    def specials(self) -> int:
+        return len(self.pre) + len(self.mid) + len(self.post)
 
 
 def longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
@@ -42,10 +63,10 @@ def longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
 class PairEncoder:
     """See the module docstring. Build it with :meth:`of`; None means "use the tokenizer"."""
 
-    def __init__(self, backend: Any, max_length: int, template: dict[str, list[int]]) -> None:
+    def __init__(self, backend: Any, max_length: int, template: Template) -> None:
         self.backend = backend
         self.template = template
-        self.budget = max_length - len(template["pre"]) - len(template["mid"]) - len(template["post"])
+        self.budget = max_length - template.specials
 
     @classmethod
     def of(cls, tokenizer: Any, max_length: int) -> PairEncoder | None:
@@ -76,17 +97,16 @@ class PairEncoder:
         for premise, hypothesis in pairs:
             a, b = ids_of[premise], ids_of[hypothesis]
             n1, n2 = longest_first(len(a), len(b), self.budget)
-            ids.append([*tp["pre"], *a[:n1], *tp["mid"], *b[:n2], *tp["post"]])
+            ids.append([*tp.pre, *a[:n1], *tp.mid, *b[:n2], *tp.post])
             if with_types:
-                types.append([*tp["pre_t"], *[tp["a_t"][0]] * n1, *tp["mid_t"], *[tp["b_t"][0]] * n2, *tp["post_t"]])
+                types.append([*tp.pre_types, *[tp.first_type] * n1, *tp.mid_types, *[tp.second_type] * n2,
+                              *tp.post_types])
         return ids, (types if with_types else None)
 
 
-def _template(backend: Any) -> dict[str, list[int]] | None:
-    """The pair template of ``backend``'s post-processor: the special ids (and their token
-    types) before the first text, between the texts and after the second, and the token type
-    of each text; None unless the layout is specials, first text, specials, second text,
-    specials, with one token type per text."""
+def _template(backend: Any) -> Template | None:
+    """The pair template of ``backend``'s post-processor; None unless the layout is specials,
+    first text, specials, second text, specials, with one token type per text."""
     backend.no_truncation()
     backend.no_padding()
     first = backend.encode("premise text", add_special_tokens=False)
@@ -97,18 +117,17 @@ def _template(backend: Any) -> dict[str, list[int]] | None:
     # the texts' tokens are those the special-tokens mask leaves: the first text's run, then
     # the second's (standalone encodings carry no sequence ids to tell them apart)
     texts = [i for i, special in enumerate(pair.special_tokens_mask) if not special]
-    n1 = len(first.ids)
-    where = {0: texts[:n1], 1: texts[n1:]}
-    if [pair.ids[i] for i in where[0]] != first.ids or [pair.ids[i] for i in where[1]] != second.ids:
+    in_first, in_second = texts[: len(first.ids)], texts[len(first.ids) :]
+    if [pair.ids[i] for i in in_first] != first.ids or [pair.ids[i] for i in in_second] != second.ids:
         return None
-    a0, a1, b0, b1 = where[0][0], where[0][-1], where[1][0], where[1][-1]
-    if a1 - a0 + 1 != len(where[0]) or b1 - b0 + 1 != len(where[1]):
+    a0, a1, b0, b1 = in_first[0], in_first[-1], in_second[0], in_second[-1]
+    if a1 - a0 + 1 != len(in_first) or b1 - b0 + 1 != len(in_second):
         return None
-    a_types, b_types = {pair.type_ids[i] for i in where[0]}, {pair.type_ids[i] for i in where[1]}
-    if len(a_types) != 1 or len(b_types) != 1:
+    first_types, second_types = {pair.type_ids[i] for i in in_first}, {pair.type_ids[i] for i in in_second}
+    if len(first_types) != 1 or len(second_types) != 1:
         return None
-    return {
-        "pre": pair.ids[:a0], "mid": pair.ids[a1 + 1 : b0], "post": pair.ids[b1 + 1 :],
-        "pre_t": pair.type_ids[:a0], "mid_t": pair.type_ids[a1 + 1 : b0], "post_t": pair.type_ids[b1 + 1 :],
-        "a_t": [a_types.pop()], "b_t": [b_types.pop()],
-    }
+    return Template(
+        pre=pair.ids[:a0], mid=pair.ids[a1 + 1 : b0], post=pair.ids[b1 + 1 :],
+        pre_types=pair.type_ids[:a0], mid_types=pair.type_ids[a1 + 1 : b0], post_types=pair.type_ids[b1 + 1 :],
+        first_type=first_types.pop(), second_type=second_types.pop(),
+    )
