@@ -38,7 +38,13 @@ def workloads(args: argparse.Namespace) -> dict[str, list[tuple[str, str]]]:
     """The two pair lists (same seed in every process)."""
     from transformers import AutoTokenizer
 
-    from selflearn.core.text import split_sentences
+    from selflearn.builtin.scorers.nli import sentence_grid
+    from selflearn.core.protocols import ScoreItem
+
+    def grid(reference: str, samples: list[str]) -> list[tuple[str, str]]:
+        """The (sentence, sample) pairs selfcheck-nli classifies for one item (its own grid)."""
+        ((sentences, kept),) = sentence_grid([ScoreItem(reference=reference, samples=samples)])
+        return [(s, x) for x in kept if x for s in sentences]
 
     rng = random.Random(0)
     lm = AutoTokenizer.from_pretrained(args.lm_tokenizer)
@@ -51,9 +57,9 @@ def workloads(args: argparse.Namespace) -> dict[str, list[tuple[str, str]]]:
     out: dict[str, list[tuple[str, str]]] = {"paper-scale": [], "english": []}
     for q in range(args.questions):
         samples = [noise() for _ in range(20)]
-        out["paper-scale"] += [(s, x) for s in split_sentences(noise()) for x in samples]
+        out["paper-scale"] += grid(noise(), samples)
         english = [" ".join(rng.choice(leads).split()[:60]) for _ in range(20)]
-        out["english"] += [(s, x) for s in split_sentences(leads[q % len(leads)]) for x in english]
+        out["english"] += grid(leads[q % len(leads)], english)
     return out
 
 
@@ -77,6 +83,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             return encoder.encode(pairs, with_types=True)
 
         row: dict[str, Any] = {"pairs": len(pairs), "distinct_texts": len({t for p in pairs for t in p})}
+        outputs = []
         for label, fn in (("tokenizer_call", call), ("each_text_once", once)):
             times = []
             for _ in range(args.repeats):
@@ -84,9 +91,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                 got = fn()
                 times.append(time.perf_counter() - t0)
             row[label] = {"pairs_per_s": round(len(pairs) / statistics.median(times)), "runs_s": [round(t, 3) for t in times]}
-            row.setdefault("outputs", []).append(got)
-        first, second = row.pop("outputs")
-        row["equal"] = first == second
+            outputs.append(got)
+        row["equal"] = outputs[0] == outputs[1]
         row["speed_up"] = round(row["each_text_once"]["pairs_per_s"] / row["tokenizer_call"]["pairs_per_s"], 2)
         result[name] = row
     return result

@@ -132,14 +132,17 @@ def nli_pairs(run_dir: Path) -> int:
     """The (reference sentence, sample) pairs the scores stage classifies (before the engine
     drops duplicates): the stage's work, known before it starts, so a cut invocation's share of
     it (the NLI cache's lines) says how far the stage got."""
-    from selflearn.core.text import split_sentences
+    from selflearn.builtin.scorers.nli import sentence_grid
+    from selflearn.core.protocols import ScoreItem
 
     total = 0
     with (run_dir / "generations.jsonl").open() as f:
         for line in f:
             row = json.loads(line)
-            samples = [c for c in row["with_passage"] + row["without_passage"] if c["text"].strip()]
-            total += len(split_sentences(row["reference"]["text"])) * len(samples)
+            item = ScoreItem(reference=row["reference"]["text"],
+                             samples=[c["text"] for c in row["with_passage"] + row["without_passage"]])
+            ((sentences, samples),) = sentence_grid([item])  # the scorer's own grid
+            total += len(sentences) * sum(1 for s in samples if s)
     return total
 
 
