@@ -70,8 +70,8 @@ STAGES = ("generations", "scores")
 
 def record(out: Path, entry: dict[str, Any]) -> dict[str, Any]:
     """Store this invocation in ``paper_scale.json`` (``entry`` with ``started``: mark it
-    started). An invocation that never finished (killed at a call's time limit) stays as a
-    started entry; :func:`figure` reads the figure from the list."""
+    started). An invocation cut by SIGTERM records what it did (:func:`run_stages`); one killed
+    outright (SIGKILL) stays a started entry; :func:`figure` reads the figure from the list."""
     path = out / "paper_scale.json"
     result: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"invocations": []}
     if entry.get("started"):
@@ -88,8 +88,9 @@ def figure(invocations: list[dict[str, Any]]) -> dict[str, Any]:
     One complete invocation per stage is the whole figure (``--until generations`` then the
     same command to the scores gives that in two calls). A stage split over several complete
     invocations (``--questions 2890``, then 5,780) pays the model's start-up in each: an upper
-    bound. A stage after an interrupted invocation (killed at a call's limit, which may have
-    done part of the work) covers only the rest: a lower bound."""
+    bound, and so is a stage one of whose invocations was cut by SIGTERM (its seconds count; its
+    last shard runs again). A stage after an invocation killed without a record (SIGKILL, which
+    may have done part of the work) covers only the rest: a lower bound."""
     stages: dict[str, Any] = {}
     for i, inv in enumerate(invocations):
         spent = dict(inv.get("ran_s", {}))

@@ -167,7 +167,7 @@ def plot_roc(rows: Sequence[dict[str, Any]], scorer_names: Sequence[str]) -> byt
         if drawn:
             ax.legend(fontsize=7, loc="lower right")
         else:  # say why the panel is empty rather than leave a blank square
-            ax.text(0.5, 0.5, "no curve: the scored answers here\nare all right or all wrong", ha="center",
+            ax.text(0.5, 0.5, "no curve: the scored answers here are\nall right, all wrong or none", ha="center",
                     va="center", fontsize=8, transform=ax.transAxes)
     fig.suptitle("S_K as a detector of wrong closed-book answers", fontsize=10)
     fig.tight_layout()
