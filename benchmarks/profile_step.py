@@ -13,7 +13,11 @@ Times, on random-weight SmolLM2-135M- and TinyLlama-1.1B-shaped models in bfloat
 * token selection alone, captured in a CUDA graph: the Triton sampling kernel (default; its
   launch configurations, and its tokens against the full-vocabulary path's) and top-k
   candidates with and without the exact overflow slots (compiled), on flat and peaked rows;
-* the relative difference between the fused and the matrix-product attention.
+* the relative difference between the fused and the matrix-product attention;
+* ``--parts nli``: the NLI classifier (DeBERTa-v3-large shape, bfloat16) on 32 pairs of exactly
+  128 and 512 tokens, eager, under ``torch.compile`` and with the fused attention kernel:
+  milliseconds per forward and the kernel table of one forward (where the paper-scale scores'
+  time goes, runs 21-22), each arm's probabilities against float32's, the engine's check.
 
 Writes ``profile.json`` to --out and prints one line per figure.
 """
@@ -332,6 +336,89 @@ def decode_runs(name: str, shape: dict[str, Any], tok_dir: str, work: str) -> No
     torch.cuda.empty_cache()
 
 
+def _cuda_ms(fn: Any, reps: int = 10) -> float:
+    """Median milliseconds of ``fn`` between CUDA events, after three warm-up calls."""
+    import torch
+
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[reps // 2]
+
+
+def _probs(model: Any, x: Any, m: Any) -> Any:
+    import torch
+
+    with torch.inference_mode():
+        return model(input_ids=x, attention_mask=m).logits.float().softmax(-1)
+
+
+def nli_forward(nli_assets: str, work: str) -> None:
+    """The NLI classifier's forward at fixed shapes (32 pairs of exactly 128 and 512 tokens):
+    transformers' attention eagerly, the same under ``torch.compile``, and the fused Triton
+    attention kernel (the scorer's default on CUDA), with the kernels of one forward each; then
+    each bfloat16 arm's probabilities against float32 transformers' on the same pairs (half of
+    them right-padded), and whether the engine's first-batch check keeps the kernel."""
+    import torch
+    from run_gpu import DEBERTA_V3_LARGE, build_nli
+
+    from selflearn.builtin.scorers._nli import NLIEngine
+
+    folder = build_nli(DEBERTA_V3_LARGE, os.path.join(nli_assets, "tokenizer"), os.path.join(work, "nli"), "cuda")
+    plain = NLIEngine(folder, device="cuda", attention="transformers")
+    kernel = NLIEngine(folder, device="cuda", attention="triton")
+    plain._load()
+    kernel._load()
+    arms = {"eager": plain._model, "compiled": torch.compile(plain._model, dynamic=False), "fused": kernel._model}
+    for length in (128, 512):
+        x = torch.randint(10, 30000, (32, length), device="cuda")
+        m = torch.ones_like(x)
+        for name, model in arms.items():
+            ms = _cuda_ms(partial(_probs, model, x, m))
+            report(f"nli {name} 32x{length} ms", round(ms, 2))
+            report(f"nli {name} 32x{length} pairs/s", round(32 / ms * 1000, 1))
+            try:
+                report(f"nli {name} 32x{length} kernels", kernel_table(partial(_probs, model, x, m), top=18))
+            except Exception as exc:
+                report(f"nli {name} 32x{length} kernels", repr(exc))
+    nli_numerics(folder, plain, kernel)
+
+
+def nli_numerics(folder: str, plain: Any, kernel: Any) -> None:
+    """Largest probability difference of each bfloat16 arm from float32 transformers'."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from selflearn.builtin.scorers._nli import NLIEngine
+
+    torch.manual_seed(0)
+    x = torch.randint(10, 30000, (32, 512), device="cuda")
+    m = torch.ones_like(x)
+    for r in range(16):
+        m[r, 512 - 24 * (r + 1):] = 0
+    f32 = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).cuda().eval()
+    ref = _probs(f32, x, m)
+    for name, model in (("eager", plain._model), ("fused", kernel._model)):
+        report(f"nli {name} bf16 vs float32 max |dp|", round(float((_probs(model, x, m) - ref).abs().max()), 5))
+    report("nli fused vs eager bf16 max |dp|", round(float((_probs(kernel._model, x, m) - _probs(plain._model, x, m)).abs().max()), 5))
+    report("nli float32 probabilities spread (std)", round(float(ref[:, 1].std()), 4))
+    del f32
+    auto = NLIEngine(folder, device="cuda")
+    words = ["the", "of", "a", "river", "town", "music", "war", "film", "team", "city", "was", "in", "by", "and"]
+    rng = random.Random(1)
+    pairs = [(" ".join(rng.choice(words) for _ in range(rng.randrange(5, 300))),
+              " ".join(rng.choice(words) for _ in range(rng.randrange(5, 300)))) for _ in range(256)]
+    auto.probabilities(pairs)
+    report("nli engine auto: kernel kept after the first-batch check", bool(auto.fused))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "profile-out"))
@@ -349,6 +436,7 @@ def main() -> None:
         ("kernel", kernel_configs),
         ("host", lambda: host_overhead(work, args.assets, args.nli_assets)),
         ("select", lambda: (select_times(49152), select_times(32000))),
+        ("nli", lambda: nli_forward(args.nli_assets, work)),
         ("decode", lambda: (decode_runs("smollm2-135m", SMOLLM2_135M, os.path.join(args.assets, "smollm2_tok"), work),
                             decode_runs("tinyllama-1.1b", TINYLLAMA_1B, os.path.join(args.assets, "tok32k"), work))),
     ):

@@ -11,8 +11,11 @@ sequence classifier, as fast as the model allows:
   tokenizer), but each distinct text once (:mod:`._pairs`; checked against that call on the
   first pairs), sorted by length and cut into batches by a padded-token budget, so padding
   stays small;
-- the model runs in bfloat16 on CUDA and float32 on CPU; the softmax is taken in float32 over
-  **all** logits (for a 2-class entailment/contradiction head this is exactly SelfCheckGPT's
+- the model runs in bfloat16 on CUDA and float32 on CPU; on CUDA a DeBERTa-v2/v3 classifier's
+  attention runs as one fused Triton kernel (:mod:`._deberta_attention`, option ``attention``),
+  checked against transformers' own attention on the first batch of every run (a failure or a
+  difference falls back to transformers' attention with a warning); the softmax is taken in
+  float32 over **all** logits (for a 2-class entailment/contradiction head this is exactly SelfCheckGPT's
   ``softmax(logits)[1]``).
 
 Label indices come from ``config.id2label`` (case-insensitive ``entailment``/``contradiction``/
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +46,7 @@ from ._common import (
     token_batches,
     torch_dtype,
 )
+from ._deberta_attention import FusedAttentionFailed, install, uninstall, unsupported
 from ._pairs import PairEncoder
 
 log = logging.getLogger("selflearn.scorers.nli")
@@ -54,6 +59,10 @@ _LAG = 4
 _CHUNK = 4096
 #: pairs of the first chunk also tokenised by the tokenizer's own call, to check :mod:`._pairs`
 _CHECK = 64
+#: most a probability of the first batch may differ between the fused attention kernel and
+#: transformers' attention (both bfloat16 on CUDA: each rounds differently; a wrong kernel
+#: differs by far more)
+_FUSED_TOLERANCE = 0.05
 
 
 #: a launched batch: its pair indices, its probabilities (pinned host memory on CUDA, filled
@@ -142,6 +151,7 @@ class NLIEngine:
         max_tokens_per_batch: int = 32768,
         entailment_label: int | None = None,
         contradiction_label: int | None = None,
+        attention: str = "auto",
         cache: JsonlCache | None = None,
         progress: Progress | None = None,
         path: str = "scorer.options",
@@ -163,6 +173,14 @@ class NLIEngine:
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch
         self._forced = (entailment_label, contradiction_label)
+        if attention not in ("auto", "transformers", "triton"):
+            raise ConfigError(
+                f"expected 'auto', 'transformers' or 'triton', got {attention!r}", f"{path}.attention"
+            )
+        self.attention_option = attention
+        self._fused: bool | None = None  # whether the fused kernel runs (None: not resolved yet)
+        self._fused_checked = False
+        self._caching = True  # False for the rest of a call whose fused results fell back
         self.cache = cache
         self.progress = progress
         self._model: Any = None
@@ -211,8 +229,35 @@ class NLIEngine:
     def dtype(self) -> str:
         return resolve_dtype(self.dtype_option, self.device)
 
+    @property
+    def fused(self) -> bool:
+        """Whether the attention runs as the fused kernel: ``auto`` on CUDA where it supports the
+        model, ``triton`` always (an error where it cannot: needs CUDA, or the CPU under
+        ``TRITON_INTERPRET=1``, Triton's interpreter, for tests), ``transformers`` never."""
+        if self._fused is None:
+            self._fused = self._resolve_fused()
+        return self._fused
+
+    def _resolve_fused(self) -> bool:
+        if self.attention_option == "transformers":
+            return False
+        why = unsupported(self._config())
+        on_gpu = self.device.startswith("cuda")
+        if self.attention_option == "auto":
+            return why is None and on_gpu
+        if why is None and not on_gpu and os.environ.get("TRITON_INTERPRET") != "1":
+            why = f"it runs on CUDA, and the device is {self.device!r}"
+        if why is not None:
+            raise ConfigError(
+                f"the fused DeBERTa attention kernel cannot run {self.ref!r}: {why}. Use "
+                "attention: auto (the kernel where it applies) or transformers",
+                f"{self.path}.attention",
+            )
+        return True
+
     def identity(self) -> dict[str, Any]:
-        """What changes the probabilities: model, weights fingerprint, labels, dtype, length."""
+        """What changes the probabilities: model, weights fingerprint, labels, dtype, length, and
+        the fused attention kernel when it runs (it rounds differently from transformers')."""
         if self._identity is None:
             self._identity = {
                 "nli_model": self.ref,
@@ -221,6 +266,8 @@ class NLIEngine:
                 "dtype": self.dtype,
                 "max_length": self.max_length,
             }
+            if self.fused:
+                self._identity["attention"] = "triton-fused"
         return self._identity
 
     # -- model -----------------------------------------------------------------------------
@@ -240,6 +287,9 @@ class NLIEngine:
                 f"cannot load the NLI model {self.ref!r}: {exc}", f"{self.path}.model"
             ) from exc
         self._model = model.to(self.device).eval()
+        if self.fused:
+            install(self._model)
+            self._fused_checked = False
         self._use_token_types = int(getattr(model.config, "type_vocab_size", 0) or 0) > 0
         self._pairs = PairEncoder.of(self._tokenizer, self.max_length)
         self._pairs_checked = False
@@ -308,6 +358,7 @@ class NLIEngine:
         import torch
 
         self._load()
+        self._caching = True
         t1 = time.perf_counter()
         order = sorted(range(len(pairs)), key=lambda i: (-len(pairs[i][0]) - len(pairs[i][1]), i))
         chunks = [order[i : i + _CHUNK] for i in range(0, len(order), _CHUNK)]
@@ -357,7 +408,7 @@ class NLIEngine:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         for local in token_batches(lengths.tolist(), self.max_tokens_per_batch, self.batch_size):
             inputs = _batch_inputs(ids, types, lengths, local, pad, device)
-            probs_t = torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+            probs_t = self._probabilities(inputs)
             batch = [chunk[j] for j in local]
             if device.startswith("cuda"):
                 host = torch.empty(probs_t.shape, dtype=probs_t.dtype, pin_memory=True)
@@ -368,6 +419,58 @@ class NLIEngine:
             else:
                 yield batch, probs_t, None
 
+    def _probabilities(self, inputs: dict[str, Any]) -> Any:
+        """Softmax probabilities (float32) of one padded batch, through the fused attention
+        when it runs; the first such batch of a load is also run through transformers'
+        attention and compared (:meth:`_first_fused`)."""
+        import torch
+
+        if self._fused and not self._fused_checked:
+            return self._first_fused(inputs)
+        try:
+            return torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+        except FusedAttentionFailed as exc:
+            self._give_up_fused(str(exc))
+            return torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+
+    def _first_fused(self, inputs: dict[str, Any]) -> Any:
+        """The first fused batch, checked against transformers' attention on the same inputs
+        (the longest pairs of the call: the sort puts them first)."""
+        import torch
+
+        self._fused_checked = True
+        try:
+            fused = torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+        except FusedAttentionFailed as exc:
+            self._give_up_fused(str(exc))
+            return torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+        uninstall(self._model)
+        reference = torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+        diff = float((fused - reference).abs().max())
+        if diff <= _FUSED_TOLERANCE:
+            install(self._model)
+            log.info("NLI: fused attention kernel checked on %d pairs (largest difference %.2g)", len(fused), diff)
+            return fused
+        self._give_up_fused(f"its probabilities differ from transformers' by up to {diff:.3g}")
+        return reference
+
+    def _give_up_fused(self, why: str) -> None:
+        """Run transformers' attention from now on: an error with ``attention: triton``, a
+        warning with ``auto``. This call's results are not cached (their keys name the kernel);
+        later calls get an identity without it."""
+        uninstall(self._model)
+        if self.attention_option == "triton":
+            raise ConfigError(
+                f"the fused DeBERTa attention kernel failed on this machine: {why}. Use "
+                "attention: auto or transformers",
+                f"{self.path}.attention",
+            )
+        log.warning("NLI: the fused attention kernel is off for this run (%s); using transformers' attention", why)
+        self._fused = False
+        self._caching = False
+        self._identity = None
+        self._id_json = None
+
     def _store(self, launched: _Pending, out: list[list[float] | None], keys: list[str]) -> None:
         """Read one launched batch's probabilities back (waiting for its event) into ``out``
         at its pairs' positions, and into the persistent cache under ``keys``."""
@@ -377,7 +480,7 @@ class NLIEngine:
         probs = host.tolist()
         for row, i in enumerate(batch):
             out[i] = probs[row]
-        if self.cache is not None:
+        if self.cache is not None and self._caching:
             self.cache.put_many((keys[i], probs[r]) for r, i in enumerate(batch))
 
     def close(self) -> None:
@@ -398,6 +501,7 @@ def engine_from_options(options: Any, context: Any, namespace: str = "nli") -> N
         max_tokens_per_batch=options.max_tokens_per_batch,
         entailment_label=options.entailment_label,
         contradiction_label=options.contradiction_label,
+        attention=options.attention,
         cache=cache,
         progress=progress,
         path=f"{getattr(context, 'path', 'scorer')}.options",

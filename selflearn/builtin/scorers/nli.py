@@ -30,6 +30,7 @@ from ...core.text import split_sentences
 from ._nli import NLIEngine, engine_from_options
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Attention = Literal["auto", "transformers", "triton"]
 
 
 @attrs.frozen
@@ -46,6 +47,9 @@ class Options:
     batch_size: int = bounded(256, ge=1)
     #: most padded tokens per forward pass (rows x longest row)
     max_tokens_per_batch: int = bounded(32768, ge=1)
+    #: "auto": DeBERTa-v2/v3 attention as one fused Triton kernel on CUDA (checked against
+    #: transformers' on the first batch), else transformers'; "transformers"; "triton" (required)
+    attention: Attention = "auto"
     #: output index of "entailment" / "contradiction" when config.id2label does not name them
     entailment_label: int | None = bounded(None, ge=0)
     contradiction_label: int | None = bounded(None, ge=0)

@@ -1,0 +1,195 @@
+"""A fused attention kernel for DeBERTa-v2/v3 classifiers, the NLI scorers' model.
+
+Why: transformers' ``DisentangledSelfAttention`` writes a (rows x heads x length x length)
+tensor about fifteen times per layer (content scores, the two gathered position terms, their
+sums and scales, the mask, the softmax). At 512-token pairs that is most of the forward: on an
+H100, DeBERTa-v3-large ran 254 pairs/s eagerly and 512 under ``torch.compile``, whose one fused
+bias-and-softmax kernel still took 47% of the time (run 22, docs/performance.md). The paper's
+stage scores ~135k such pairs at scale.
+
+The kernel (:mod:`._deberta_kernel_triton`) computes the same attention as FlashAttention
+computes plain attention: for a block of queries it streams the keys and values once and keeps
+an online softmax, so no (length x length) tensor is written. The two position terms are
+gathered inside the kernel from their small (length x 2 * span) products:
+
+    score(i, j) = (q_i . k_j + c2p[i, c2p_idx[i - j]] + p2c[j, p2c_idx[i - j]]) / sqrt(3 d)
+
+where c2p = Q . PosK^T and p2c = K . PosQ^T are matrix products (cuBLAS, as transformers
+computes them) and the index tables follow from the model's own relative positions, which
+depend on i - j only. Sums and the softmax run in float32 (transformers rounds each partial
+tensor to bfloat16), so the probabilities differ from transformers' within bfloat16 rounding;
+the engine checks them against transformers' own attention on its first batch.
+
+:func:`install` replaces ``forward`` on each attention module of one loaded model; anything
+the kernel does not cover (training, returned attention maps, separate query states, a
+relative-position tensor that is not the model's own) goes to the original ``forward``.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+class FusedAttentionFailed(Exception):
+    """The kernel raised (``__cause__`` is the original error); the engine falls back to
+    transformers' attention."""
+
+
+def triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def unsupported(config: Any) -> str | None:
+    """Why the kernel cannot run a model of this config (None: it can). Needs no weights."""
+    if getattr(config, "model_type", None) != "deberta-v2":
+        return f"model_type {getattr(config, 'model_type', None)!r} is not deberta-v2 (DeBERTa-v2/v3)"
+    if not getattr(config, "relative_attention", False):
+        return "relative_attention is off"
+    kinds = set(getattr(config, "pos_att_type", None) or [])
+    if kinds != {"c2p", "p2c"}:
+        return f"pos_att_type {sorted(kinds)} is not ['c2p', 'p2c']"
+    head = getattr(config, "attention_head_size", None) or config.hidden_size // config.num_attention_heads
+    if head < 16 or head > 128 or head & (head - 1):
+        return f"head size {head} is not a power of two from 16 to 128"
+    if not triton_importable():
+        return "Triton is not installed"
+    return None
+
+
+@functools.cache
+def _kernel() -> Any:
+    from ._deberta_kernel_triton import disentangled_attention
+
+    return disentangled_attention
+
+
+def index_tables(relative_pos: torch.Tensor, length: int, span: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The c2p and p2c gather indices by i - j (entry i - j + length - 1), read from the model's
+    relative positions (1, L, L) or (L, L); None when they are not one shared (L, L) grid.
+
+    transformers gathers c2p at clamp(rel[i, j] + span) and p2c, transposed, at
+    clamp(-rel[j, i] + span); rel[i, j] depends on i - j only (``build_relative_position``)."""
+    import torch
+
+    if relative_pos.dim() < 2 or relative_pos.numel() != length * length:
+        return None
+    grid = relative_pos.reshape(length, length).long()
+    by_diff = torch.cat([grid[0, 1:].flip(0), grid[:, 0]])  # rel at i - j = -(L-1) .. L-1
+    c2p = torch.clamp(by_diff + span, 0, 2 * span - 1).to(torch.int32)
+    p2c = torch.clamp(-by_diff.flip(0) + span, 0, 2 * span - 1).to(torch.int32)
+    return c2p, p2c
+
+
+def _position_projections(module: Any, rel_embeddings: torch.Tensor, heads: int, head: int) -> tuple[Any, Any]:
+    """PosQ and PosK (2 span, heads, head) from the relative embeddings, as transformers
+    projects them (shared with the content projections when ``share_att_key``)."""
+    rel = rel_embeddings[: module.pos_ebd_size * 2]
+    if module.share_att_key:
+        pos_q, pos_k = module.query_proj(rel), module.key_proj(rel)
+    else:
+        pos_q, pos_k = module.pos_query_proj(rel), module.pos_key_proj(rel)
+    return pos_q.view(-1, heads, head), pos_k.view(-1, heads, head)
+
+
+def fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c2p: torch.Tensor, p2c: torch.Tensor,
+    tables: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor, scale: float,
+    *, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
+) -> torch.Tensor:
+    """The kernel on q, k, v (B, L, H, d; last dimension contiguous), the position products
+    c2p, p2c (B, H, L, 2 span; last dimension contiguous), the index tables (2L - 1,), the key
+    mask ``keep`` (B, L; nonzero = attend): output (B, L, H, d) in q's dtype."""
+    import torch
+
+    bsz, length, heads, head = q.shape
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    grid = (-(-length // block_m), bsz * heads)
+    try:
+        _kernel()[grid](
+            q, k, v, c2p, p2c, tables[0], tables[1], keep, out,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), c2p.stride(0), c2p.stride(1), c2p.stride(2),
+            p2c.stride(0), p2c.stride(1), p2c.stride(2), keep.stride(0),
+            out.stride(0), out.stride(1), out.stride(2), heads, length, scale,
+            HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n, N_BLOCKS=-(-length // block_n),
+            IEEE=q.dtype == torch.float32,
+            num_warps=num_warps, num_stages=num_stages,
+        )
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":
+            raise
+        raise FusedAttentionFailed(f"{type(exc).__name__}: {str(exc).strip()[:300]}") from exc
+    return out
+
+
+def _blocks(device: torch.device) -> dict[str, int]:
+    """Launch sizes: 64 x 64 tiles on a GPU; 16 x 16 in Triton's interpreter (the tests' tiny
+    models then cross several blocks, and the interpreter runs faster)."""
+    if device.type == "cuda":
+        return {"block_m": 64, "block_n": 64}
+    return {"block_m": 16, "block_n": 16}
+
+
+def _forward(
+    module: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
+    output_attentions: bool = False, query_states: torch.Tensor | None = None,
+    relative_pos: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, None]:
+    """``DisentangledSelfAttention.forward`` through the kernel, or the original where the
+    kernel does not apply."""
+    original: Callable[..., Any] = module._selflearn_original_forward
+    bsz, length, _ = hidden_states.shape
+    tables = None
+    covered = not (module.training or output_attentions or query_states is not None)
+    covered = covered and relative_pos is not None and rel_embeddings is not None and attention_mask.dim() == 4
+    if covered:
+        assert relative_pos is not None
+        tables = index_tables(relative_pos, length, module.pos_ebd_size)
+    if tables is None:
+        return original(hidden_states, attention_mask, output_attentions, query_states, relative_pos, rel_embeddings)
+    assert rel_embeddings is not None
+    heads, head = module.num_attention_heads, module.attention_head_size
+    q = module.query_proj(hidden_states).view(bsz, length, heads, head)
+    k = module.key_proj(hidden_states).view(bsz, length, heads, head)
+    v = module.value_proj(hidden_states).view(bsz, length, heads, head)
+    pos_q, pos_k = _position_projections(module, rel_embeddings, heads, head)
+    c2p = q.transpose(1, 2) @ pos_k.permute(1, 2, 0)  # (B, H, L, 2 span)
+    p2c = k.transpose(1, 2) @ pos_q.permute(1, 2, 0)
+    # the model's mask is keep[i] * keep[j] (DebertaV2Encoder.get_attention_mask): its diagonal
+    keep = attention_mask[:, 0].diagonal(dim1=-2, dim2=-1).to(dtype=tables[0].dtype).contiguous()
+    scale = (head * 3) ** -0.5
+    out = fused_attention(q, k, v, c2p.contiguous(), p2c.contiguous(), tables, keep, scale,
+                          **_blocks(hidden_states.device))
+    return out.view(bsz, length, heads * head), None
+
+
+def _attention_modules(model: Any) -> list[Any]:
+    from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
+
+    return [m for m in model.modules() if isinstance(m, DisentangledSelfAttention)]
+
+
+def install(model: Any) -> None:
+    """Route each attention module of ``model`` through the kernel (idempotent)."""
+    for module in _attention_modules(model):
+        if "_selflearn_original_forward" not in module.__dict__:
+            module._selflearn_original_forward = module.forward
+            module.forward = types.MethodType(_forward, module)
+
+
+def uninstall(model: Any) -> None:
+    """Give each attention module of ``model`` back its original forward."""
+    for module in _attention_modules(model):
+        if "_selflearn_original_forward" in module.__dict__:
+            del module.__dict__["_selflearn_original_forward"]
+            module.__dict__.pop("forward", None)
