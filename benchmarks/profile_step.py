@@ -389,6 +389,34 @@ def nli_forward(nli_assets: str, work: str) -> None:
             except Exception as exc:
                 report(f"nli {name} 32x{length} kernels", repr(exc))
     nli_numerics(folder, plain, kernel)
+    nli_kernel_configs()
+
+
+def nli_kernel_configs() -> None:
+    """The fused attention kernel alone (DeBERTa-v3-large's heads: 16 x 64, 256 buckets over
+    512 positions) at 32 x 512 and 128 x 128 pairs, for several launch configurations."""
+    import torch
+    from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+
+    from selflearn.builtin.scorers._deberta_attention import fused_attention, index_tables
+
+    for rows, length in ((32, 512), (128, 128)):
+        q, k, v = (torch.randn(rows, length, 16, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        c2p, p2c = (torch.randn(rows, 16, length, 512, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        rel = build_relative_position(q.transpose(1, 2), k.transpose(1, 2), bucket_size=256, max_position=512)
+        tables = index_tables(rel, length, 256)
+        assert tables is not None
+        keep = torch.ones(rows, length, dtype=torch.int32, device="cuda")
+        got = {}
+        for bm, bn, warps, stages in ((64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 2),
+                                      (64, 32, 4, 2), (128, 32, 4, 2), (32, 64, 4, 2), (128, 128, 8, 2)):
+            try:
+                ms = _cuda_ms(partial(fused_attention, q, k, v, c2p, p2c, tables, keep, 0.07, block_m=bm,
+                                      block_n=bn, num_warps=warps, num_stages=stages))
+                got[f"{bm}x{bn} w{warps} s{stages}"] = round(ms, 3)
+            except Exception as exc:
+                got[f"{bm}x{bn} w{warps} s{stages}"] = repr(exc)[:200]
+        report(f"nli kernel alone {rows}x{length} ms by block_m x block_n, warps, stages", got)
 
 
 def nli_numerics(folder: str, plain: Any, kernel: Any) -> None:

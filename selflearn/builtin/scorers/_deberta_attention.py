@@ -90,15 +90,41 @@ def index_tables(relative_pos: torch.Tensor, length: int, span: int) -> tuple[to
     return c2p, p2c
 
 
-def _position_projections(module: Any, rel_embeddings: torch.Tensor, heads: int, head: int) -> tuple[Any, Any]:
-    """PosQ and PosK (2 span, heads, head) from the relative embeddings, as transformers
-    projects them (shared with the content projections when ``share_att_key``)."""
+def _position_projections(module: Any, rel_embeddings: torch.Tensor) -> tuple[Any, Any]:
+    """PosQ and PosK (2 span, hidden) from the relative embeddings, as transformers projects
+    them (with the content projections when ``share_att_key``)."""
     rel = rel_embeddings[: module.pos_ebd_size * 2]
     if module.share_att_key:
-        pos_q, pos_k = module.query_proj(rel), module.key_proj(rel)
-    else:
-        pos_q, pos_k = module.pos_query_proj(rel), module.pos_key_proj(rel)
-    return pos_q.view(-1, heads, head), pos_k.view(-1, heads, head)
+        return module.query_proj(rel), module.key_proj(rel)
+    return module.pos_query_proj(rel), module.pos_key_proj(rel)
+
+
+def _by_head(x: torch.Tensor, pos: torch.Tensor, heads: int) -> torch.Tensor:
+    """x (B, L, H * d) against pos (P, H * d) head by head: (B, H, L, P), one batched matrix
+    product over views (no copy of either operand)."""
+    bsz, length, _ = x.shape
+    xh = x.view(bsz * length, heads, -1).transpose(0, 1)  # (H, B*L, d), rows H*d apart
+    ph = pos.view(pos.shape[0], heads, -1).permute(1, 2, 0)  # (H, d, P)
+    return (xh @ ph).view(heads, bsz, length, -1).transpose(0, 1)
+
+
+class _LastOf:
+    """The value computed from the last argument seen: the encoder hands every layer the same
+    relative-position and mask tensors, so each forward computes tables and key mask once.
+    The argument is held, so ``is`` cannot match a new tensor at a reused address."""
+
+    def __init__(self) -> None:
+        self.arg: Any = None
+        self.value: Any = None
+
+    def get(self, arg: Any, extra: Any, compute: Callable[[], Any]) -> Any:
+        if self.arg is not arg or self.value is None or self.value[0] != extra:
+            self.arg, self.value = arg, (extra, compute())
+        return self.value[1]
+
+
+_TABLES = _LastOf()
+_KEEP = _LastOf()
 
 
 def fused_attention(
@@ -147,6 +173,8 @@ def _forward(
 ) -> tuple[torch.Tensor, None]:
     """``DisentangledSelfAttention.forward`` through the kernel, or the original where the
     kernel does not apply."""
+    import torch
+
     original: Callable[..., Any] = module._selflearn_original_forward
     bsz, length, _ = hidden_states.shape
     tables = None
@@ -154,21 +182,20 @@ def _forward(
     covered = covered and relative_pos is not None and rel_embeddings is not None and attention_mask.dim() == 4
     if covered:
         assert relative_pos is not None
-        tables = index_tables(relative_pos, length, module.pos_ebd_size)
+        span = module.pos_ebd_size
+        tables = _TABLES.get(relative_pos, (length, span), lambda: index_tables(relative_pos, length, span))
     if tables is None:
         return original(hidden_states, attention_mask, output_attentions, query_states, relative_pos, rel_embeddings)
     assert rel_embeddings is not None
-    heads, head = module.num_attention_heads, module.attention_head_size
-    q = module.query_proj(hidden_states).view(bsz, length, heads, head)
-    k = module.key_proj(hidden_states).view(bsz, length, heads, head)
-    v = module.value_proj(hidden_states).view(bsz, length, heads, head)
-    pos_q, pos_k = _position_projections(module, rel_embeddings, heads, head)
-    c2p = q.transpose(1, 2) @ pos_k.permute(1, 2, 0)  # (B, H, L, 2 span)
-    p2c = k.transpose(1, 2) @ pos_q.permute(1, 2, 0)
+    heads = module.num_attention_heads
+    q, k, v = module.query_proj(hidden_states), module.key_proj(hidden_states), module.value_proj(hidden_states)
+    pos_q, pos_k = _position_projections(module, rel_embeddings)
+    c2p, p2c = _by_head(q, pos_k, heads), _by_head(k, pos_q, heads)  # (B, H, L, 2 span)
     # the model's mask is keep[i] * keep[j] (DebertaV2Encoder.get_attention_mask): its diagonal
-    keep = attention_mask[:, 0].diagonal(dim1=-2, dim2=-1).to(dtype=tables[0].dtype).contiguous()
-    scale = (head * 3) ** -0.5
-    out = fused_attention(q, k, v, c2p.contiguous(), p2c.contiguous(), tables, keep, scale,
+    keep = _KEEP.get(attention_mask, length, lambda: attention_mask[:, 0].diagonal(dim1=-2, dim2=-1).to(torch.int32).contiguous())
+    head = q.shape[-1] // heads
+    split = (bsz, length, heads, head)
+    out = fused_attention(q.view(split), k.view(split), v.view(split), c2p, p2c, tables, keep, (head * 3) ** -0.5,
                           **_blocks(hidden_states.device))
     return out.view(bsz, length, heads * head), None
 

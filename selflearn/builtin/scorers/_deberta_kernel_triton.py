@@ -47,13 +47,16 @@ def disentangled_attention(
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))
+        # c2p[i, idx]: along a row of the tile (j) the addresses are consecutive. p2c[j, idx]
+        # is read as a (key, query) tile, where they are consecutive along a row (i), and
+        # transposed in the chip (read as (query, key), every element is another row)
         both = row_in[:, None] & col_in[None, :]
-        rel = rm[:, None] - n[None, :] + length - 1
-        ci = tl.load(c2p_idx_ptr + rel, mask=both, other=0)
-        pi = tl.load(p2c_idx_ptr + rel, mask=both, other=0)
+        ci = tl.load(c2p_idx_ptr + (rm[:, None] - n[None, :] + length - 1), mask=both, other=0)
         c2p = tl.load(c2p_rows + ci, mask=both, other=0.0).to(tl.float32)
-        p2c = tl.load(p2c_ptr + b * sp_b + h * sp_h + n[None, :] * sp_l + pi, mask=both, other=0.0)
-        s = (s + c2p + p2c.to(tl.float32)) * scale
+        both_t = col_in[:, None] & row_in[None, :]
+        pi_t = tl.load(p2c_idx_ptr + (rm[None, :] - n[:, None] + length - 1), mask=both_t, other=0)
+        p2c_t = tl.load(p2c_ptr + b * sp_b + h * sp_h + n[:, None] * sp_l + pi_t, mask=both_t, other=0.0)
+        s = (s + c2p + tl.trans(p2c_t).to(tl.float32)) * scale
         s = tl.where(keep[None, :], s, float("-inf"))
         new_top = tl.maximum(top, tl.max(s, 1))
         # a block with every key masked keeps -inf: shift by 0 instead (exp(-inf) = 0)
