@@ -28,6 +28,7 @@ relative-position tensor that is not the model's own) goes to the original ``for
 from __future__ import annotations
 
 import functools
+import os
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,9 @@ def fused_attention(
 
     bsz, length, heads, head = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    # Triton's interpreter needs the key loop's bound at compile time; on a GPU that would
+    # compile a version per length bucket (each a second or more: most of a short run's time)
+    static = os.environ.get("TRITON_INTERPRET") == "1"
     grid = (-(-length // block_m), bsz * heads)
     try:
         _kernel()[grid](
@@ -147,7 +151,7 @@ def fused_attention(
             v.stride(0), v.stride(1), v.stride(2), c2p.stride(0), c2p.stride(1), c2p.stride(2),
             p2c.stride(0), p2c.stride(1), p2c.stride(2), keep.stride(0),
             out.stride(0), out.stride(1), out.stride(2), heads, length, scale,
-            HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n, N_BLOCKS=-(-length // block_n),
+            HEAD=head, BLOCK_M=block_m, BLOCK_N=block_n, STATIC=static, N_BLOCKS=-(-length // block_n) if static else 0,
             IEEE=q.dtype == torch.float32,
             num_warps=num_warps, num_stages=num_stages,
         )
