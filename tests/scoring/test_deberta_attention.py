@@ -257,3 +257,36 @@ def test_engine_options(nli2_model: str, monkeypatch: pytest.MonkeyPatch) -> Non
     assert "runs on CUDA" in str(err.value) or "Triton is not installed" in str(err.value)
     with pytest.raises(ConfigError, match="'auto', 'transformers' or 'triton'"):
         NLIEngine(nli2_model, attention="flash")
+
+
+def test_engine_auto_falls_back_when_our_forward_raises(
+    nli2_model: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not the kernel but our forward failing (a later transformers calling the attention
+    differently) turns the kernel off as well: no Triton needed, the kernel never starts."""
+
+    def raises(*a: Any, **k: Any) -> Any:
+        raise TypeError("forward() got an unexpected keyword argument 'cache_position'")
+
+    monkeypatch.setattr(fused, "fused_attention", raises)
+    expected = _engine(nli2_model, None, "transformers").probabilities(PAIRS)
+    engine = _engine(nli2_model, None, "auto")
+    engine._fused = True  # what auto resolves to on CUDA
+    with caplog.at_level(logging.WARNING, logger="selflearn.scorers.nli"):
+        assert engine.probabilities(PAIRS) == expected
+    assert "TypeError: forward() got an unexpected keyword argument" in caplog.text and not engine.fused
+
+
+def test_arguments_the_kernel_does_not_know_go_to_transformers_forward() -> None:
+    import torch
+
+    model = _model(True, 16, -1)
+    fused.install(model)
+    module = fused._attention_modules(model)[0]
+    seen: list[dict[str, Any]] = []
+    module._selflearn_original_forward = lambda *a, **k: seen.append(k) or (a[0], None)
+    hidden = torch.zeros(1, 4, 32)
+    mask = torch.ones(1, 1, 4, 4)
+    module.forward(hidden, mask, relative_pos=torch.zeros(1, 4, 4, dtype=torch.long),
+                   rel_embeddings=torch.zeros(32, 32), cache_position=3)
+    assert seen == [{"cache_position": 3}]

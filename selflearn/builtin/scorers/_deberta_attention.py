@@ -131,7 +131,7 @@ _KEEP = _LastOf()
 def fused_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c2p: torch.Tensor, p2c: torch.Tensor,
     tables: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor, scale: float,
-    *, block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
+    *, block_m: int = 64, block_n: int = 32, num_warps: int = 4, num_stages: int = 2,
 ) -> torch.Tensor:
     """The kernel on q, k, v (B, L, H, d; last dimension contiguous), the position products
     c2p, p2c (B, H, L, 2 span; last dimension contiguous), the index tables (2L - 1,), the key
@@ -163,33 +163,36 @@ def fused_attention(
 
 
 def _blocks(device: torch.device) -> dict[str, int]:
-    """Launch sizes: 64 x 64 tiles on a GPU; 16 x 16 in Triton's interpreter (the tests' tiny
-    models then cross several blocks, and the interpreter runs faster)."""
+    """Launch sizes: 64 queries x 32 keys on a GPU (run 22's sweep of the kernel alone on an
+    H100: as fast as 64 x 64 at 32 x 512-token pairs, 26% less time at 128 x 128); 16 x 16 in
+    Triton's interpreter (the tests' tiny models then cross several blocks)."""
     if device.type == "cuda":
-        return {"block_m": 64, "block_n": 64}
+        return {"block_m": 64, "block_n": 32}
     return {"block_m": 16, "block_n": 16}
 
 
 def _forward(
     module: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor,
     output_attentions: bool = False, query_states: torch.Tensor | None = None,
-    relative_pos: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None,
+    relative_pos: torch.Tensor | None = None, rel_embeddings: torch.Tensor | None = None, **extra: Any,
 ) -> tuple[torch.Tensor, None]:
     """``DisentangledSelfAttention.forward`` through the kernel, or the original where the
-    kernel does not apply."""
+    kernel does not apply (also for arguments a later transformers may add: ``extra``)."""
     import torch
 
     original: Callable[..., Any] = module._selflearn_original_forward
     bsz, length, _ = hidden_states.shape
     tables = None
     covered = not (module.training or output_attentions or query_states is not None)
-    covered = covered and relative_pos is not None and rel_embeddings is not None and attention_mask.dim() == 4
+    covered = covered and not extra and relative_pos is not None and rel_embeddings is not None
+    covered = covered and attention_mask.dim() == 4
     if covered:
         assert relative_pos is not None
         span = module.pos_ebd_size
         tables = _TABLES.get(relative_pos, (length, span), lambda: index_tables(relative_pos, length, span))
     if tables is None:
-        return original(hidden_states, attention_mask, output_attentions, query_states, relative_pos, rel_embeddings)
+        return original(hidden_states, attention_mask, output_attentions, query_states, relative_pos,
+                        rel_embeddings, **extra)
     assert rel_embeddings is not None
     heads = module.num_attention_heads
     q, k, v = module.query_proj(hidden_states), module.key_proj(hidden_states), module.value_proj(hidden_states)

@@ -441,8 +441,10 @@ class NLIEngine:
         self._fused_checked = True
         try:
             fused = torch.softmax(self._model(**inputs).logits.float(), dim=-1)
-        except FusedAttentionFailed as exc:
-            self._give_up_fused(str(exc))
+        except Exception as exc:  # the kernel, or our forward under another transformers
+            if type(exc).__name__ == "OutOfMemoryError":
+                raise
+            self._give_up_fused(str(exc) if isinstance(exc, FusedAttentionFailed) else f"{type(exc).__name__}: {exc}")
             return torch.softmax(self._model(**inputs).logits.float(), dim=-1)
         uninstall(self._model)
         reference = torch.softmax(self._model(**inputs).logits.float(), dim=-1)
