@@ -290,3 +290,16 @@ def test_arguments_the_kernel_does_not_know_go_to_transformers_forward() -> None
     module.forward(hidden, mask, relative_pos=torch.zeros(1, 4, 4, dtype=torch.long),
                    rel_embeddings=torch.zeros(32, 32), cache_position=3)
     assert seen == [{"cache_position": 3}]
+
+
+def test_tables_and_masks_are_reused_only_for_the_same_tensor() -> None:
+    import torch
+
+    last = fused._LastOf()
+    a, b = torch.zeros(3), torch.zeros(3)
+    assert last.get(a, 5, lambda: "a") == "a"
+    assert last.get(a, 5, lambda: "again") == "a"  # the same tensor: every layer of a forward
+    assert last.get(a, 6, lambda: "other length") == "other length"
+    assert last.get(b, 6, lambda: "b") == "b"  # equal values, another tensor: recomputed
+    del a, b
+    assert last.get(torch.zeros(3), 6, lambda: "new") == "new"  # not kept alive, never matched

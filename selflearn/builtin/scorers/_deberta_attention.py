@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 import types
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -112,15 +113,16 @@ def _by_head(x: torch.Tensor, pos: torch.Tensor, heads: int) -> torch.Tensor:
 class _LastOf:
     """The value computed from the last argument seen: the encoder hands every layer the same
     relative-position and mask tensors, so each forward computes tables and key mask once.
-    The argument is held, so ``is`` cannot match a new tensor at a reused address."""
+    The argument is held by a weak reference (a (B, 1, L, L) mask is not kept alive after its
+    forward); a dead one never matches, so a new tensor at a reused address cannot either."""
 
     def __init__(self) -> None:
-        self.arg: Any = None
+        self.ref: Callable[[], Any] = lambda: None
         self.value: Any = None
 
     def get(self, arg: Any, extra: Any, compute: Callable[[], Any]) -> Any:
-        if self.arg is not arg or self.value is None or self.value[0] != extra:
-            self.arg, self.value = arg, (extra, compute())
+        if self.ref() is not arg or self.value is None or self.value[0] != extra:
+            self.ref, self.value = weakref.ref(arg), (extra, compute())
         return self.value[1]
 
 
@@ -202,6 +204,7 @@ def _forward(
     keep = _KEEP.get(attention_mask, length, lambda: attention_mask[:, 0].diagonal(dim1=-2, dim2=-1).to(torch.int32).contiguous())
     head = q.shape[-1] // heads
     split = (bsz, length, heads, head)
+    # transformers' scale: sqrt(d * 3) for content, c2p and p2c (``unsupported`` requires both)
     out = fused_attention(q.view(split), k.view(split), v.view(split), c2p, p2c, tables, keep, (head * 3) ** -0.5,
                           **_blocks(hidden_states.device))
     return out.view(bsz, length, heads * head), None
