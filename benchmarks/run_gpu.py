@@ -542,22 +542,11 @@ def _nli_pairs(args: argparse.Namespace, work: str, corpus: list[str], folder: s
 def _nli_ready(args: argparse.Namespace, engine: Any, items: list[Any]) -> tuple[list[tuple[str, str]], list[list[int]], list[Any]]:
     """The scorer's distinct (sentence, sample) pairs, their token ids and padded device tensors
     in the engine's token batches: the bare forward's input, tokenised outside the timing."""
-    import torch
-
     from selflearn.builtin.scorers import nli
-    from selflearn.builtin.scorers._common import token_batches
+    from tests.scoring.bench_nli import padded_batches
 
     pairs = list(dict.fromkeys((s, x) for it in items for x in it.samples for s in nli.split_sentences(it.reference)))
-    ids = engine._tokenizer([p for p, _ in pairs], [h for _, h in pairs], truncation=True, max_length=engine.max_length)["input_ids"]
-    batches = token_batches([len(x) for x in ids], engine.max_tokens_per_batch, engine.batch_size)
-    pad = engine._tokenizer.pad_token_id
-    ready = []
-    for b in batches:
-        width = max(len(ids[i]) for i in b)
-        ready.append((
-            torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in b], device=args.device),
-            torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in b], device=args.device),
-        ))
+    ids, ready = padded_batches(engine, pairs, args.device)
     return pairs, ids, ready
 
 

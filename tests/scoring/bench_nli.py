@@ -82,21 +82,30 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def padded_batches(engine: NLIEngine, pairs: list[tuple[str, str]], device: str) -> tuple[list[list[int]], list[Any]]:
+    """The pairs' token ids (the tokenizer's own pair call) and (ids, mask) tensors on ``device``
+    in the engine's token batches: a bare forward's input, prepared outside any timing."""
+    import torch
+
+    tok = engine._tokenizer
+    ids = tok([p for p, _ in pairs], [h for _, h in pairs], truncation=True, max_length=engine.max_length)["input_ids"]
+    pad = tok.pad_token_id
+    ready = []
+    for b in token_batches([len(x) for x in ids], engine.max_tokens_per_batch, engine.batch_size):
+        w = max(len(ids[i]) for i in b)
+        ready.append((
+            torch.tensor([ids[i] + [pad] * (w - len(ids[i])) for i in b], device=device),
+            torch.tensor([[1] * len(ids[i]) + [0] * (w - len(ids[i])) for i in b], device=device),
+        ))
+    return ids, ready
+
+
 def bare_rate(engine: NLIEngine, pairs: list[tuple[str, str]]) -> tuple[float, int, float]:
     """Pairs/s of the bare forward on the same pairs and batches, tensors prepared beforehand."""
     import torch
 
-    tok, model = engine._tokenizer, engine._model
-    ids = tok([p for p, _ in pairs], [h for _, h in pairs], truncation=True, max_length=engine.max_length)["input_ids"]
-    batches = token_batches([len(x) for x in ids], engine.max_tokens_per_batch, engine.batch_size)
-    pad = tok.pad_token_id
-    ready = []
-    for b in batches:
-        w = max(len(ids[i]) for i in b)
-        ready.append((
-            torch.tensor([ids[i] + [pad] * (w - len(ids[i])) for i in b], device=DEVICE),
-            torch.tensor([[1] * len(ids[i]) + [0] * (w - len(ids[i])) for i in b], device=DEVICE),
-        ))
+    model = engine._model
+    ids, ready = padded_batches(engine, pairs, DEVICE)
     with torch.inference_mode():
         for x, m in ready[:3]:  # warm-up
             model(input_ids=x, attention_mask=m)
@@ -107,7 +116,7 @@ def bare_rate(engine: NLIEngine, pairs: list[tuple[str, str]]) -> tuple[float, i
         sync()
         dt = time.perf_counter() - t0
     mean_len = sum(len(x) for x in ids) / len(ids)
-    return len(pairs) / dt, len(batches), mean_len
+    return len(pairs) / dt, len(ready), mean_len
 
 
 def fixed_rate(engine: NLIEngine, length: int, batch: int = 64, steps: int = 30) -> float:
