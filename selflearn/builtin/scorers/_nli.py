@@ -423,31 +423,33 @@ class NLIEngine:
         """Softmax probabilities (float32) of one padded batch, through the fused attention
         when it runs; the first such batch of a load is also run through transformers'
         attention and compared (:meth:`_first_fused`)."""
-        import torch
-
         if self._fused and not self._fused_checked:
             return self._first_fused(inputs)
         try:
-            return torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+            return self._softmax(inputs)
         except FusedAttentionFailed as exc:
             self._give_up_fused(str(exc))
-            return torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+            return self._softmax(inputs)
+
+    def _softmax(self, inputs: dict[str, Any]) -> Any:
+        """The model's forward on one padded batch: float32 softmax over all logits."""
+        import torch
+
+        return torch.softmax(self._model(**inputs).logits.float(), dim=-1)
 
     def _first_fused(self, inputs: dict[str, Any]) -> Any:
         """The first fused batch, checked against transformers' attention on the same inputs
         (the longest pairs of the call: the sort puts them first)."""
-        import torch
-
         self._fused_checked = True
         try:
-            fused = torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+            fused = self._softmax(inputs)
         except Exception as exc:  # the kernel, or our forward under another transformers
             if type(exc).__name__ == "OutOfMemoryError":
                 raise
             self._give_up_fused(str(exc) if isinstance(exc, FusedAttentionFailed) else f"{type(exc).__name__}: {exc}")
-            return torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+            return self._softmax(inputs)
         uninstall(self._model)
-        reference = torch.softmax(self._model(**inputs).logits.float(), dim=-1)
+        reference = self._softmax(inputs)
         diff = float((fused - reference).abs().max())
         if diff <= _FUSED_TOLERANCE:
             install(self._model)
