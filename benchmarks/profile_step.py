@@ -316,15 +316,7 @@ def decode_runs(name: str, shape: dict[str, Any], tok_dir: str, work: str) -> No
                     st.step.fill_(70)
                 graph.replay()
 
-            times = []
-            for _ in range(10):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                replay()
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b))
-            report(f"{tag} step ms (bucket 128)", round(sorted(times)[5], 3))
+            report(f"{tag} step ms (bucket 128)", round(_cuda_ms(replay, warmup=0), 3))
             if rows == 640 and fuse == "compile":
                 try:
                     report(f"{tag} kernels of one step", kernel_table(replay))
@@ -336,11 +328,11 @@ def decode_runs(name: str, shape: dict[str, Any], tok_dir: str, work: str) -> No
     torch.cuda.empty_cache()
 
 
-def _cuda_ms(fn: Any, reps: int = 10) -> float:
-    """Median milliseconds of ``fn`` between CUDA events, after three warm-up calls."""
+def _cuda_ms(fn: Any, reps: int = 10, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn`` between CUDA events, after ``warmup`` calls."""
     import torch
 
-    for _ in range(3):
+    for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
