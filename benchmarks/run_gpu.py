@@ -553,9 +553,10 @@ def _nli_ready(args: argparse.Namespace, engine: Any, items: list[Any]) -> tuple
 def _nli_bare_lengths(args: argparse.Namespace, folder: str, res: dict[str, Any]) -> None:
     """The bare forward on 64 pairs of exactly each of ``--nli-lengths`` tokens (16 and 32 in
     smoke; 32 pairs at 512), after three warm-up passes: the rate with no padding and no scorer
-    around it; with ``--nli-compile`` also the classifier under ``torch.compile`` on the same
-    tensors (a fixed shape each; compilation in the warm-up), the lever docs/performance.md
-    names for the paper-scale scores (run 21)."""
+    around it, with the scorer's default attention (the fused kernel on CUDA); with
+    ``--nli-compile`` also the classifier with transformers' attention under ``torch.compile`` on
+    the same tensors (a fixed shape each; compilation in the warm-up), the other lever run 21
+    named for the paper-scale scores (``profile_step.py --parts nli`` compares all three)."""
     import torch
 
     from selflearn.builtin.scorers._nli import NLIEngine
@@ -569,7 +570,9 @@ def _nli_bare_lengths(args: argparse.Namespace, folder: str, res: dict[str, Any]
         m = torch.ones_like(x)
         arms = [("bare", engine._model)]
         if args.nli_compile:
-            arms.append(("bare compiled", torch.compile(engine._model, dynamic=False)))
+            plain = NLIEngine(folder, device=args.device, attention="transformers")
+            plain._load()
+            arms.append(("bare compiled", torch.compile(plain._model, dynamic=False)))
         for name, model in arms:
             with torch.inference_mode():
                 for _ in range(3):
