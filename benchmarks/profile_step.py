@@ -17,7 +17,10 @@ Times, on random-weight SmolLM2-135M- and TinyLlama-1.1B-shaped models in bfloat
 * ``--parts nli``: the NLI classifier (DeBERTa-v3-large shape, bfloat16) on 32 pairs of exactly
   128 and 512 tokens, eager, under ``torch.compile`` and with the fused attention kernel:
   milliseconds per forward and the kernel table of one forward (where the paper-scale scores'
-  time goes, runs 21-22), each arm's probabilities against float32's, the engine's check.
+  time goes, runs 21-22), each arm's probabilities against float32's, the engine's check;
+* ``--parts long``: the paper-scale stage's regime (1.1B shape, 2,560 rows, 384 new tokens,
+  ~320-token prompts): a whole run's tokens/s, one replayed step per attention bucket and the
+  kernel tables of buckets 128 and 384 (where the stage's step time grows).
 
 Writes ``profile.json`` to --out and prints one line per figure.
 """
@@ -328,6 +331,55 @@ def decode_runs(name: str, shape: dict[str, Any], tok_dir: str, work: str) -> No
     torch.cuda.empty_cache()
 
 
+def long_steps(tok_dir: str, work: str, prompt_len: int = 320) -> None:
+    """The paper-scale stage's regime (issue 19's fourth target): the 1.1B shape at 2,560 rows,
+    K = 10, 384 new tokens, prompts of about ``prompt_len`` tokens (a passage and a question).
+    A whole decode run, then one replayed step per attention bucket (every row 32 steps before
+    the bucket's end) and the kernel tables of the first and last buckets: how a step's time
+    grows with the generated length, and what grows."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from selflearn.builtin.backends.hf.loop_decoder import DecodeBatch
+    from selflearn.builtin.backends.hf.sampling import SamplingConfig
+    from selflearn.builtin.backends.hf.shared_decoder import SharedPrefixDecoder
+
+    folder = build_lm(TINYLLAMA_1B, tok_dir, os.path.join(work, "tinyllama-1.1b"), "cuda")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).cuda().eval()
+    cfg = SamplingConfig(greedy=False, temperature=1.0, top_p=0.9, repetition_penalty=1.1)
+    rng = random.Random(0)
+    rows, groups = 2560, 256
+    prompts = [[rng.randrange(10, 30000) for _ in range(rng.randrange(prompt_len - 40, prompt_len + 40))]
+               for _ in range(groups)]
+    batch = DecodeBatch(prompts=prompts, rows=[g for g in range(groups) for _ in range(10)],
+                        keys=[rng.randrange(2**62) for _ in range(rows)])
+    dec = SharedPrefixDecoder(model, eos_ids=(2,), pad_id=2)
+    tag = f"long 1.1b rows={rows} prompt~{prompt_len} tokens=384"
+    t0 = time.perf_counter()
+    dec.run(batch, cfg, 384)
+    report(f"{tag} first call s", round(time.perf_counter() - t0, 2))
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = dec.run(batch, cfg, 384)
+    torch.cuda.synchronize()
+    report(f"{tag} tokens/s", round(sum(len(o.tokens) for o in out) / (time.perf_counter() - t0), 1))
+    st = next(iter(dec._states.values()))
+    for t_eff in sorted(st.graphs):
+        def replay(st: Any = st, graph: Any = st.graphs[t_eff], step: int = t_eff - 32) -> None:
+            with torch.inference_mode():
+                st.step.fill_(step)
+            graph.replay()
+
+        report(f"{tag} step ms (bucket {t_eff})", round(_cuda_ms(replay, warmup=0), 3))
+        if t_eff in (128, max(st.graphs)):
+            try:
+                report(f"{tag} kernels of one step (bucket {t_eff})", kernel_table(replay, top=18))
+            except Exception as exc:
+                report(f"{tag} kernels of one step (bucket {t_eff})", repr(exc))
+    del dec, st, model
+    torch.cuda.empty_cache()
+
+
 def _cuda_ms(fn: Any, reps: int = 10, warmup: int = 3) -> float:
     """Median milliseconds of ``fn`` between CUDA events, after ``warmup`` calls."""
     import torch
@@ -380,8 +432,31 @@ def nli_forward(nli_assets: str, work: str) -> None:
                 report(f"nli {name} 32x{length} kernels", kernel_table(partial(_probs, model, x, m), top=18))
             except Exception as exc:
                 report(f"nli {name} 32x{length} kernels", repr(exc))
+    nli_fused_compiled(kernel._model)
     nli_numerics(folder, plain, kernel)
     nli_kernel_configs()
+
+
+def nli_fused_compiled(model: Any) -> None:
+    """The fused kernel with the rest of the model under ``torch.compile`` (graph breaks where
+    the kernel's Python wrapper is: inductor fuses the layer norms, GELU and residuals between
+    them): what compiling around the kernel would add, before building it into the engine."""
+    import torch
+
+    compiled = torch.compile(model, dynamic=False)
+    for length in (128, 512):
+        x = torch.randint(10, 30000, (32, length), device="cuda")
+        m = torch.ones_like(x)
+        try:
+            ms = _cuda_ms(partial(_probs, compiled, x, m))
+        except Exception as exc:  # an arm that does not compile is a finding, not a failure
+            report(f"nli fused+compiled 32x{length} error", repr(exc)[:600])
+            return
+        report(f"nli fused+compiled 32x{length} ms", round(ms, 2))
+        report(f"nli fused+compiled 32x{length} pairs/s", round(32 / ms * 1000, 1))
+        with torch.inference_mode():
+            diff = (_probs(compiled, x, m) - _probs(model, x, m)).abs().max()
+        report(f"nli fused+compiled 32x{length} max |dp| vs fused", round(float(diff), 5))
 
 
 def nli_kernel_configs() -> None:
@@ -457,6 +532,7 @@ def main() -> None:
         ("host", lambda: host_overhead(work, args.assets, args.nli_assets)),
         ("select", lambda: (select_times(49152), select_times(32000))),
         ("nli", lambda: nli_forward(args.nli_assets, work)),
+        ("long", lambda: long_steps(os.path.join(args.assets, "tok32k"), work)),
         ("decode", lambda: (decode_runs("smollm2-135m", SMOLLM2_135M, os.path.join(args.assets, "smollm2_tok"), work),
                             decode_runs("tinyllama-1.1b", TINYLLAMA_1B, os.path.join(args.assets, "tok32k"), work))),
     ):

@@ -28,11 +28,12 @@ relative-position tensor that is not the model's own) goes to the original ``for
 from __future__ import annotations
 
 import functools
-import os
 import types
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from .. import triton_support
 
 if TYPE_CHECKING:
     import torch
@@ -41,14 +42,6 @@ if TYPE_CHECKING:
 class FusedAttentionFailed(Exception):
     """The kernel raised (``__cause__`` is the original error); the engine falls back to
     transformers' attention."""
-
-
-def triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def unsupported(config: Any) -> str | None:
@@ -63,7 +56,7 @@ def unsupported(config: Any) -> str | None:
     head = getattr(config, "attention_head_size", None) or config.hidden_size // config.num_attention_heads
     if head < 16 or head > 128 or head & (head - 1):
         return f"head size {head} is not a power of two from 16 to 128"
-    if not triton_importable():
+    if not triton_support.importable():
         return "Triton is not installed"
     return None
 
@@ -144,7 +137,7 @@ def fused_attention(
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     # Triton's interpreter needs the key loop's bound at compile time; on a GPU that would
     # compile a version per length bucket (each a second or more: most of a short run's time)
-    static = os.environ.get("TRITON_INTERPRET") == "1"
+    static = triton_support.interpreting()
     grid = (-(-length // block_m), bsz * heads)
     try:
         _kernel()[grid](

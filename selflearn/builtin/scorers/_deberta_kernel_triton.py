@@ -7,6 +7,8 @@ Triton, which CPU installs may lack)."""
 import triton
 import triton.language as tl
 
+from ..online_softmax_triton import online_softmax_step
+
 
 @triton.jit
 def _key_block(q, k_ptr, v_ptr, c2p_rows, p2c_ptr, c2p_idx_ptr, p2c_idx_ptr, keep_ptr, block, rm, rd, rn,
@@ -33,12 +35,7 @@ def _key_block(q, k_ptr, v_ptr, c2p_rows, p2c_ptr, c2p_idx_ptr, p2c_idx_ptr, kee
     p2c_t = tl.load(p2c_ptr + b * sp_b + h * sp_h + n[:, None] * sp_l + pi_t, mask=both_t, other=0.0)
     s = (s + c2p + tl.trans(p2c_t).to(tl.float32)) * scale
     s = tl.where(keep[None, :], s, float("-inf"))
-    new_top = tl.maximum(top, tl.max(s, 1))
-    # a block with every key masked keeps -inf: shift by 0 instead (exp(-inf) = 0)
-    shift = tl.where(new_top == float("-inf"), 0.0, new_top)
-    p = tl.exp(s - shift[:, None])
-    alpha = tl.exp(top - shift)
-    total = total * alpha + tl.sum(p, 1)
+    p, alpha, new_top, total = online_softmax_step(s, top, total)
     v = tl.load(v_ptr + b * sv_b + h * sv_h + n[:, None] * sv_l + rd[None, :],
                 mask=col_in[:, None], other=0.0)
     if IEEE:

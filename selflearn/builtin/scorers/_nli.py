@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from typing import Any
 from ...core.cache import JsonlCache
 from ...core.errors import ConfigError
 from ...core.hashing import canonical_json
+from .. import triton_support
 from ._common import (
     cached_lookup,
     model_fingerprint,
@@ -245,7 +245,7 @@ class NLIEngine:
         on_gpu = self.device.startswith("cuda")
         if self.attention_option == "auto":
             return why is None and on_gpu
-        if why is None and not on_gpu and os.environ.get("TRITON_INTERPRET") != "1":
+        if why is None and not on_gpu and not triton_support.interpreting():
             why = f"it runs on CUDA, and the device is {self.device!r}"
         if why is not None:
             raise ConfigError(

@@ -224,11 +224,24 @@ for (b1, h1, m1, n1), (b2, h2, m2, n2) in (((3, 2, 30, 128), (12, 2, 3, 64)), ((
     one[3][torch.arange(n1)[None, :] < pad[:, None]] = float("-inf")
     step = n2 // 3  # keys after the current step are masked and their blocks skipped
     two[3][step + 1:] = float("-inf")
-    got = attention_pair((*one, pad, None), (*two, None, torch.tensor([step])), 0.3)
+    last = torch.full((b2,), step)
+    got = attention_pair((*one, pad, None), (*two, None, last), 0.3)
     ref = (*attention(*one, 0.3), *attention(*two, 0.3))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, ref, strict=True))
-    skip = (*attention(*one, 0.3, first=pad), *attention(*two, 0.3, last=torch.tensor([step]), block_n=32))
+    skip = (*attention(*one, 0.3, first=pad), *attention(*two, 0.3, last=last, block_n=32))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(skip, ref, strict=True))
+# each row's own last key (rows at different steps since refill): keys after it are not read at
+# all (NaN there would poison the output if they were, masked by the bias or not)
+own_steps = torch.tensor([0, 5, 63, 64, 100, 191])
+kq, kk, kv = torch.randn(6, 2, 3, 16), torch.randn(6, 2, 192, 16), torch.randn(6, 2, 192, 16)
+bias = torch.where(torch.arange(192)[None, :] <= own_steps[:, None], 0.0, float("-inf"))
+ref = attention(kq, kk, kv, bias, 0.3)
+after = (torch.arange(192)[None, None, :] > own_steps[:, None, None]).expand(6, 2, 192)
+kk[after], kv[after] = float("nan"), float("nan")
+for n_block in (32, 64):
+    got = attention(kq, kk, kv, bias, 0.3, last=own_steps, block_n=n_block)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, ref, strict=True)), n_block
+    assert bool(attention(kq, kk, kv, bias, 0.3, last=own_steps.clamp(min=100))[0].isnan().any())
 # the decoder's use: both parts with the kernel, merged, against the plain path
 for mm in (4, 12):  # 12 prompts' queries per program (36) take other warps: two launches
     g, hkv, gq, d, w, t = 3, 2, 3, 16, 70, 64
@@ -240,7 +253,7 @@ for mm in (4, 12):  # 12 prompts' queries per program (36) take other warps: two
     prefix_bias = torch.zeros(g, w)
     prefix_bias[1, :20] = float("-inf")
     st = Shared([pk], [pv], prefix_bias, prefix_bias, gen_bias, gen_bias, True, True,
-                prefix_first=torch.tensor([0, 20, 0]), gen_last=own.max().view(1))
+                prefix_first=torch.tensor([0, 20, 0]), gen_last=own)
     parts = fused_parts(prefix_queries(q, g), q, k, v, pk, pv, st, 0.25)
     got = merge_parts(*parts, torch.float32).reshape(g * mm, 1, hkv * gq, d)
     ref = plain_attention(q.reshape(g * mm, hkv * gq, 1, d), k, v, pk, pv, st, 0.25)
@@ -252,7 +265,8 @@ print("ok", worst)
 def test_the_triton_kernel_is_attention_with_its_log_sum_exp() -> None:
     """attention_kernel's kernel in Triton's interpreter (CPU; float32 and float16 - the interpreter
     has no bfloat16): output and log-sum-exp against float64 attention, for both parts' shapes
-    (3, 17, 30 queries, and 150: split over programs), shared and per-row key masks, a fully masked block, a sliced key buffer;
+    (3, 17, 30 queries, and 150: split over programs), shared and per-row key masks, a fully masked block, a sliced key buffer,
+    no key read after each row's own last one;
     two attentions of different shapes in one launch equal to one launch each; and the
     decoder's fused parts with it (rows at different own steps) equal the plain path."""
     import subprocess

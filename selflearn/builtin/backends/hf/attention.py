@@ -24,8 +24,8 @@ class Shared:
     values (G, kv heads, W, head dim), the prefix mask (G, W) and the generated-token mask of
     each row (R, T) as additive biases (float32, and in the model's dtype for the fused
     kernels); for the Triton kernel, optionally the first unpadded prefix key of each prompt
-    (G,) and the largest own step of any row (one element): key blocks wholly outside are not
-    read."""
+    (G,) and each row's own step (R,): keys outside are not read (a row refilled late reads only
+    its own few generated keys, not as many as the row furthest along)."""
 
     __slots__ = ("fused", "gen_bias", "gen_bias_h", "gen_last", "prefix_bias", "prefix_bias_h", "prefix_first",
                  "prefix_k", "prefix_v", "triton")

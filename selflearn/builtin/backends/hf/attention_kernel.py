@@ -26,20 +26,11 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
+from ...triton_support import importable
 from .fallbacks import AttentionKernelFailed, piece
 
 if TYPE_CHECKING:
     import torch
-
-
-def importable() -> bool:
-    """Whether Triton imports (what every Triton kernel and ``torch.compile``'s GPU code need;
-    the kernels run on CUDA, or on the CPU in Triton's interpreter for the tests)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def available(head_dim: int) -> bool:
@@ -102,9 +93,10 @@ def attention(
     and log-sum-exp (B, H, M). Only the last dimension of q, k, v needs to be contiguous.
 
     ``first`` (integers (B,)): the first key of each batch item that may be unmasked (left
-    padding before it); ``last`` (one integer): the last key that may be unmasked (later
-    positions not generated yet). Keys outside are not read; the bias must mask them too (it
-    does the masking; these only save memory traffic).
+    padding before it); ``last`` (integers (B,), contiguous): the last key of each batch item
+    that may be unmasked (later positions not generated yet: each row's own step, which differs
+    between rows once finished rows are refilled). Keys outside are not read; the bias must mask
+    them too (it does the masking; these only save memory traffic).
 
     ``block_n``, ``num_warps``, ``num_stages``: the launch configuration. The defaults were
     the best or within 5% of the best of 36 configurations on an H100 for the decode shapes of

@@ -7,6 +7,8 @@ which CPU installs may lack; Triton resolves the helper below as a module global
 import triton
 import triton.language as tl
 
+from ...online_softmax_triton import online_softmax_step
+
 
 @triton.jit
 def _attend(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, lse_ptr, b, h, zq,
@@ -16,15 +18,16 @@ def _attend(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, lse_ptr, b, h, zq,
             HAS_FIRST: tl.constexpr, HAS_LAST: tl.constexpr):
     # queries zq*BLOCK_M.. of (batch b, head h) against the N_KEYS keys: online softmax over
     # blocks of BLOCK_N keys, float32 output and log-sum-exp. Keys before first_ptr[b] (left
-    # padding) and after last_ptr[0] (positions not generated yet) are not read: the bias masks
-    # them anyway, and predicated-off loads cost no memory traffic (a loop bound read from
-    # memory would skip their blocks too, but Triton's interpreter cannot run one)
+    # padding) and after last_ptr[b] (positions this row has not generated yet: rows refilled
+    # later are at earlier steps) are not read: the bias masks them anyway, and predicated-off
+    # loads cost no memory traffic (a loop bound read from memory would skip their blocks too,
+    # but Triton's interpreter cannot run one)
     if HAS_FIRST:
         lo = tl.load(first_ptr + b).to(tl.int32)
     else:
         lo = 0
     if HAS_LAST:
-        hi = tl.load(last_ptr).to(tl.int32) + 1
+        hi = tl.load(last_ptr + b).to(tl.int32) + 1
     else:
         hi = N_KEYS
     rm = zq * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -43,12 +46,7 @@ def _attend(q_ptr, k_ptr, v_ptr, bias_ptr, o_ptr, lse_ptr, b, h, zq,
         s = tl.dot(q, tl.trans(k)) * scale
         bias = tl.load(bias_ptr + b * sbias_b + n, mask=inside, other=float("-inf"))
         s = s + bias[None, :]
-        new_top = tl.maximum(top, tl.max(s, 1))
-        # a block with every key masked keeps -inf: shift by 0 instead (exp(-inf) = 0)
-        shift = tl.where(new_top == float("-inf"), 0.0, new_top)
-        p = tl.exp(s - shift[:, None])
-        alpha = tl.exp(top - shift)
-        total = total * alpha + tl.sum(p, 1)
+        p, alpha, new_top, total = online_softmax_step(s, top, total)
         v = tl.load(v_ptr + b * sv_b + h * sv_h + n[:, None] * sv_n + rd[None, :],
                     mask=inside[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)

@@ -66,13 +66,11 @@ class DecodeState:
         self.positions = torch.arange(gen_len, device=dev)
         #: each row's own step (the index of the token it generates next; a refilled row starts
         #: at 0) and where the step writes its token, key and value (the step, kept in range
-        #: for rows that finished)
+        #: for rows that finished; the attention kernel reads no key of a row after it)
         self.step = torch.zeros(rows, dtype=torch.int64, device=dev)
         self.t_index = torch.zeros(rows, dtype=torch.int64, device=dev)
         #: the most tokens a row generates in this run (a tensor: graphs are shared by runs)
         self.max_new = torch.zeros((), dtype=torch.int64, device=dev)
-        #: the largest own step of any row (the attention kernel reads no key after it)
-        self.last = torch.zeros(1, dtype=torch.int64, device=dev)
         # seen ids, tokens and log-probs have one spare column past the generation length:
         # finished rows write there, so nothing a row generated is overwritten
         self.logits = torch.zeros(rows, vocab, dtype=torch.float32, device=dev)

@@ -372,7 +372,7 @@ def resolve(mode: FuseMode, model: Any) -> Literal["compile", "eager", "off"]:
     if mode == "auto":
         if not str(model.device).startswith("cuda"):
             return "off"
-        from .attention_kernel import importable
+        from ...triton_support import importable
 
         return "compile" if importable() else "eager"
     return mode

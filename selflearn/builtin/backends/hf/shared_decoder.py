@@ -45,9 +45,9 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
+from ... import triton_support
 from .attention import ATTN_NAME, Shared, fused_parts, plain_attention, register
 from .attention_kernel import available as triton_available
-from .attention_kernel import importable as triton_importable
 from .buffers import DecodeState, RowCache, head_dim
 from .candidate_sampling import full_rows_uncompiled, select_candidates
 from .fallbacks import (
@@ -157,12 +157,11 @@ class SharedPrefixDecoder:
     def _nucleus(self, sampler: Sampler) -> bool:
         """Whether sampled tokens come from sampling_kernel's kernel: on CUDA with Triton (or in
         Triton's interpreter, which the tests use on the CPU)."""
-        import os
 
         if sampler == "candidates":
             return False
-        runs = str(self.model.device).startswith("cuda") or os.environ.get("TRITON_INTERPRET") == "1"
-        if runs and triton_importable():
+        runs = str(self.model.device).startswith("cuda") or triton_support.interpreting()
+        if runs and triton_support.importable():
             return True
         if sampler == "triton":
             log.warning("hf: the Triton sampling kernel needs CUDA and Triton; sampling on top-k candidates")
@@ -192,7 +191,6 @@ class SharedPrefixDecoder:
         st.done.logical_or_(torch.isin(tok, eos))
         # the forward pass of the chosen tokens, each row at its own step
         st.t_index.copy_(st.step.clamp(max=st.gen_len - 1))
-        st.last.copy_(st.t_index.amax().view(1))
         st.gen_bias.copy_(torch.where(st.positions[None, :] <= st.step[:, None], 0.0, float("-inf")))
         if self.fused:
             st.gen_bias_h.copy_(st.gen_bias)
@@ -201,7 +199,7 @@ class SharedPrefixDecoder:
         rotary = inner.rotary_emb(hidden, pos)
         shared = Shared(st.prefix_k, st.prefix_v, st.prefix_bias, st.prefix_bias_h,
                         st.gen_bias[:, :t_eff], st.gen_bias_h[:, :t_eff], self.fused, self.triton,
-                        prefix_first=st.prefix_first, gen_last=st.last)
+                        prefix_first=st.prefix_first, gen_last=st.t_index)
         if self.layers is not None:
             self._fused_forward(st, hidden[:, 0], rotary, shared, t_eff)
         else:
