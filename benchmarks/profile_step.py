@@ -432,31 +432,8 @@ def nli_forward(nli_assets: str, work: str) -> None:
                 report(f"nli {name} 32x{length} kernels", kernel_table(partial(_probs, model, x, m), top=18))
             except Exception as exc:
                 report(f"nli {name} 32x{length} kernels", repr(exc))
-    nli_fused_compiled(kernel._model)
     nli_numerics(folder, plain, kernel)
     nli_kernel_configs()
-
-
-def nli_fused_compiled(model: Any) -> None:
-    """The fused kernel with the rest of the model under ``torch.compile`` (graph breaks where
-    the kernel's Python wrapper is: inductor fuses the layer norms, GELU and residuals between
-    them): what compiling around the kernel would add, before building it into the engine."""
-    import torch
-
-    compiled = torch.compile(model, dynamic=False)
-    for length in (128, 512):
-        x = torch.randint(10, 30000, (32, length), device="cuda")
-        m = torch.ones_like(x)
-        try:
-            ms = _cuda_ms(partial(_probs, compiled, x, m))
-        except Exception as exc:  # an arm that does not compile is a finding, not a failure
-            report(f"nli fused+compiled 32x{length} error", repr(exc)[:600])
-            return
-        report(f"nli fused+compiled 32x{length} ms", round(ms, 2))
-        report(f"nli fused+compiled 32x{length} pairs/s", round(32 / ms * 1000, 1))
-        with torch.inference_mode():
-            diff = (_probs(compiled, x, m) - _probs(model, x, m)).abs().max()
-        report(f"nli fused+compiled 32x{length} max |dp| vs fused", round(float(diff), 5))
 
 
 def nli_kernel_configs() -> None:
