@@ -161,3 +161,19 @@ def test_batching_dedupe_cache_and_empty(
 def test_unknown_model_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot load the NLI model"):
         make(str(tmp_path / "nowhere")).score([ScoreItem("A sentence.", ["a sample"])])
+
+
+def test_tokenisation_chunks_start_small_and_cover_every_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first chunk, which the GPU waits for, is _FIRST_CHUNK pairs; the rest _CHUNK each, in
+    order, every pair once."""
+    from selflearn.builtin.scorers import _nli
+
+    monkeypatch.setattr(_nli, "_FIRST_CHUNK", 3)
+    monkeypatch.setattr(_nli, "_CHUNK", 5)
+    order = list(range(14, 0, -1))
+    chunks = _nli._chunks(order)
+    assert [len(c) for c in chunks] == [3, 5, 5, 1]
+    assert [i for c in chunks for i in c] == order
+    assert _nli._chunks([]) == [] and _nli._chunks([7, 8]) == [[7, 8]]
+    monkeypatch.setattr(_nli, "_CHUNK", 2)  # never a first chunk larger than the others
+    assert [len(c) for c in _nli._chunks(order)] == [2] * 7

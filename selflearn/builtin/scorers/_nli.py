@@ -57,6 +57,10 @@ Progress = Callable[..., Iterable[Any]]
 _LAG = 4
 #: pairs tokenised at a time (the next chunk is tokenised while the GPU runs this one)
 _CHUNK = 4096
+#: pairs of a call's first chunk: the GPU waits for it (nothing runs before), so it is small; a
+#: stage scores shard by shard (execution.shard_size records, ~1,300 pairs at K = 10 per 64),
+#: so each call's wait counts
+_FIRST_CHUNK = 256
 #: pairs of the first chunk also tokenised by the tokenizer's own call, to check :mod:`._pairs`
 _CHECK = 64
 #: most a probability of the first batch may differ between the fused attention kernel and
@@ -68,6 +72,13 @@ _FUSED_TOLERANCE = 0.05
 #: a launched batch: its pair indices, its probabilities (pinned host memory on CUDA, filled
 #: asynchronously) and the CUDA event recorded after the copy (None on the CPU)
 _Pending = tuple[list[int], Any, Any]
+
+
+def _chunks(order: list[int]) -> list[list[int]]:
+    """``order`` cut into tokenisation chunks: ``_FIRST_CHUNK`` pairs, then ``_CHUNK`` each."""
+    first = min(_FIRST_CHUNK, _CHUNK)
+    head, rest = order[:first], order[first:]
+    return ([head] if head else []) + [rest[i : i + _CHUNK] for i in range(0, len(rest), _CHUNK)]
 
 
 def _to_device(arr: Any, device: str) -> Any:
@@ -350,7 +361,8 @@ class NLIEngine:
 
         - pairs are ordered by character length (longest first) and tokenised in chunks of
           ``_CHUNK`` pairs on a helper thread, the next chunk while the GPU works on this one
-          (the fast tokenizer releases the GIL); within a chunk, batches follow token lengths;
+          (the fast tokenizer releases the GIL; the first chunk, which nothing overlaps, is
+          ``_FIRST_CHUNK`` pairs); within a chunk, batches follow token lengths;
         - each batch's probabilities are copied to pinned host memory asynchronously and read
           back ``_LAG`` batches later (a CUDA event says when), so the next batches are padded
           and launched while the GPU computes.
@@ -361,7 +373,7 @@ class NLIEngine:
         self._caching = True
         t1 = time.perf_counter()
         order = sorted(range(len(pairs)), key=lambda i: (-len(pairs[i][0]) - len(pairs[i][1]), i))
-        chunks = [order[i : i + _CHUNK] for i in range(0, len(order), _CHUNK)]
+        chunks = _chunks(order)
         out: list[list[float] | None] = [None] * len(pairs)
         pending: list[_Pending] = []
         with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
