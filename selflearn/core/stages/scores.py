@@ -7,8 +7,9 @@ answer). With ``no_passage`` on, each Y_r sample is also scored against the othe
 (the paper's "without document" variant, method.md 9.4) and stored under
 ``provenance["no_passage"]``.
 
-Every item of the stage goes to the scorer in ONE call, so a model-based scorer can
-de-duplicate, sort and batch all its pairs together; its caches make a re-run free.
+The items go to the scorer shard by shard (``execution.shard_size`` generation records, one
+scorer call each, on the run's engine), so a model-based scorer de-duplicates, sorts and batches
+a shard's pairs together; its caches and the finished shards make a re-run free.
 """
 
 from __future__ import annotations
