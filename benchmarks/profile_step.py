@@ -438,7 +438,9 @@ def nli_forward(nli_assets: str, work: str) -> None:
 
 def nli_kernel_configs() -> None:
     """The fused attention kernel alone (DeBERTa-v3-large's heads: 16 x 64, 256 buckets over
-    512 positions) at 32 x 512 and 128 x 128 pairs, for several launch configurations."""
+    512 positions) at 32 x 512 and 128 x 128 pairs, for several launch configurations, each
+    with the key loop's bound read at run time (the default) and, "static", fixed at compile
+    time (a version per length: what the runtime bound costs, run 23)."""
     import torch
     from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
 
@@ -452,14 +454,17 @@ def nli_kernel_configs() -> None:
         assert tables is not None
         keep = torch.ones(rows, length, dtype=torch.int32, device="cuda")
         got = {}
-        for bm, bn, warps, stages in ((64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 2),
-                                      (64, 32, 4, 2), (128, 32, 4, 2), (32, 64, 4, 2), (128, 128, 8, 2)):
+        configs = [(64, 64, 4, 2, False), (64, 64, 4, 3, False), (128, 64, 8, 2, False), (128, 64, 4, 2, False),
+                   (64, 32, 4, 2, False), (128, 32, 4, 2, False), (32, 64, 4, 2, False), (128, 128, 8, 2, False),
+                   (64, 32, 4, 2, True), (64, 64, 4, 2, True), (32, 64, 4, 2, True)]
+        for bm, bn, warps, stages, static in configs:
+            name = f"{bm}x{bn} w{warps} s{stages}" + (" static" if static else "")
             try:
                 ms = _cuda_ms(partial(fused_attention, q, k, v, c2p, p2c, tables, keep, 0.07, block_m=bm,
-                                      block_n=bn, num_warps=warps, num_stages=stages))
-                got[f"{bm}x{bn} w{warps} s{stages}"] = round(ms, 3)
+                                      block_n=bn, num_warps=warps, num_stages=stages, static_bound=static))
+                got[name] = round(ms, 3)
             except Exception as exc:
-                got[f"{bm}x{bn} w{warps} s{stages}"] = repr(exc)[:200]
+                got[name] = repr(exc)[:200]
         report(f"nli kernel alone {rows}x{length} ms by block_m x block_n, warps, stages", got)
 
 

@@ -127,17 +127,22 @@ def fused_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c2p: torch.Tensor, p2c: torch.Tensor,
     tables: tuple[torch.Tensor, torch.Tensor], keep: torch.Tensor, scale: float,
     *, block_m: int = 64, block_n: int = 32, num_warps: int = 4, num_stages: int = 2,
+    static_bound: bool | None = None,
 ) -> torch.Tensor:
     """The kernel on q, k, v (B, L, H, d; last dimension contiguous), the position products
     c2p, p2c (B, H, L, 2 span; last dimension contiguous), the index tables (2L - 1,), the key
-    mask ``keep`` (B, L; nonzero = attend): output (B, L, H, d) in q's dtype."""
+    mask ``keep`` (B, L; nonzero = attend): output (B, L, H, d) in q's dtype.
+
+    ``static_bound``: the key loop's bound fixed at compile time (one compiled version per
+    number of key blocks) instead of read at run time (one version in all). None: only in
+    Triton's interpreter, which cannot run a runtime bound; on a GPU a version per length costs
+    a second or more of compilation each, and the runtime bound 9-14% of the kernel's time
+    (run 23, docs/performance.md; ``profile_step.py --parts nli`` measures both)."""
     import torch
 
     bsz, length, heads, head = q.shape
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    # Triton's interpreter needs the key loop's bound at compile time; on a GPU that would
-    # compile a version per length bucket (each a second or more: most of a short run's time)
-    static = triton_support.interpreting()
+    static = triton_support.interpreting() if static_bound is None else static_bound
     grid = (-(-length // block_m), bsz * heads)
     try:
         _kernel()[grid](
@@ -157,7 +162,7 @@ def fused_attention(
     return out
 
 
-def _blocks(device: torch.device) -> dict[str, int]:
+def _blocks(device: torch.device) -> dict[str, Any]:
     """Launch sizes other than :func:`fused_attention`'s defaults (64 queries x 32 keys on a GPU:
     run 22's sweep of the kernel alone on an H100 found them as fast as 64 x 64 at 32 x 512-token
     pairs and 26% faster at 128 x 128): 16 x 16 in Triton's interpreter, so that the tests' tiny
