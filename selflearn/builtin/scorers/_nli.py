@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ...core.cache import JsonlCache
 from ...core.errors import ConfigError
@@ -52,6 +52,8 @@ from ._pairs import PairEncoder
 log = logging.getLogger("selflearn.scorers.nli")
 
 Progress = Callable[..., Iterable[Any]]
+#: the ``attention`` option of every scorer on this engine (see :attr:`NLIEngine.fused`)
+Attention = Literal["auto", "transformers", "triton"]
 
 #: batches queued on the GPU before the oldest one's results are read back
 _LAG = 4
@@ -162,7 +164,7 @@ class NLIEngine:
         max_tokens_per_batch: int = 32768,
         entailment_label: int | None = None,
         contradiction_label: int | None = None,
-        attention: str = "auto",
+        attention: Attention = "auto",
         cache: JsonlCache | None = None,
         progress: Progress | None = None,
         path: str = "scorer.options",
@@ -184,7 +186,7 @@ class NLIEngine:
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch
         self._forced = (entailment_label, contradiction_label)
-        if attention not in ("auto", "transformers", "triton"):
+        if attention not in get_args(Attention):
             raise ConfigError(
                 f"expected 'auto', 'transformers' or 'triton', got {attention!r}", f"{path}.attention"
             )

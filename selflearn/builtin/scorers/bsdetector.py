@@ -30,7 +30,7 @@ import attrs
 from ...core.errors import ConfigError
 from ...core.options import bounded
 from ...core.protocols import GenerationParams, ScoreItem, ScoreResult
-from ._nli import NLIEngine, engine_from_options
+from ._nli import Attention, NLIEngine, engine_from_options
 from .nli import grid_scores, mean_or_none
 
 REFLECTION_PROMPT = (
@@ -86,7 +86,7 @@ class Options:
     max_length: int = bounded(512, ge=1)
     batch_size: int = bounded(256, ge=1)
     max_tokens_per_batch: int = bounded(32768, ge=1)
-    attention: Literal["auto", "transformers", "triton"] = "auto"
+    attention: Attention = "auto"
     entailment_label: int | None = bounded(None, ge=0)
     contradiction_label: int | None = bounded(None, ge=0)
 

@@ -27,10 +27,9 @@ import attrs
 from ...core.options import bounded
 from ...core.protocols import ScoreItem, ScoreResult
 from ...core.text import split_sentences
-from ._nli import NLIEngine, engine_from_options
+from ._nli import Attention, NLIEngine, engine_from_options
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-Attention = Literal["auto", "transformers", "triton"]
 
 
 @attrs.frozen

@@ -32,7 +32,7 @@ import attrs
 
 from ...core.options import bounded
 from ...core.protocols import ScoreItem, ScoreResult
-from ._nli import NLIEngine, engine_from_options
+from ._nli import Attention, NLIEngine, engine_from_options
 
 
 @attrs.frozen
@@ -50,7 +50,7 @@ class Options:
     max_length: int = bounded(512, ge=1)
     batch_size: int = bounded(256, ge=1)
     max_tokens_per_batch: int = bounded(32768, ge=1)
-    attention: Literal["auto", "transformers", "triton"] = "auto"
+    attention: Attention = "auto"
     entailment_label: int | None = bounded(None, ge=0)
     contradiction_label: int | None = bounded(None, ge=0)
 

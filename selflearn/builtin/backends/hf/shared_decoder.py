@@ -157,7 +157,6 @@ class SharedPrefixDecoder:
     def _nucleus(self, sampler: Sampler) -> bool:
         """Whether sampled tokens come from sampling_kernel's kernel: on CUDA with Triton (or in
         Triton's interpreter, which the tests use on the CPU)."""
-
         if sampler == "candidates":
             return False
         runs = str(self.model.device).startswith("cuda") or triton_support.interpreting()
