@@ -278,7 +278,13 @@ def _f32(st: Any) -> Any:
     return out
 
 
-def decode_runs(name: str, shape: dict[str, Any], tok_dir: str, work: str) -> None:
+DEFAULT_VARIANTS = "compile/triton/triton,compile/triton/candidates,off/sdpa/candidates"
+
+
+def decode_runs(name: str, shape: dict[str, Any], tok_dir: str, work: str,
+                variants_arg: str = DEFAULT_VARIANTS, rows_arg: str = "640,2560") -> None:
+    """Decode loop rates and one replayed step per (fuse, kernel, sampler) variant of
+    ``variants_arg`` ("fuse/kernel/sampler,..."); at rows above 640 only the first two."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -290,12 +296,12 @@ def decode_runs(name: str, shape: dict[str, Any], tok_dir: str, work: str) -> No
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).cuda().eval()
     cfg = SamplingConfig(greedy=False, temperature=1.0, top_p=0.9, repetition_penalty=1.1)
     rng = random.Random(0)
-    for rows in (640, 2560):
+    variants = [tuple(v.split("/")) for v in variants_arg.split(",")]
+    for rows in (int(r) for r in rows_arg.split(",")):
         groups = rows // 10
         prompts = [[rng.randrange(10, 30000) for _ in range(rng.randrange(160, 200))] for _ in range(groups)]
         batch = DecodeBatch(prompts=prompts, rows=[g for g in range(groups) for _ in range(10)],
                             keys=[rng.randrange(2**62) for _ in range(rows)])
-        variants = [("compile", "triton", "triton"), ("compile", "triton", "candidates"), ("off", "sdpa", "candidates")]
         for fuse, kernel, sampler in variants if rows == 640 else variants[:2]:
             dec = SharedPrefixDecoder(model, eos_ids=(2,), pad_id=2, fuse=fuse, kernel=kernel,  # type: ignore[arg-type]
                                       sampler=sampler)  # type: ignore[arg-type]
@@ -320,7 +326,7 @@ def decode_runs(name: str, shape: dict[str, Any], tok_dir: str, work: str) -> No
                 graph.replay()
 
             report(f"{tag} step ms (bucket 128)", round(_cuda_ms(replay, warmup=0), 3))
-            if rows == 640 and fuse == "compile":
+            if rows == 640 and fuse != "off":
                 try:
                     report(f"{tag} kernels of one step", kernel_table(replay))
                 except Exception as exc:  # the profiler is a nicety: keep the timings
@@ -496,6 +502,13 @@ def nli_numerics(folder: str, plain: Any, kernel: Any) -> None:
     report("nli engine auto: kernel kept after the first-batch check", bool(auto.fused))
 
 
+def decode_models(args: Any, work: str) -> None:
+    models = {"135m": ("smollm2-135m", SMOLLM2_135M, "smollm2_tok"), "1.1b": ("tinyllama-1.1b", TINYLLAMA_1B, "tok32k")}
+    for key in args.decode_models.split(","):
+        name, shape, tok = models[key]
+        decode_runs(name, shape, os.path.join(args.assets, tok), work, args.decode_variants, args.decode_rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "profile-out"))
@@ -503,6 +516,9 @@ def main() -> None:
     ap.add_argument("--assets", default=os.path.join(ROOT, ".assets", "perf"),
                     help="folder of smollm2_tok and tok32k (prepare_bench_assets.py writes .assets/bench/perf)")
     ap.add_argument("--nli-assets", default=os.path.join(ROOT, ".assets", "bench_nli"), help="folder of texts.json")
+    ap.add_argument("--decode-variants", default=DEFAULT_VARIANTS, help="decode part: fuse/kernel/sampler,...")
+    ap.add_argument("--decode-rows", default="640,2560", help="decode part: row counts")
+    ap.add_argument("--decode-models", default="135m,1.1b", help="decode part: 135m and/or 1.1b")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp()
@@ -515,8 +531,7 @@ def main() -> None:
         ("select", lambda: (select_times(49152), select_times(32000))),
         ("nli", lambda: nli_forward(args.nli_assets, work)),
         ("long", lambda: long_steps(os.path.join(args.assets, "tok32k"), work)),
-        ("decode", lambda: (decode_runs("smollm2-135m", SMOLLM2_135M, os.path.join(args.assets, "smollm2_tok"), work),
-                            decode_runs("tinyllama-1.1b", TINYLLAMA_1B, os.path.join(args.assets, "tok32k"), work))),
+        ("decode", lambda: decode_models(args, work)),
     ):
         if part in parts:
             try:

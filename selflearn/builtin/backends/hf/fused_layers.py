@@ -193,6 +193,20 @@ def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * xf.to(dt)
 
 
+def _residual(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``h + y`` for the residual stream, in half precision taken in float32 and rounded once:
+    the value of the model's own half-precision add (which also rounds the float32 sum). Why
+    not ``h + y``: inductor folds a same-dtype ``h + mm(...)`` into cuBLAS's ``addmm``, which
+    first copies ``h`` into the output (a device-to-device copy per residual, 61 per
+    SmolLM2-135M step); this add instead joins the next fused kernel, the RMSNorm that reads
+    ``h`` anyway (docs/performance.md, run 24)."""
+    import torch
+
+    if h.dtype == torch.float32:
+        return h + y
+    return (h.float() + y.float()).to(h.dtype)
+
+
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     import torch
 
@@ -245,11 +259,11 @@ def _block_piece(d: Dims, act: Callable[[Any], Any]) -> Callable[..., torch.Tens
               norm_post: torch.Tensor, gu_w: torch.Tensor, gu_b: Any, down_w: torch.Tensor,
               down_b: Any) -> torch.Tensor:
         """Attention output -> o_proj -> residual -> MLP -> residual."""
-        h = h + torch.nn.functional.linear(merge(parts, h.dtype), o_w, o_b)
+        h = _residual(h, torch.nn.functional.linear(merge(parts, h.dtype), o_w, o_b))
         x = _rms(h, norm_post, d.eps)
         gu = torch.nn.functional.linear(x, gu_w, gu_b)
         gate, up = gu.split([d.inter, d.inter], dim=-1)
-        return h + torch.nn.functional.linear(act(gate) * up, down_w, down_b)
+        return _residual(h, torch.nn.functional.linear(act(gate) * up, down_w, down_b))
 
     return block
 
