@@ -186,6 +186,7 @@ def _ran(entry: dict[str, Any], stage: str, outcomes: list[Any]) -> None:
             entry["ran_s"][stage] = round(o.seconds, 1)
             if stage == "generations":  # made here against found in the per-call cache
                 entry["generations_made"] = {k: o.summary.get(k) for k in ("backend_generations", "cached_generations")}
+                entry["call_seconds"] = o.summary.get("execution", {}).get("call_seconds")
             else:
                 entry["nli_pairs_computed"] = o.summary.get("engine_computed")
 

@@ -4,6 +4,7 @@ growing K and resuming after a kill."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import pytest
@@ -103,6 +104,23 @@ def test_second_run_makes_no_backend_call_and_k_grows_incrementally(run_dir: str
     for old, new in zip(records, grown, strict=True):
         assert new.with_passage[:2] == old.with_passage and new.without_passage[:2] == old.without_passage
         assert len(new.with_passage) == 4 and new.reference == old.reference
+
+
+class SlowGreedy(EchoBackend):
+    """An echo backend whose greedy calls take 0.2 s each (a GPU pass of few rows)."""
+
+    def generate(self, prompts: Any, params: Any, *, n: int = 1, sample_offset: int = 0) -> Any:
+        if params.greedy:
+            time.sleep(0.2)
+        return super().generate(prompts, params, n=n, sample_offset=sample_offset)
+
+
+def test_the_summary_says_where_the_backend_time_went(run_dir: str) -> None:
+    _, summary = run_stage(run_dir, SlowGreedy(EchoOptions()), k=2, chunk_size=4)
+    calls = summary["execution"]["call_seconds"]  # 2 chunks of 4 and 3 questions
+    assert 0.4 <= calls["reference"] < 2 and calls["with_passage"] < 0.2 and calls["without_passage"] < 0.2
+    _, again = run_stage(run_dir, SlowGreedy(EchoOptions()), k=2, chunk_size=4)
+    assert again["execution"]["call_seconds"] == {"reference": 0, "with_passage": 0, "without_passage": 0}
 
 
 def test_per_call_options_and_estimate(run_dir: str) -> None:

@@ -39,6 +39,10 @@ def test_paper_scale_smoke_runs_and_resumes(tmp_path: Path) -> None:
     assert rows["generations"] == rows["scores"] == 6 and rows["questions"] >= 6, rows
     assert set(gen["ran_s"]) == {"generations"} and set(this["ran_s"]) == {"scores"}
     assert gen["generations_made"] == {"backend_generations": 30, "cached_generations": 0}  # 6 x (1 + 2 + 2)
+    # where the generations' time went: every call kind ran, inside the stage's seconds
+    calls = gen["call_seconds"]
+    assert set(calls) == {"reference", "with_passage", "without_passage"} and min(calls.values()) > 0, calls
+    assert sum(calls.values()) <= gen["ran_s"]["generations"] + 0.1
     # the scores' work is counted before they run and equals what the NLI engine computed
     assert this["nli_pairs"] >= this["nli_pairs_computed"] > 0, this
     assert result["measured_in"].startswith("whole")

@@ -19,6 +19,7 @@ server that ignores temperature) and that log-probabilities asked for came back.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -300,6 +301,11 @@ class GenerationsStage(Stage):
             done[i] = [Generations.from_dict(r) for r in out["records"]]
         records = [r for chunk_records in done for r in chunk_records or []]
         execution["cached_chunks"] = len(chunks) - len(pending)
+        # summed over the shards sent out (over several workers more than the stage's seconds)
+        execution["call_seconds"] = {
+            kind: round(sum(out.get("call_seconds", {}).get(kind, 0.0) for out in results), 3)
+            for kind in CALL_KINDS
+        }
         return records, sum(out["calls"] for out in results), execution
 
     def _from_cache(
@@ -383,31 +389,41 @@ def backend_usage(backend: Any) -> dict[str, Any]:
     return {"backend_usage": dict(value)} if isinstance(value, Mapping) else {}
 
 
+#: the stage's backend calls per chunk, in the order they run
+CALL_KINDS = ("reference", "with_passage", "without_passage")
+
+
 def generate_shard(backend: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """Run on an engine's worker: the shard's chunks, one backend call per call type each.
 
-    Returns the records as dicts and the completions the backend computed (not cached).
+    Returns the records as dicts, the completions the backend computed (not cached) and the
+    seconds spent in each kind of call (``CALL_KINDS``): where a stage's time goes, e.g. a
+    greedy reference pass of few rows per chunk that keeps a GPU backend below its rate.
     """
     params: dict[str, GenerationParams] = payload["params"]
     kc, kr = payload["ks"]
     calls_before = backend.calls if isinstance(backend, CachedBackend) else 0
+    seconds = dict.fromkeys(CALL_KINDS, 0.0)
     records = []
     for chunk in payload["chunks"]:
         rc = [rc_messages(text, q.text) for q, text in chunk]
         closed = [closed_book_messages(q.text) for q, _ in chunk]
-        refs = _call(backend, rc, params["reference"], 1)
-        yc = _call(backend, rc, params["with_passage"], kc)
-        yr = _call(backend, closed, params["without_passage"], kr)
+        refs = _call(backend, rc, params["reference"], 1, seconds, "reference")
+        yc = _call(backend, rc, params["with_passage"], kc, seconds, "with_passage")
+        yr = _call(backend, closed, params["without_passage"], kr, seconds, "without_passage")
         for i, (q, _) in enumerate(chunk):
             records.append(_record(q, refs[i][0], yc[i], yr[i], payload["provenance"]).to_dict())
     made = backend.calls - calls_before if isinstance(backend, CachedBackend) else 0
-    return {"records": records, "calls": made}
+    return {"records": records, "calls": made, "call_seconds": seconds}
 
 
-def _call(backend: Any, prompts: list[Any], params: GenerationParams, n: int) -> list[list[Completion]]:
+def _call(backend: Any, prompts: list[Any], params: GenerationParams, n: int,
+          seconds: dict[str, float], kind: str) -> list[list[Completion]]:
     if n <= 0:
         return [[] for _ in prompts]
+    t0 = time.perf_counter()
     out = backend.generate(prompts, params, n=n)
+    seconds[kind] += time.perf_counter() - t0
     if len(out) != len(prompts) or any(len(r) != n for r in out):
         raise StageError(
             f"the backend returned {[len(r) for r in out][:5]}... completions for "
