@@ -118,7 +118,7 @@ class SlowGreedy(EchoBackend):
 def test_the_summary_says_where_the_backend_time_went(run_dir: str) -> None:
     _, summary = run_stage(run_dir, SlowGreedy(EchoOptions()), k=2, chunk_size=4)
     calls = summary["execution"]["call_seconds"]  # 2 chunks of 4 and 3 questions
-    assert 0.4 <= calls["reference"] < 2 and calls["with_passage"] < 0.2 and calls["without_passage"] < 0.2
+    assert calls["reference"] >= 0.4 and max(calls["with_passage"], calls["without_passage"]) < calls["reference"] / 2
     _, again = run_stage(run_dir, SlowGreedy(EchoOptions()), k=2, chunk_size=4)
     assert again["execution"]["call_seconds"] == {"reference": 0, "with_passage": 0, "without_passage": 0}
 
