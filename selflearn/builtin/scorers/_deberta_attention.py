@@ -136,8 +136,8 @@ def fused_attention(
     ``static_bound``: the key loop's bound fixed at compile time (one compiled version per
     number of key blocks) instead of read at run time (one version in all). None: only in
     Triton's interpreter, which cannot run a runtime bound; on a GPU a version per length costs
-    a second or more of compilation each, and the runtime bound 9-14% of the kernel's time
-    (run 23, docs/performance.md; ``profile_step.py --parts nli`` measures both)."""
+    a second or more of compilation each, and the runtime bound 15-18% of the kernel's time
+    (run 24, side by side, docs/performance.md; ``profile_step.py --parts nli`` measures both)."""
     import torch
 
     bsz, length, heads, head = q.shape

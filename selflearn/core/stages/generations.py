@@ -303,7 +303,7 @@ class GenerationsStage(Stage):
         execution["cached_chunks"] = len(chunks) - len(pending)
         # summed over the shards sent out (over several workers more than the stage's seconds)
         execution["call_seconds"] = {
-            kind: round(sum(out.get("call_seconds", {}).get(kind, 0.0) for out in results), 3)
+            kind: round(sum(out["call_seconds"][kind] for out in results), 3)
             for kind in CALL_KINDS
         }
         return records, sum(out["calls"] for out in results), execution
@@ -408,21 +408,23 @@ def generate_shard(backend: Any, payload: dict[str, Any]) -> dict[str, Any]:
     for chunk in payload["chunks"]:
         rc = [rc_messages(text, q.text) for q, text in chunk]
         closed = [closed_book_messages(q.text) for q, _ in chunk]
-        refs = _call(backend, rc, params["reference"], 1, seconds, "reference")
-        yc = _call(backend, rc, params["with_passage"], kc, seconds, "with_passage")
-        yr = _call(backend, closed, params["without_passage"], kr, seconds, "without_passage")
+        refs = _call(backend, rc, params, "reference", 1, seconds)
+        yc = _call(backend, rc, params, "with_passage", kc, seconds)
+        yr = _call(backend, closed, params, "without_passage", kr, seconds)
         for i, (q, _) in enumerate(chunk):
             records.append(_record(q, refs[i][0], yc[i], yr[i], payload["provenance"]).to_dict())
     made = backend.calls - calls_before if isinstance(backend, CachedBackend) else 0
     return {"records": records, "calls": made, "call_seconds": seconds}
 
 
-def _call(backend: Any, prompts: list[Any], params: GenerationParams, n: int,
-          seconds: dict[str, float], kind: str) -> list[list[Completion]]:
+def _call(backend: Any, prompts: list[Any], params: dict[str, GenerationParams], kind: str, n: int,
+          seconds: dict[str, float]) -> list[list[Completion]]:
+    """The ``kind`` call (one of ``CALL_KINDS``) of ``n`` completions per prompt, its seconds
+    added to ``seconds[kind]``."""
     if n <= 0:
         return [[] for _ in prompts]
     t0 = time.perf_counter()
-    out = backend.generate(prompts, params, n=n)
+    out = backend.generate(prompts, params[kind], n=n)
     seconds[kind] += time.perf_counter() - t0
     if len(out) != len(prompts) or any(len(r) != n for r in out):
         raise StageError(
