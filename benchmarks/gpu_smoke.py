@@ -15,7 +15,10 @@ of the SmolLM2-135M and TinyLlama-1.1B shapes and on the real SmolLM2 when given
 * ``sampler``: bfloat16 K = 10 sampling through the default path: no row-step truncated or
   sampled outside the exact path (the sampler's counters), every row non-empty;
 * ``refill``: float32 sampling with few slots (finished prompts' slots refilled) gives the same
-  tokens as one batch without refill.
+  tokens as one batch without refill;
+* ``mixed``: float32 greedy answers decoded beside the samples of their prompts
+  (``generate_mixed``, the sampling kernel's per-row greedy flag) give the same tokens as one
+  ``generate`` call each.
 
 Exit status 0 when every check passed, 1 otherwise; ``smoke.json`` in ``--out`` has each check.
 """
@@ -121,6 +124,20 @@ def check_refill(model_dir: str, device: str, batch: list[Any]) -> dict[str, Any
     return {"rows": len(few), "identical": same, "row_lengths": [lengths[0], lengths[-1]], "ok": same == len(few)}
 
 
+def check_mixed(model_dir: str, device: str, batch: list[Any]) -> dict[str, Any]:
+    b = backend(model_dir, device, dtype="float32", decoder="shared", batch_size=640)
+
+    def ids(part: list[list[Any]]) -> list[list[int]]:
+        return [b._tokenizer.convert_tokens_to_ids(c.tokens) for row in part for c in row]
+
+    mixed = [ids(part) for part in b.generate_mixed(batch, [(GREEDY, 1), (SAMPLED, 4)])]
+    alone = [ids(b.generate(batch, GREEDY)), ids(b.generate(batch, SAMPLED, n=4))]
+    b.close()
+    same = [sum(x == y for x, y in zip(m, a, strict=True)) for m, a in zip(mixed, alone, strict=True)]
+    return {"greedy_identical": same[0], "sampled_identical": same[1], "rows": [len(m) for m in mixed],
+            "ok": same == [len(m) for m in mixed]}
+
+
 def smoke_model(name: str, model_dir: str, args: argparse.Namespace, corpus: list[str]) -> dict[str, Any]:
     gpu = args.device == "cuda"
     n = 4 if args.tiny else 16
@@ -132,6 +149,7 @@ def smoke_model(name: str, model_dir: str, args: argparse.Namespace, corpus: lis
         res["sampler"] = check_sampler(model_dir, args.device, run_gpu.prompts(corpus, 8 if args.tiny else 64), gpu)
         res["greedy"] = check_greedy(model_dir, args.device, run_gpu.prompts(corpus, n, offset=3))
         res["refill"] = check_refill(model_dir, args.device, run_gpu.prompts(corpus, n // 2, offset=5))
+        res["mixed"] = check_mixed(model_dir, args.device, run_gpu.prompts(corpus, n // 2, offset=7))
     finally:
         logging.getLogger("selflearn.hf").removeHandler(handler)
     res["warnings"] = handler.messages

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .cache import JsonlCache
-from .protocols import BackendCapabilities, GenerationParams, InferenceBackend, Prompt
+from .protocols import BackendCapabilities, GenerationParams, InferenceBackend, MixedBackend, Prompt
 from .records import Completion
 
 
@@ -123,6 +123,34 @@ class CachedBackend:
                     writes.append((self._key(prompts[i], params, sample_offset + start + j), comp.to_dict()))
             self.cache.put_many(writes)
         return [[c for c in row if c is not None] for row in out]
+
+    def generate_mixed(
+        self, prompts: Sequence[Prompt], parts: Sequence[tuple[GenerationParams, int]]
+    ) -> list[list[list[Completion]]]:
+        """``[generate(prompts, params, n=n) for params, n in parts]``: the prompts none of whose
+        completions is cached go to the backend's ``generate_mixed`` in one call, when it has
+        one (:class:`MixedBackend`); the rest, and every prompt of a backend without it, one
+        parameter set at a time (samples partly cached are completed as by :meth:`generate`)."""
+        fresh = [i for i, prompt in enumerate(prompts) if self._uncached(prompt, parts)]
+        if fresh and len(parts) > 1 and isinstance(self.backend, MixedBackend):
+            batch = [prompts[i] for i in fresh]
+            results = self.backend.generate_mixed(batch, parts)
+            writes = []
+            for (params, n), got in zip(parts, results, strict=True):
+                if len(got) != len(batch) or any(len(r) != n for r in got):
+                    raise RuntimeError(
+                        f"backend {self.identity()} returned {len(got)} results for {len(batch)} "
+                        f"prompts (expected {n} completions each)"
+                    )
+                self.calls += len(batch) * n
+                writes += [(self._key(prompts[i], params, j), comp.to_dict())
+                           for i, row in zip(fresh, got, strict=True) for j, comp in enumerate(row)]
+            self.cache.put_many(writes)
+        return [self.generate(prompts, params, n=n) for params, n in parts]
+
+    def _uncached(self, prompt: Prompt, parts: Sequence[tuple[GenerationParams, int]]) -> bool:
+        """Whether no completion of ``prompt`` that ``parts`` ask for is cached."""
+        return all(self.cache.peek(self._key(prompt, params, j)) is None for params, n in parts for j in range(n))
 
     def _keep_partial(
         self,

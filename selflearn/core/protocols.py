@@ -51,6 +51,10 @@ class BackendCapabilities:
     logprobs: bool = False  # can return per-token log-probabilities
     seed: bool = False  # honours seeds (reproducible sampling)
     max_n: int | None = None  # most samples per prompt in one call (None: unbounded)
+    #: answers several parameter sets on the same prompts in one call worth asking for
+    #: (:class:`MixedBackend`'s ``generate_mixed``): the generations stage then asks for each
+    #: chunk's y* and Y_c together
+    mixed: bool = False
 
 
 @runtime_checkable
@@ -120,6 +124,24 @@ class InferenceBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class MixedBackend(InferenceBackend, Protocol):
+    """An inference backend that can answer several parameter sets on the same prompts in one
+    call (optional). The generations stage asks for each chunk's greedy y* and its K samples
+    with the passage together; a local GPU backend decodes the greedy row beside the samples of
+    its prompt (one prefill, one batch) instead of a second pass of one row per prompt, which
+    ran at a fifth of the samples' rate (``hf``, docs/performance.md, run 25). The stage asks
+    for it where ``capabilities.mixed`` is set; other backends are asked once per parameter
+    set."""
+
+    def generate_mixed(
+        self, prompts: Sequence[Prompt], parts: Sequence[tuple[GenerationParams, int]]
+    ) -> list[list[list[Completion]]]:
+        """For each ``(params, n)`` of ``parts``, what ``generate(prompts, params, n=n)``
+        returns (the same samples: a seeded backend keys them alike)."""
+        ...
 
 
 @attrs.frozen

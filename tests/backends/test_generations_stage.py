@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any
 
+import attrs
 import pytest
 
 from selflearn import Pipeline
@@ -120,7 +121,46 @@ def test_the_summary_says_where_the_backend_time_went(run_dir: str) -> None:
     calls = summary["execution"]["call_seconds"]  # 2 chunks of 4 and 3 questions
     assert calls["reference"] >= 0.4 and max(calls["with_passage"], calls["without_passage"]) < calls["reference"] / 2
     _, again = run_stage(run_dir, SlowGreedy(EchoOptions()), k=2, chunk_size=4)
-    assert again["execution"]["call_seconds"] == {"reference": 0, "with_passage": 0, "without_passage": 0}
+    assert again["execution"]["call_seconds"] == {"reference": 0, "with_passage": 0, "without_passage": 0,
+                                                  "reference+with_passage": 0}
+
+
+class MixingEcho(RecordingEcho):
+    """An echo backend that also answers several parameter sets in one call (MixedBackend):
+    one generate call per set, recorded as one mixed call."""
+
+    def __init__(self, mixed: bool = True) -> None:
+        super().__init__()
+        self.capabilities = attrs.evolve(self.capabilities, mixed=mixed)
+        self.mixed: list[tuple[int, list[int]]] = []
+
+    def generate_mixed(self, prompts: Any, parts: Any) -> Any:
+        self.mixed.append((len(prompts), [n for _, n in parts]))
+        time.sleep(0.05)
+        return [self.generate(prompts, params, n=n) for params, n in parts]
+
+
+def test_a_mixing_backend_answers_y_star_and_y_c_in_one_call(run_dir: str, tmp_path: Any) -> None:
+    from selflearn.plugins import MixedBackend
+
+    mixing = MixingEcho()
+    assert isinstance(mixing, MixedBackend) and not isinstance(RecordingEcho(), MixedBackend)
+    records, summary = run_stage(run_dir, mixing, k=3, chunk_size=4)
+    plain, _ = run_stage(str(tmp_path / "plain"), RecordingEcho(), k=3, chunk_size=4)
+    assert rows(records) == rows(plain)  # the same records either way
+    assert mixing.mixed == [(4, [1, 3]), (3, [1, 3])]  # one call per chunk: y* and Y_c together
+    calls = summary["execution"]["call_seconds"]
+    assert calls["reference+with_passage"] >= 0.1 and calls["reference"] == calls["with_passage"] == 0
+    assert summary["backend_generations"] == 7 * 7
+    # K grows: the prompts whose samples are partly cached are asked per parameter set
+    more = MixingEcho()
+    grown, summary = run_stage(run_dir, more, k=4, chunk_size=4)
+    assert more.mixed == [] and summary["backend_generations"] == 7 * 2
+    assert [r.with_passage[:3] for r in grown] == [r.with_passage for r in records]
+    # a backend that has generate_mixed but does not say it is worth asking for
+    unmixed = MixingEcho(mixed=False)
+    run_stage(str(tmp_path / "unmixed"), unmixed, k=3, chunk_size=4)
+    assert unmixed.mixed == [] and len(unmixed.seen) == 7 * 3
 
 
 def test_per_call_options_and_estimate(run_dir: str) -> None:

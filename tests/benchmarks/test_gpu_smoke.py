@@ -32,6 +32,7 @@ def test_the_smoke_script_passes_on_a_tiny_model(tmp_path: Path) -> None:
     assert tiny["sampler"]["rows"] == 80 and tiny["sampler"]["empty_rows"] == 0
     assert tiny["sampler"]["truncated_rows"] == 0 and tiny["sampler"]["path"]["decoder"] == "SharedPrefixDecoder"
     assert tiny["refill"]["identical"] == tiny["refill"]["rows"] == 8
+    assert tiny["mixed"] == {"greedy_identical": 2, "sampled_identical": 8, "rows": [2, 8], "ok": True}
 
 
 def test_the_gpu_path_check_fails_without_the_gpu_pieces(tiny_llama: str) -> None:

@@ -41,7 +41,8 @@ def test_paper_scale_smoke_runs_and_resumes(tmp_path: Path) -> None:
     assert gen["generations_made"] == {"backend_generations": 30, "cached_generations": 0}  # 6 x (1 + 2 + 2)
     # where the generations' time went: every call kind ran, inside the stage's seconds
     calls = gen["call_seconds"]
-    assert set(calls) == {"reference", "with_passage", "without_passage"} and min(calls.values()) > 0, calls
+    assert min(calls[k] for k in ("reference", "with_passage", "without_passage")) > 0, calls
+    assert calls["reference+with_passage"] == 0, calls
     assert sum(calls.values()) <= gen["ran_s"]["generations"] + 0.1
     # the scores' work is counted before they run and equals what the NLI engine computed
     assert this["nli_pairs"] >= this["nli_pairs_computed"] > 0, this
@@ -55,6 +56,17 @@ def test_paper_scale_smoke_runs_and_resumes(tmp_path: Path) -> None:
     again = json.loads((out / "paper_scale.json").read_text())
     assert len(again["invocations"]) == 3 and not set(again["invocations"][2]["ran_s"]) & {"generations", "scores"}
     assert again["data_stage_minutes"] == minutes  # nothing re-ran, the figure stays
+
+
+def test_mix_greedy_asks_for_y_star_and_y_c_together(tmp_path: Path) -> None:
+    done = _run(tmp_path / "ps", "--until", "generations", "--mix-greedy")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    gen = json.loads((tmp_path / "ps" / "paper_scale.json").read_text())["invocations"][0]
+    calls = gen["call_seconds"]
+    assert calls["reference+with_passage"] > 0 and calls["reference"] == calls["with_passage"] == 0, calls
+    assert gen["generations_made"] == {"backend_generations": 30, "cached_generations": 0}
+    config = json.loads((tmp_path / "ps" / "run" / "manifest.json").read_text())["stages"]["generations"]["config"]
+    assert "mix_greedy" in json.dumps(config)
 
 
 def test_interrupted_or_split_invocations_are_bounds() -> None:

@@ -18,7 +18,8 @@ def test_host_work_is_the_stage_less_the_backend(tmp_path: Path) -> None:
     got = json.loads((tmp_path / "host_work.json").read_text())
     assert got["questions"] == 12 and got["generations"] == 12 * 21  # y* + 10 + 10 each
     calls = got["call_seconds"]
-    assert set(calls) == {"reference", "with_passage", "without_passage"} and min(calls.values()) > 0
+    assert min(calls[k] for k in ("reference", "with_passage", "without_passage")) > 0, calls
+    assert calls["reference+with_passage"] == 0  # echo answers each parameter set alone
     assert 0 < got["echo_s"] <= sum(calls.values()) + 0.01 <= got["stage_s"] + 0.02
     assert abs(got["host_work_s"] - (got["stage_s"] - got["echo_s"])) <= 0.011
     lines = (tmp_path / "run" / "generations.jsonl").read_text().splitlines()

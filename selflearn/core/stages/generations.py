@@ -33,7 +33,7 @@ from ..execution.usage import attribute
 from ..generation import CachedBackend, cached_completions
 from ..options import Options, bounded
 from ..prompts import closed_book_messages, rc_messages
-from ..protocols import GenerationParams
+from ..protocols import GenerationParams, MixedBackend
 from ..records import Completion, Generations, Passage, Question
 from ._diversity import diversity_problem, missing_logprobs, no_logprobs_message, sample_diversity
 from .base import Stage
@@ -389,8 +389,9 @@ def backend_usage(backend: Any) -> dict[str, Any]:
     return {"backend_usage": dict(value)} if isinstance(value, Mapping) else {}
 
 
-#: the stage's backend calls per chunk, in the order they run
-CALL_KINDS = ("reference", "with_passage", "without_passage")
+#: the stage's backend calls per chunk, in the order they run; "reference+with_passage": y*
+#: and Y_c in one call, where the backend decodes them together (MixedBackend)
+CALL_KINDS = ("reference", "with_passage", "without_passage", "reference+with_passage")
 
 
 def generate_shard(backend: Any, payload: dict[str, Any]) -> dict[str, Any]:
@@ -408,13 +409,43 @@ def generate_shard(backend: Any, payload: dict[str, Any]) -> dict[str, Any]:
     for chunk in payload["chunks"]:
         rc = [rc_messages(text, q.text) for q, text in chunk]
         closed = [closed_book_messages(q.text) for q, _ in chunk]
-        refs = _call(backend, rc, params, "reference", 1, seconds)
-        yc = _call(backend, rc, params, "with_passage", kc, seconds)
+        if kc > 0 and _mixes(backend):
+            refs, yc = _call_mixed(backend, rc, params, kc, seconds)
+        else:
+            refs = _call(backend, rc, params, "reference", 1, seconds)
+            yc = _call(backend, rc, params, "with_passage", kc, seconds)
         yr = _call(backend, closed, params, "without_passage", kr, seconds)
         for i, (q, _) in enumerate(chunk):
             records.append(_record(q, refs[i][0], yc[i], yr[i], payload["provenance"]).to_dict())
     made = backend.calls - calls_before if isinstance(backend, CachedBackend) else 0
     return {"records": records, "calls": made, "call_seconds": seconds}
+
+
+def _mixes(backend: Any) -> bool:
+    """Whether ``backend`` (or the backend its cache wraps) answers y* and Y_c in one call."""
+    inner = getattr(backend, "backend", backend)
+    return hasattr(backend, "generate_mixed") and isinstance(inner, MixedBackend) and bool(
+        getattr(inner.capabilities, "mixed", False))
+
+
+def _call_mixed(backend: Any, prompts: list[Any], params: dict[str, GenerationParams], kc: int,
+                seconds: dict[str, float]) -> tuple[list[list[Completion]], list[list[Completion]]]:
+    """y* and Y_c of ``prompts`` in one ``generate_mixed`` call, its seconds added to
+    ``seconds["reference+with_passage"]``."""
+    t0 = time.perf_counter()
+    refs, yc = backend.generate_mixed(prompts, [(params["reference"], 1), (params["with_passage"], kc)])
+    seconds["reference+with_passage"] += time.perf_counter() - t0
+    for out, n in ((refs, 1), (yc, kc)):
+        _check_shape(out, prompts, n)
+    return list(refs), list(yc)
+
+
+def _check_shape(out: Any, prompts: list[Any], n: int) -> None:
+    if len(out) != len(prompts) or any(len(r) != n for r in out):
+        raise StageError(
+            f"the backend returned {[len(r) for r in out][:5]}... completions for "
+            f"{len(prompts)} prompts; expected {n} per prompt"
+        )
 
 
 def _call(backend: Any, prompts: list[Any], params: dict[str, GenerationParams], kind: str, n: int,
@@ -426,9 +457,5 @@ def _call(backend: Any, prompts: list[Any], params: dict[str, GenerationParams],
     t0 = time.perf_counter()
     out = backend.generate(prompts, params[kind], n=n)
     seconds[kind] += time.perf_counter() - t0
-    if len(out) != len(prompts) or any(len(r) != n for r in out):
-        raise StageError(
-            f"the backend returned {[len(r) for r in out][:5]}... completions for "
-            f"{len(prompts)} prompts; expected {n} per prompt"
-        )
+    _check_shape(out, prompts, n)
     return list(out)

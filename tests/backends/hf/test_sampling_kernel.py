@@ -61,6 +61,16 @@ got, lp = select_nucleus(logits.clone(), seen_ids, keys, torch.tensor(11), cfg)
 assert torch.equal(got, ref)
 assert float((lp - ref_lp).abs().max()) < 1e-5
 assert bool((seen.gather(1, ref[:, None])).any())  # some chosen tokens were penalised ones
+# greedy rows mixed in (per-row flag): their argmax at temperature 1, the other rows' samples unchanged
+logits = (torch.randn(rows, vocab) * 2).bfloat16().float()  # ties, as a model's
+logits[:, :40] = logits[:, 40:41]  # and a tied best block
+greedy = torch.arange(rows) % 3 == 0
+cfg = SamplingConfig(greedy=False, temperature=0.6, top_p=0.9, repetition_penalty=1.3)
+alone, _ = select_nucleus(logits.clone(), seen_ids, keys, torch.tensor(11), cfg)
+mixed, _ = select_nucleus(logits.clone(), seen_ids, keys, torch.tensor(11), cfg, greedy)
+best, _ = select(logits.clone(), seen, keys, 11, SamplingConfig(greedy=True, repetition_penalty=1.3), vocab_keys(vocab))
+assert torch.equal(mixed[~greedy], alone[~greedy]) and torch.equal(mixed[greedy], best[greedy])
+assert not torch.equal(alone[greedy], best[greedy])
 # the shared decoder with the kernel (sampler triton) against the loop decoder
 from selflearn.builtin.backends.hf import HFBackend, Options
 from tests.backends.hf.test_backend import PROMPTS, SAMPLED, tokens
@@ -74,6 +84,11 @@ assert tokens(a) == tokens(b)
 for ra, rb in zip(a, b):
     for x, y in zip(ra, rb):
         assert max(abs(p - q) for p, q in zip(x.logprobs, y.logprobs)) < 1e-4
+# a greedy answer and samples in one run (generate_mixed) equal to one call each
+from tests.backends.hf.test_mixed import REFERENCE, SAMPLES
+parts = [(REFERENCE, 2), (SAMPLES, 3)]
+mixed = shared.generate_mixed(PROMPTS, parts)
+assert [tokens(m) for m in mixed] == [tokens(shared.generate(PROMPTS, p, n=n)) for p, n in parts]
 print("ok", outside, beyond)
 """
 
@@ -135,7 +150,7 @@ def test_the_kernel_is_for_cuda_and_falls_back_when_it_fails(
 def _one_state(dec: Any) -> tuple[Any, int]:
     """A prefilled state of the decoder for two rows of one prompt, and its first bucket."""
     st, _ = dec._state(1, 2, 64, 64, SamplingConfig(greedy=False, top_p=0.9))
-    dec._load(st, [(0, [1, 2, 3], [5, 6])], 64)
+    dec._load(st, [(0, [1, 2, 3], [5, 6], [False, False])], 64)
     assert st.keys.tolist() == [5, 6] and not st.done.any()
     st.max_new.fill_(64)
     return st, dec.bucket

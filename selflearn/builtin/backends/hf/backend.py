@@ -43,7 +43,7 @@ from ....core.prompts import named_template
 from ....core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ....core.records import Completion
 from .loop_decoder import DecodeBatch, Decoder, RowOutput
-from .sampling import SamplingConfig, row_key
+from .row_plan import Part, Row, RowPlan, plan, sampling_config, unmixable
 from .shared_decoder import SharedPrefixDecoder, unsupported_reason
 
 log = logging.getLogger("selflearn.hf")
@@ -113,6 +113,11 @@ class Options:
     #: take the next waiting prompt (continuous batching; the same tokens per sample). False:
     #: batches of batch_size rows, each decoded until its longest row ends
     refill: bool = True
+    #: shared decoder: the generations stage's greedy y* decoded beside the samples of its
+    #: prompt (``generate_mixed``: one prefill, one batch; the sampling kernel's per-row greedy
+    #: flag) instead of a pass of its own. Off until measured on a GPU (docs/backends.md): the
+    #: float32 tokens are those of separate calls on the CPU (Triton's interpreter)
+    mix_greedy: bool = False
 
 
 def weights_fingerprint(ref: str) -> str | None:
@@ -147,6 +152,7 @@ class HFBackend:
         self.options = options
         self.model_ref = model
         self.seed = seed
+        self.capabilities = attrs.evolve(HFBackend.capabilities, mixed=options.mix_greedy)
         self._fingerprint = weights_fingerprint(model)
         self._model: Any = None
         self._tokenizer: Any = None
@@ -322,13 +328,12 @@ class HFBackend:
 
     def _run_rows(
         self,
-        rows: list[tuple[int, int]],
+        rows: list[Row],
         encoded: list[list[int]],
-        keys: dict[tuple[int, int], int],
-        cfg: SamplingConfig,
+        rp: RowPlan,
         params: GenerationParams,
         slots: int | None = None,
-    ) -> dict[tuple[int, int], RowOutput]:
+    ) -> dict[Row, RowOutput]:
         """Decode ``rows`` ((prompt, sample) pairs), halving the batch on out-of-memory.
         ``slots``: the shared decoder's rows at a time when it refills (None: all of ``rows``)."""
         import torch
@@ -336,10 +341,12 @@ class HFBackend:
         assert self._decoder is not None
         prompt_ids = list(dict.fromkeys(p for p, _ in rows))
         local = {p: i for i, p in enumerate(prompt_ids)}
+        cfg = rp.cfg
         batch = DecodeBatch(
             prompts=[encoded[p] for p in prompt_ids],
             rows=[local[p] for p, _ in rows],
-            keys=[keys[r] for r in rows],
+            keys=[rp.keys[r] for r in rows],
+            greedy=[rp.greedy[r] for r in rows] if rp.greedy is not None else None,
         )
         stop_check = None
         if params.stop:
@@ -359,7 +366,7 @@ class HFBackend:
                 self._oom_cap = max(per_prompt, slots // 2 - (slots // 2) % per_prompt)
                 log.warning("hf: out of memory at %d sequences at a time; retrying with %d",
                             slots, self._oom_cap)
-                return self._run_rows(rows, encoded, keys, cfg, params, slots=self._oom_cap)
+                return self._run_rows(rows, encoded, rp, params, slots=self._oom_cap)
             if len(rows) <= 1:
                 raise BackendError(
                     f"hf: out of GPU memory generating one sequence with {self.model_ref!r} "
@@ -374,7 +381,7 @@ class HFBackend:
             rest = rows
             while rest:  # the cap may shrink again inside
                 part, rest = rest[: self._oom_cap], rest[self._oom_cap:]
-                done.update(self._run_rows(part, encoded, keys, cfg, params))
+                done.update(self._run_rows(part, encoded, rp, params))
             return done
         return dict(zip(rows, outs, strict=True))
 
@@ -390,47 +397,62 @@ class HFBackend:
         _check_params(params)
         if not prompts or n <= 0:
             return [[] for _ in prompts]
+        return self._generate_parts(prompts, [Part(params, n, sample_offset)])[0]
+
+    def generate_mixed(
+        self, prompts: Sequence[Prompt], parts: Sequence[tuple[GenerationParams, int]]
+    ) -> list[list[list[Completion]]]:
+        """``[generate(prompts, params, n=n) for params, n in parts]``, in one decoder run where
+        the shared decoder can hold them together (greedy rows beside the samples of their
+        prompt: one prefill, one batch; :mod:`.row_plan`); otherwise one call per part. The
+        samples are the same either way (their keys are); a greedy answer may differ in
+        bfloat16 by the rounding of a larger batch, as with any change of batch."""
+        for params, _ in parts:
+            _check_params(params)
+        todo = [Part(params, n) for params, n in parts if n > 0]
+        if prompts and len(todo) == len(parts):
+            self._load()
+            reason = unmixable(todo)
+            if reason is None and isinstance(self._decoder, SharedPrefixDecoder):
+                cfg = sampling_config(next(p.params for p in todo if not p.params.greedy), self.options.logprobs)
+                if self._decoder.can_mix(cfg):
+                    return self._generate_parts(prompts, todo)
+        return [self.generate(prompts, params, n=n) for params, n in parts]
+
+    def _generate_parts(self, prompts: Sequence[Prompt], parts: list[Part]) -> list[list[list[Completion]]]:
+        """The completions of each part (one part, or parts :func:`.row_plan.unmixable` accepts)."""
         self._load()
-        max_input = self._max_input(params)
-        encoded = self._encode_all(prompts, max_input)
-        per_prompt = 1 if params.greedy else n
-        seed = params.seed if params.seed is not None else self.seed
-        keys = {
-            (p, j): row_key(seed, _prompt_key(prompts[p]), sample_offset + j)
-            for p in range(len(prompts))
-            for j in range(per_prompt)
-        }
-        order = sorted(range(len(prompts)), key=lambda p: (-len(encoded[p]), p))
-        cfg = SamplingConfig(
-            greedy=params.greedy,
-            temperature=params.temperature if not params.greedy else 1.0,
-            top_p=params.top_p,
-            repetition_penalty=params.repetition_penalty,
-            logprobs=self.options.logprobs if params.logprobs else None,
-        )
-        results: dict[tuple[int, int], RowOutput] = {}
+        first = parts[0].params
+        encoded = self._encode_all(prompts, self._max_input(first))
+        rp = plan(prompts, parts, self.seed, self.options.logprobs, _prompt_key)
+        results = self._decode_rows(rp, encoded, first)
+        # one batched (Rust-parallel) detokenisation of every row instead of one call per row
+        keys_order = [(p, j) for p in range(len(prompts)) for j in range(rp.per_prompt)]
+        bodies = [results[r].tokens[:-1] if results[r].eos else results[r].tokens for r in keys_order]
+        texts = dict(zip(keys_order, self._decode_all(bodies), strict=True))
+
+        def make(p: int, row: Row, params: GenerationParams) -> Completion:
+            return self._completion(len(encoded[p]), results[row], params, texts[row])
+
+        return [rp.completions_of(len(prompts), i, make) for i in range(len(parts))]
+
+    def _decode_rows(self, rp: RowPlan, encoded: list[list[int]], params: GenerationParams) -> dict[Row, RowOutput]:
+        """Every row of ``rp``, longest prompts first (an out-of-memory error shows up on the
+        first batch), in batches of whole prompts (their rows share one prefix)."""
+        per_prompt = rp.per_prompt
+        order = sorted(range(len(encoded)), key=lambda p: (-len(encoded[p]), p))
+        results: dict[Row, RowOutput] = {}
         pending = [(p, j) for p in order for j in range(per_prompt)]
         while pending:
             size = self._batch_size(len(encoded[pending[0][0]]), params)
             if isinstance(self._decoder, SharedPrefixDecoder) and size >= per_prompt:
                 size -= size % per_prompt  # whole prompts: their samples share one prefix
                 if self.options.refill:  # all rows in one run, ``size`` of them at a time
-                    results.update(self._run_rows(pending, encoded, keys, cfg, params, slots=size))
+                    results.update(self._run_rows(pending, encoded, rp, params, slots=size))
                     break
             chunk, pending = pending[:size], pending[size:]
-            results.update(self._run_rows(chunk, encoded, keys, cfg, params))
-        # one batched (Rust-parallel) detokenisation of every row instead of one call per row
-        keys_order = [(p, j) for p in range(len(prompts)) for j in range(per_prompt)]
-        bodies = [results[r].tokens[:-1] if results[r].eos else results[r].tokens for r in keys_order]
-        texts = dict(zip(keys_order, self._decode_all(bodies), strict=True))
-        out = []
-        for p in range(len(prompts)):
-            comps = [
-                self._completion(len(encoded[p]), results[(p, j)], params, texts[(p, j)])
-                for j in range(per_prompt)
-            ]
-            out.append(comps * n if params.greedy else comps)
-        return out
+            results.update(self._run_rows(chunk, encoded, rp, params))
+        return results
 
     def _completion(self, prompt_len: int, row: RowOutput, params: GenerationParams, text: str) -> Completion:
         tok = self._tokenizer

@@ -76,6 +76,8 @@ class DecodeState:
         self.logits = torch.zeros(rows, vocab, dtype=torch.float32, device=dev)
         self.seen = torch.zeros(rows, width + gen_len + 1, dtype=torch.int64, device=dev)
         self.keys = torch.zeros(rows, dtype=torch.int64, device=dev)
+        #: the rows that decode greedily in a mixed run (SamplingConfig.mixed)
+        self.greedy = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.plen = torch.zeros(rows, dtype=torch.int64, device=dev)
         self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.length = torch.zeros(rows, dtype=torch.int64, device=dev)

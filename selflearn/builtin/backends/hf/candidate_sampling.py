@@ -115,6 +115,7 @@ def select_candidates(
     stats: torch.Tensor,
     vocab: torch.Tensor,
     live: torch.Tensor | None = None,
+    greedy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Choose one token per row (see the module docstring); fixed shapes, no host sync.
 
@@ -122,7 +123,8 @@ def select_candidates(
     ``seen_ids``: int64 (rows, S) prompt and generated ids; ``keys``: int64 (rows,);
     ``stats``: int64 (2,) counters (overflow rows, truncated rows), incremented in place;
     ``vocab``: :func:`.sampling.vocab_keys` of width V; ``live``: bool (rows,), the rows
-    still generating (None: all). Finished and padding rows keep running in a fixed-shape
+    still generating (None: all); ``greedy``: bool (rows,), the rows that take the argmax of
+    their penalised logits instead (a mixed run; not with ``logprobs`` "sampling"). Finished and padding rows keep running in a fixed-shape
     batch on logits that mean nothing (often flat): they neither take an exact slot from a
     live row nor count as overflow or truncated.
     """
@@ -136,6 +138,7 @@ def select_candidates(
         # the raw logit of every candidate is needed later; keep the unpenalised row values
         raw_at = logits.clone()
     scores = penalize_ids(logits, seen_ids, cfg.repetition_penalty)
+    best = scores.argmax(dim=-1) if greedy is not None else None  # before the temperature, as _greedy
     if cfg.temperature != 1.0:
         scores = scores.div_(cfg.temperature)
     kk = min(k, scores.shape[-1])
@@ -154,7 +157,11 @@ def select_candidates(
     if cfg.logprobs == "sampling":
         lp = (masked.gather(1, pick) - masked.logsumexp(dim=-1, keepdim=True))[:, 0]
     over = ~covered if live is None else ~covered & live
+    if greedy is not None and best is not None:
+        over = over & ~greedy
     tokens, lp = _resample_overflow(over, scores, keys, step, cfg, overflow_slots, stats, vocab, tokens, lp)
+    if greedy is not None and best is not None:
+        tokens = torch.where(greedy, best, tokens)
     if raw_lse is not None and raw_at is not None:
         lp = raw_at.gather(1, tokens[:, None])[:, 0] - raw_lse
     return tokens, lp

@@ -56,6 +56,9 @@ class DecodeBatch:
     prompts: list[list[int]]  # token ids of each distinct prompt (no padding)
     rows: list[int]  # for each row, the index of its prompt in ``prompts``
     keys: list[int]  # for each row, its 63-bit sampling key
+    #: for each row, whether it decodes greedily (a ``SamplingConfig(mixed=True)`` run of the
+    #: shared decoder); None: every row as the run's SamplingConfig says
+    greedy: list[bool] | None = None
 
 
 @attrs.frozen

@@ -136,6 +136,10 @@ class SamplingConfig:
     #: None: no log-probabilities; "model": log-softmax of the raw logits; "sampling": of the
     #: processed distribution (penalty, temperature, top-p) the token was drawn from
     logprobs: LogprobSource | None = None
+    #: the batch mixes greedy rows (``DecodeBatch.greedy``: the argmax of the penalised logits,
+    #: as with ``greedy``) with rows sampled by these values: the shared decoder decodes a
+    #: prompt's greedy answer and its samples together (one prefill, one batch)
+    mixed: bool = False
 
 
 def apply_repetition_penalty(

@@ -70,13 +70,15 @@ def _kernel() -> Any:
 
 def sample(
     scores: torch.Tensor, keys: torch.Tensor, step: torch.Tensor, top_p: float, temperature: float,
-    *, block: int = BLOCK, num_warps: int = WARPS,
+    *, greedy: torch.Tensor | None = None, block: int = BLOCK, num_warps: int = WARPS,
 ) -> torch.Tensor:
     """One token per row of ``scores`` (float32 (rows, V), repetition penalty applied,
     temperature not): Gumbel-max over the top-p nucleus of ``softmax(scores / temperature)``
     with the noise of row key ``keys`` (int64 (rows,)) at ``step`` (an int64 tensor, one
     element or one per row: each row's own step after refills; a tensor so that a CUDA graph
-    replays with the current step). int64 (rows,)."""
+    replays with the current step). ``greedy`` (bool (rows,), optional): rows that take the
+    argmax of their scores instead (temperature 1), so that a greedy answer and samples of
+    the same prompt decode in one batch. int64 (rows,)."""
     import torch
 
     rows, vocab = scores.shape
@@ -86,19 +88,23 @@ def sample(
     out = torch.empty(rows, dtype=torch.int64, device=scores.device)
     with piece(SamplingKernelFailed):
         _kernel()[(rows,)](
-            scores, scores.stride(0), keys, step, 1 if step.numel() > 1 else 0, out, float(top_p), float(temperature),
-            VOCAB=vocab, FILTER=top_p < 1.0, BLOCK=block, LIBDEVICE=scores.is_cuda, num_warps=num_warps,
+            scores, scores.stride(0), keys, step, 1 if step.numel() > 1 else 0, out,
+            greedy if greedy is not None else keys, float(top_p), float(temperature),
+            VOCAB=vocab, FILTER=top_p < 1.0, BLOCK=block, LIBDEVICE=scores.is_cuda, MIXED=greedy is not None,
+            num_warps=num_warps,
         )
     return out
 
 
 def select_nucleus(
     logits: torch.Tensor, seen_ids: torch.Tensor, keys: torch.Tensor, step: torch.Tensor, cfg: SamplingConfig,
+    greedy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The shared decoder's token selection with :func:`sample` (sampling configurations with
     ``logprobs`` None or "model"; see the module docstring). ``logits`` (float32 (rows, V)) is
     modified in place (repetition penalty), as by :func:`.candidate_sampling.select_candidates`.
-    Returns (tokens, log-probabilities under the raw model or None)."""
+    ``greedy``: bool (rows,), the rows that decode greedily (see :func:`sample`). Returns
+    (tokens, log-probabilities under the raw model or None)."""
     import torch
 
     if cfg.greedy or cfg.logprobs == "sampling":
@@ -109,7 +115,7 @@ def select_nucleus(
         raw_lse = logits.logsumexp(dim=-1)
         raw_seen = logits.gather(1, seen_ids)
     scores = penalize_ids(logits, seen_ids, cfg.repetition_penalty)
-    tokens = sample(scores, keys, step, cfg.top_p, cfg.temperature)
+    tokens = sample(scores, keys, step, cfg.top_p, cfg.temperature, greedy=greedy)
     if raw_lse is None or raw_seen is None:
         return tokens, None
     raw = scores.gather(1, tokens[:, None])[:, 0]

@@ -2,7 +2,7 @@
 which CPU installs may lack; Triton resolves the helpers below as module globals)."""
 
 # mypy: ignore-errors
-# ruff: noqa: ANN001, ANN202, SIM108
+# ruff: noqa: ANN001, ANN202, SIM102, SIM108
 
 import triton
 import triton.language as tl
@@ -90,16 +90,20 @@ def _try_entry(base, out_ptr, row, tok, s_tok, mass, cand, lse, top_p, temperatu
 
 @triton.jit
 def nucleus_sample(
-    s_ptr, stride_s, keys_ptr, step_ptr, stride_step, out_ptr,
+    s_ptr, stride_s, keys_ptr, step_ptr, stride_step, out_ptr, greedy_ptr,
     top_p, temperature,
     VOCAB: tl.constexpr, FILTER: tl.constexpr, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr,
+    MIXED: tl.constexpr,
 ):
-    """One program per row; see sampling_kernel's module docstring for the passes.
-
-    The answer is stored as soon as a candidate is known and again at each later candidate:
-    on the GPU, a value reassigned inside a while loop was not seen after it (Triton 3.6, found
-    on an H100; the interpreter does not show it)."""
+    """One program per row; see sampling_kernel's module docstring for the passes. With MIXED,
+    rows whose ``greedy_ptr`` entry is nonzero take the argmax of their scores instead: no
+    noise, temperature 1, and no nucleus check (the best token is always in the nucleus)."""
     row = tl.program_id(0)
+    if MIXED:
+        noisy = tl.load(greedy_ptr + row) == 0
+        temperature = tl.where(noisy, temperature, 1.0)
+    else:
+        noisy = True
     base = s_ptr + row.to(tl.int64) * stride_s
     key = tl.load(keys_ptr + row).to(tl.uint64, bitcast=True)
     step = tl.load(step_ptr + row * stride_step).to(tl.uint64, bitcast=True)
@@ -122,7 +126,10 @@ def nucleus_sample(
         shift = tl.where(new_top == float("-inf"), 0.0, new_top)
         total = total * tl.exp(top - shift) + tl.sum(tl.exp(s - shift), 0)
         top = new_top
-        z = tl.where(inside, s + _gumbel(step_key, ids, LIBDEVICE), float("-inf"))
+        g = _gumbel(step_key, ids, LIBDEVICE)
+        if MIXED:
+            g = tl.where(noisy, g, 0.0)
+        z = tl.where(inside, s + g, float("-inf"))
         if tl.max(z, 0) > z3:  # this block holds at least one of the four best so far
             for _ in tl.static_range(4):
                 zb = tl.max(z, 0)
@@ -131,34 +138,45 @@ def nucleus_sample(
                 z = tl.where(ids == ib, float("-inf"), z)
     tl.store(out_ptr + row, i0.to(tl.int64))
     if FILTER:
-        lse = top + tl.log(total)
-        # is the argmax in the nucleus? (one pass, no noise)
-        tok = i0
-        s_tok = tl.load(base + tok) / temperature
-        mass = _mass_above(base, tok, s_tok, lse, temperature, VOCAB, BLOCK)
-        # if not, the next candidates from the list (about 1 - top_p of the rows)
-        tok, s_tok, mass = _try_entry(base, out_ptr, row, tok, s_tok, mass, i1, lse, top_p, temperature, VOCAB, BLOCK)
-        tok, s_tok, mass = _try_entry(base, out_ptr, row, tok, s_tok, mass, i2, lse, top_p, temperature, VOCAB, BLOCK)
-        tok, s_tok, mass = _try_entry(base, out_ptr, row, tok, s_tok, mass, i3, lse, top_p, temperature, VOCAB, BLOCK)
-        if mass >= top_p:
-            # the list ran out (rare): from tok on, passes that check a candidate and find the
-            # argmax over the tokens ranked above it (the noise computed again)
-            cand = tok
-            moved = cand == cand
-            while (mass >= top_p) & moved:
-                tok = cand
-                tl.store(out_ptr + row, tok.to(tl.int64))
-                s_tok = tl.load(base + tok) / temperature
-                mass = tl.zeros([], tl.float32)
-                best = tl.full([], float("-inf"), tl.float32)
-                for start in range(0, VOCAB, BLOCK):
-                    ids, inside, s = _scores(base, start, temperature, VOCAB, BLOCK)
-                    above = inside & _ranked_above(s, ids, s_tok, tok)
-                    mass += tl.sum(tl.where(above, tl.exp(s - lse), 0.0), 0)
-                    z = tl.where(above, s + _gumbel(step_key, ids, LIBDEVICE), float("-inf"))
-                    zb = tl.max(z, 0)
-                    ib = start + tl.argmax(z, 0, tie_break_left=True)
-                    cand = tl.where(zb > best, ib, cand)
-                    best = tl.maximum(zb, best)
-                # no token above tok can be drawn (all -inf): tok stays
-                moved = cand != tok
+        if noisy:  # nested: FILTER is a compile-time constant, noisy (MIXED) a loaded value
+            _nucleus_check(base, out_ptr, row, step_key, top + tl.log(total), i0, i1, i2, i3, top_p, temperature,
+                           VOCAB, BLOCK, LIBDEVICE)
+
+
+@triton.jit
+def _nucleus_check(base, out_ptr, row, step_key, lse, i0, i1, i2, i3, top_p, temperature,
+                   VOCAB: tl.constexpr, BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr):
+    # passes 2 and 3 of the module docstring: the Gumbel argmax i0 checked against the nucleus,
+    # then the other three best, then (rarely) passes that compute the noise again. The answer
+    # is stored as soon as a candidate is known and again at each later candidate: on the GPU,
+    # a value reassigned inside a while loop was not seen after it (Triton 3.6, found on an
+    # H100; the interpreter does not show it)
+    tok = i0
+    s_tok = tl.load(base + tok) / temperature
+    mass = _mass_above(base, tok, s_tok, lse, temperature, VOCAB, BLOCK)
+    # if not in the nucleus, the next candidates from the list (about 1 - top_p of the rows)
+    tok, s_tok, mass = _try_entry(base, out_ptr, row, tok, s_tok, mass, i1, lse, top_p, temperature, VOCAB, BLOCK)
+    tok, s_tok, mass = _try_entry(base, out_ptr, row, tok, s_tok, mass, i2, lse, top_p, temperature, VOCAB, BLOCK)
+    tok, s_tok, mass = _try_entry(base, out_ptr, row, tok, s_tok, mass, i3, lse, top_p, temperature, VOCAB, BLOCK)
+    if mass >= top_p:
+        # the list ran out (rare): from tok on, passes that check a candidate and find the
+        # argmax over the tokens ranked above it (the noise computed again)
+        cand = tok
+        moved = cand == cand
+        while (mass >= top_p) & moved:
+            tok = cand
+            tl.store(out_ptr + row, tok.to(tl.int64))
+            s_tok = tl.load(base + tok) / temperature
+            mass = tl.zeros([], tl.float32)
+            best = tl.full([], float("-inf"), tl.float32)
+            for start in range(0, VOCAB, BLOCK):
+                ids, inside, s = _scores(base, start, temperature, VOCAB, BLOCK)
+                above = inside & _ranked_above(s, ids, s_tok, tok)
+                mass += tl.sum(tl.where(above, tl.exp(s - lse), 0.0), 0)
+                z = tl.where(above, s + _gumbel(step_key, ids, LIBDEVICE), float("-inf"))
+                zb = tl.max(z, 0)
+                ib = start + tl.argmax(z, 0, tie_break_left=True)
+                cand = tl.where(zb > best, ib, cand)
+                best = tl.maximum(zb, best)
+            # no token above tok can be drawn (all -inf): tok stays
+            moved = cand != tok

@@ -95,6 +95,30 @@ def unsupported_reason(model: Any) -> str | None:
     return None
 
 
+#: a prompt to load into a group: (group, prompt ids, its rows' keys, which rows are greedy)
+Loaded = tuple[int, list[int], list[int], list[bool]]
+
+
+def _host_rows(pairs: list[Loaded], width: int, m: int, pad_id: int) -> tuple[torch.Tensor, ...]:
+    """:meth:`SharedPrefixDecoder._load`'s host tensors: left-padded ids (n, width), their
+    mask, and per group slot (n, m) the keys, whether the slot starts finished (no sample),
+    whether it decodes greedily."""
+    import torch
+
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    keys = torch.zeros(len(pairs), m, dtype=torch.int64)
+    done = torch.ones(len(pairs), m, dtype=torch.bool)
+    greedy = torch.zeros(len(pairs), m, dtype=torch.bool)
+    for i, (_, p, k, g) in enumerate(pairs):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+        keys[i, : len(k)] = torch.tensor(k, dtype=torch.int64)
+        greedy[i, : len(g)] = torch.tensor(g, dtype=torch.bool)
+        done[i, : len(k)] = False
+    return ids, mask, keys, done, greedy
+
+
 class SharedPrefixDecoder:
     """Runs :class:`.loop_decoder.DecodeBatch` es with the shared-prefix step (see the module doc)."""
 
@@ -166,6 +190,14 @@ class SharedPrefixDecoder:
             log.warning("hf: the Triton sampling kernel needs CUDA and Triton; sampling on top-k candidates")
         return False
 
+    @staticmethod
+    def can_mix(cfg: SamplingConfig) -> bool:
+        """Whether a run of ``cfg``'s sampling values can also hold greedy rows
+        (``SamplingConfig.mixed``): both token selections pick them (the kernel's per-row
+        flag, the candidates' argmax), except with log-probabilities of the sampling
+        distribution, which greedy rows would report for another distribution."""
+        return not cfg.greedy and cfg.logprobs != "sampling"
+
     # -- the step -------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _attention(self) -> Iterator[None]:
@@ -220,17 +252,20 @@ class SharedPrefixDecoder:
         import torch
 
         step = st.step
+        greedy = st.greedy if cfg.mixed else None
         if self.nucleus and not cfg.greedy and cfg.logprobs != "sampling":
-            tok, lp = select_nucleus(st.logits, st.seen, st.keys, step, cfg)
+            tok, lp = select_nucleus(st.logits, st.seen, st.keys, step, cfg, greedy)
         else:
             with piece(CompiledSelectionFailed, active=self._select is not select_candidates):
                 if self.candidates > 0 and not cfg.greedy:
                     slots = int(round(self.overflow_share * st.rows))
                     tok, lp = self._select(
-                        st.logits, st.seen, st.keys, step, cfg, self.candidates, slots, st.stats, st.vocab, live
+                        st.logits, st.seen, st.keys, step, cfg, self.candidates, slots, st.stats, st.vocab, live,
+                        greedy,
                     )
                 else:
-                    tok, lp = self._select(st.logits, st.seen, st.keys, step, cfg, 1 << 30, 0, st.stats, st.vocab)
+                    tok, lp = self._select(st.logits, st.seen, st.keys, step, cfg, 1 << 30, 0, st.stats, st.vocab,
+                                          None, greedy)
         tok = torch.where(live, tok, self.pad_id)
         at = torch.where(live, step, st.gen_len)[:, None]
         st.out_tok.scatter_(1, at, tok[:, None])
@@ -307,24 +342,16 @@ class SharedPrefixDecoder:
         self._states[key] = st
         return st, True
 
-    def _load(self, st: DecodeState, pairs: list[tuple[int, list[int], list[int]]], width: int) -> None:
+    def _load(self, st: DecodeState, pairs: list[Loaded], width: int) -> None:
         """Prefill prompts into groups and (re)start their rows: ``pairs`` holds (group,
-        prompt ids, the keys of its samples). The prompt (left-padded to ``width``) is prefilled
-        in chunks into the group's prefix buffers; its last logits go to every sample row;
-        slots beyond its samples start finished."""
+        prompt ids, the keys of its samples, which of them decode greedily). The prompt
+        (left-padded to ``width``) is prefilled in chunks into the group's prefix buffers; its
+        last logits go to every sample row; slots beyond its samples start finished."""
         import torch
 
         dev, m = self.model.device, st.m
-        slot = torch.tensor([g for g, _, _ in pairs], dtype=torch.long)
-        ids = torch.full((len(pairs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(pairs), width), dtype=torch.long)
-        keys = torch.zeros(len(pairs), m, dtype=torch.int64)
-        done = torch.ones(len(pairs), m, dtype=torch.bool)
-        for i, (_, p, k) in enumerate(pairs):
-            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
-            keys[i, : len(k)] = torch.tensor(k, dtype=torch.int64)
-            done[i, : len(k)] = False
+        slot = torch.tensor([g for g, _, _, _ in pairs], dtype=torch.long)
+        ids, mask, keys, done, greedy = _host_rows(pairs, width, m, self.pad_id)
         ids, mask, slot = ids.to(dev), mask.to(dev), slot.to(dev)
         last = self._prefill(st, ids, mask, slot)
         rows = (slot[:, None] * m + torch.arange(m, device=dev)).reshape(-1)
@@ -338,6 +365,7 @@ class SharedPrefixDecoder:
                           ids[:, -1:].expand(-1, st.gen_len + 1)], 1)
         st.seen.index_copy_(0, rows, seen.repeat_interleave(m, 0))
         st.keys.index_copy_(0, rows, keys.reshape(-1).to(dev))
+        st.greedy.index_copy_(0, rows, greedy.reshape(-1).to(dev))
         st.done.index_copy_(0, rows, done.reshape(-1).to(dev))
         for buf, value in ((st.length, 0), (st.step, 0), (st.out_tok, self.pad_id), (st.out_lp, 0.0)):
             buf.index_fill_(0, rows, value)
@@ -394,9 +422,12 @@ class SharedPrefixDecoder:
         slots: int | None = None,
     ) -> list[RowOutput]:
         """Decode ``batch``. ``slots``: the most rows decoded at once (None: all); when the batch
-        has more, finished prompts' groups take the waiting prompts (:mod:`.schedule`)."""
+        has more, finished prompts' groups take the waiting prompts (:mod:`.schedule`).
+        ``cfg.mixed``: the rows ``batch.greedy`` marks decode greedily (see :meth:`can_mix`)."""
         import torch
 
+        if cfg.mixed and not self.can_mix(cfg):
+            raise ValueError(f"greedy rows cannot join a run of {cfg} (see SharedPrefixDecoder.can_mix)")
         n_rows = len(batch.rows)
         if n_rows == 0 or max_new_tokens <= 0:
             return [RowOutput([], [] if cfg.logprobs else None, False) for _ in batch.rows]
@@ -474,7 +505,9 @@ class SharedPrefixDecoder:
             return
         pairs = schedule.assign(t)
         if pairs:
-            self._load(st, [(grp, batch.prompts[p], [batch.keys[i] for i in samples[p]]) for grp, p in pairs], width)
+            flags = batch.greedy or [False] * len(batch.rows)
+            self._load(st, [(grp, batch.prompts[p], [batch.keys[i] for i in samples[p]], [flags[i] for i in samples[p]])
+                            for grp, p in pairs], width)
 
     def _harvest(self, st: DecodeState, schedule: Schedule, samples: list[list[int]],
                  results: list[RowOutput | None], want_lp: bool) -> None:
