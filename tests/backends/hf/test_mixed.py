@@ -1,7 +1,7 @@
 """``generate_mixed`` of the ``hf`` backend: a greedy answer and the samples of the same prompts
-in one run of the shared decoder (row_plan.py) give the same completions as one ``generate``
-call per parameter set, in float32 on the CPU; parameter sets that cannot share a run, and the
-loop decoder, fall back to one call each."""
+in one run of the shared or the loop decoder (row_plan.py) give the same completions as one
+``generate`` call per parameter set, in float32 on the CPU; parameter sets that cannot share a
+run fall back to one call each."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def assert_same(mixed: list[list[list[Any]]], separate: list[list[list[Any]]]) -
 
 
 @pytest.mark.parametrize("options", [{}, {"batch_size": 8}, {"refill": False, "batch_size": 8},
-                                     {"fuse": "eager"}, {"candidates": 0}])
+                                     {"fuse": "eager"}, {"candidates": 0}, {"decoder": "loop"},
+                                     {"decoder": "loop", "batch_size": 5}, {"decoder": "loop", "cache": "static"}])
 def test_mixed_equals_one_call_per_parameter_set(tiny_llama: str, options: dict[str, Any],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     b = backend(tiny_llama, **options)
@@ -84,8 +85,10 @@ def test_parameter_sets_that_cannot_share_a_run_are_asked_one_by_one(
     assert [c.mixed for c in cfgs] == [False, False]
 
 
-def test_the_loop_decoder_and_sampling_logprobs_fall_back(tiny_llama: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    for b in (backend(tiny_llama, decoder="loop"), backend(tiny_llama, logprobs="sampling")):
+def test_sampling_logprobs_fall_back(tiny_llama: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Greedy rows would report log-probabilities of the samples' distribution: one call each."""
+    for decoder in ("shared", "loop"):
+        b = backend(tiny_llama, logprobs="sampling", decoder=decoder)
         separate = [b.generate(PROMPTS, REFERENCE), b.generate(PROMPTS, SAMPLES, n=2)]
         cfgs = runs(b, monkeypatch)
         assert_same(b.generate_mixed(PROMPTS, [(REFERENCE, 1), (SAMPLES, 2)]), separate)
@@ -119,14 +122,15 @@ def test_the_plan_gives_samples_the_keys_of_their_own_call() -> None:
     assert "max_new_tokens" in (unmixable([Part(REFERENCE, 1), Part(attrs.evolve(SAMPLES, max_new_tokens=3), 2)]) or "")
 
 
-def test_the_decoder_refuses_greedy_rows_it_cannot_pick(tiny_llama: str) -> None:
-    dec = backend(tiny_llama)._decoder
-    assert isinstance(dec, SharedPrefixDecoder)
-    from selflearn.builtin.backends.hf.loop_decoder import DecodeBatch
+def test_the_decoders_refuse_greedy_rows_they_cannot_pick(tiny_llama: str) -> None:
+    from selflearn.builtin.backends.hf.loop_decoder import DecodeBatch, Decoder
 
     batch = DecodeBatch(prompts=[[1, 2, 3]], rows=[0, 0], keys=[1, 2], greedy=[True, False])
-    with pytest.raises(ValueError, match="greedy rows"):
-        dec.run(batch, SamplingConfig(greedy=False, temperature=0.7, logprobs="sampling", mixed=True), 4)
+    for decoder, kind in (("shared", SharedPrefixDecoder), ("loop", Decoder)):
+        dec = backend(tiny_llama, decoder=decoder)._decoder
+        assert isinstance(dec, kind)
+        with pytest.raises(ValueError, match="greedy rows"):
+            dec.run(batch, SamplingConfig(greedy=False, temperature=0.7, logprobs="sampling", mixed=True), 4)
 
 
 def test_the_generations_stage_mixes_with_the_same_records(tiny_llama: str, tmp_path: Any) -> None:

@@ -403,8 +403,8 @@ class HFBackend:
         self, prompts: Sequence[Prompt], parts: Sequence[tuple[GenerationParams, int]]
     ) -> list[list[list[Completion]]]:
         """``[generate(prompts, params, n=n) for params, n in parts]``, in one decoder run where
-        the shared decoder can hold them together (greedy rows beside the samples of their
-        prompt: one prefill, one batch; :mod:`.row_plan`); otherwise one call per part. The
+        the decoder can hold them together (greedy rows beside the samples of their prompt:
+        one prefill, one batch; :mod:`.row_plan`); otherwise one call per part. The
         samples are the same either way (their keys are); a greedy answer may differ in
         bfloat16 by the rounding of a larger batch, as with any change of batch."""
         for params, _ in parts:
@@ -413,7 +413,7 @@ class HFBackend:
         if prompts and len(todo) == len(parts):
             self._load()
             reason = unmixable(todo)
-            if reason is None and isinstance(self._decoder, SharedPrefixDecoder):
+            if reason is None and self._decoder is not None:
                 cfg = sampling_config(next(p.params for p in todo if not p.params.greedy), self.options.logprobs)
                 if self._decoder.can_mix(cfg):
                     return self._generate_parts(prompts, todo)

@@ -166,6 +166,13 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     return scores.masked_fill(mask, float("-inf"))
 
 
+def can_mix(cfg: SamplingConfig) -> bool:
+    """Whether a run of ``cfg``'s sampling values can also hold greedy rows
+    (``SamplingConfig.mixed``): not with log-probabilities of the sampling distribution, which
+    greedy rows would report for another distribution than their own call's."""
+    return not cfg.greedy and cfg.logprobs != "sampling"
+
+
 def select(
     logits: torch.Tensor,
     seen: torch.Tensor,
@@ -173,13 +180,15 @@ def select(
     step: torch.Tensor | int,
     cfg: SamplingConfig,
     vocab: torch.Tensor | None = None,
+    greedy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Choose one token per row; return (tokens, log-probabilities of those tokens or None).
 
     ``logits``: float32 (rows, vocab) of the last position; ``seen``: bool (rows, vocab), the
     tokens of the prompt and of the generation so far (for the repetition penalty); ``keys``:
     int64 (rows,) row keys; ``step``: index of the token being generated; ``vocab``:
-    :func:`vocab_keys` of the logits' width (optional).
+    :func:`vocab_keys` of the logits' width (optional); ``greedy``: bool (rows,), rows that take
+    the argmax of their penalised logits instead (a mixed run, see :func:`can_mix`).
     """
     import torch
 
@@ -187,11 +196,14 @@ def select(
     if cfg.greedy:
         tokens = scores.argmax(dim=-1)
     else:
+        best = scores.argmax(dim=-1) if greedy is not None else None
         scores = scores / cfg.temperature
         scores = top_p_filter(scores, cfg.top_p)
         u = uniform_noise(keys, step, scores.shape[-1], vocab)
         gumbel = -torch.log(-torch.log(u))
         tokens = (scores + gumbel).argmax(dim=-1)
+        if greedy is not None and best is not None:
+            tokens = torch.where(greedy, best, tokens)
     if cfg.logprobs is None:
         return tokens, None
     source = logits if cfg.logprobs == "model" else scores

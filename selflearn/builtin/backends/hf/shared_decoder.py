@@ -60,7 +60,7 @@ from .fallbacks import (
 )
 from .fused_layers import FusedLayers, FuseMode, resolve
 from .loop_decoder import DecodeBatch, RowOutput, StopCheck, _round_up
-from .sampling import SamplingConfig
+from .sampling import SamplingConfig, can_mix
 from .sampling_kernel import select_nucleus
 from .schedule import Schedule
 from .transformers_api import cache_kwargs
@@ -190,13 +190,9 @@ class SharedPrefixDecoder:
             log.warning("hf: the Triton sampling kernel needs CUDA and Triton; sampling on top-k candidates")
         return False
 
-    @staticmethod
-    def can_mix(cfg: SamplingConfig) -> bool:
-        """Whether a run of ``cfg``'s sampling values can also hold greedy rows
-        (``SamplingConfig.mixed``): both token selections pick them (the kernel's per-row
-        flag, the candidates' argmax), except with log-probabilities of the sampling
-        distribution, which greedy rows would report for another distribution."""
-        return not cfg.greedy and cfg.logprobs != "sampling"
+    #: whether a run of a SamplingConfig can also hold greedy rows (DecodeBatch.greedy): both
+    #: token selections pick them (the kernel's per-row flag, the candidates' argmax)
+    can_mix = staticmethod(can_mix)
 
     # -- the step -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -427,7 +423,7 @@ class SharedPrefixDecoder:
         import torch
 
         if cfg.mixed and not self.can_mix(cfg):
-            raise ValueError(f"greedy rows cannot join a run of {cfg} (see SharedPrefixDecoder.can_mix)")
+            raise ValueError(f"greedy rows cannot join a run of {cfg} (see sampling.can_mix)")
         n_rows = len(batch.rows)
         if n_rows == 0 or max_new_tokens <= 0:
             return [RowOutput([], [] if cfg.logprobs else None, False) for _ in batch.rows]
