@@ -63,8 +63,7 @@ def config_for(args: argparse.Namespace, run_dir: Path, lm: str, nli: str) -> di
     config = ray_overhead.paper_shape(str(run_dir), lm, args.questions, args.k, args.max_new_tokens, args.batch_size,
                                       args.chunk_size)
     config = merge(config, {"scorer": {"use": "selfcheck-nli", "options": {"model": nli}}})
-    if args.mix_greedy:  # y* decoded beside Y_c (hf's mix_greedy)
-        config["backend"]["options"]["mix_greedy"] = True
+    config["backend"]["options"]["mix_greedy"] = args.mix_greedy  # y* decoded beside Y_c or not
     return config
 
 
@@ -210,7 +209,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-new-tokens", type=int, default=384)
     ap.add_argument("--batch-size", type=int, default=640, help="the hf backend's sequences per pass")
     ap.add_argument("--chunk-size", type=int, default=64, help="questions per generations shard")
-    ap.add_argument("--mix-greedy", action="store_true", help="the hf backend's mix_greedy: y* decoded with Y_c")
+    ap.add_argument("--mix-greedy", choices=("auto", "on", "off"), default="auto",
+                    help="the hf backend's mix_greedy: y* decoded with Y_c (auto: with the loop decoder only)")
     ap.add_argument("--until", choices=STAGES, default="scores",
                     help="stop after this stage (generations: the scores in a later invocation, e.g. another call)")
     ap.add_argument("--assets", default=str(HERE.parent / ".assets" / "perf"))

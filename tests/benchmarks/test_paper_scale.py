@@ -27,11 +27,11 @@ def test_paper_scale_smoke_runs_and_resumes(tmp_path: Path) -> None:
     """The generations in one invocation and the scores in the next (two 10-minute calls on the
     GPU machine) make one whole figure; a third invocation runs nothing and keeps it."""
     out = tmp_path / "ps"
-    first = _run(out, "--until", "generations")
+    first = _run(out, "--until", "generations", "--mix-greedy", "off")
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     result = json.loads((out / "paper_scale.json").read_text())
     assert result["measured_in"] == "incomplete: scores not finished yet"
-    second = _run(out)
+    second = _run(out, "--mix-greedy", "off")
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
     result = json.loads((out / "paper_scale.json").read_text())
     gen, this = result["invocations"]
@@ -51,7 +51,7 @@ def test_paper_scale_smoke_runs_and_resumes(tmp_path: Path) -> None:
     assert minutes == round((gen["ran_s"]["generations"] + this["ran_s"]["scores"]) / 60, 2)
     scores = [json.loads(line) for line in (out / "run" / "scores.jsonl").read_text().splitlines()]
     assert all(0.0 <= s["s_k"] <= 1.0 for s in scores), scores[0]
-    third = _run(out)
+    third = _run(out, "--mix-greedy", "off")
     assert third.returncode == 0, third.stderr[-3000:]
     again = json.loads((out / "paper_scale.json").read_text())
     assert len(again["invocations"]) == 3 and not set(again["invocations"][2]["ran_s"]) & {"generations", "scores"}
@@ -59,7 +59,8 @@ def test_paper_scale_smoke_runs_and_resumes(tmp_path: Path) -> None:
 
 
 def test_mix_greedy_asks_for_y_star_and_y_c_together(tmp_path: Path) -> None:
-    done = _run(tmp_path / "ps", "--until", "generations", "--mix-greedy")
+    """By default ("auto": the CPU's loop decoder mixes)."""
+    done = _run(tmp_path / "ps", "--until", "generations")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     gen = json.loads((tmp_path / "ps" / "paper_scale.json").read_text())["invocations"][0]
     calls = gen["call_seconds"]

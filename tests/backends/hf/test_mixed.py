@@ -74,7 +74,7 @@ def test_greedy_rows_ignore_the_samples_temperature(tiny_llama: str) -> None:
     assert tokens(mixed[0]) == tokens(b.generate(PROMPTS, hot, n=2))
 
 
-@pytest.mark.parametrize("other", [attrs.evolve(SAMPLES, max_new_tokens=8), attrs.evolve(SAMPLES, repetition_penalty=1.0),
+@pytest.mark.parametrize("other", [attrs.evolve(SAMPLES, repetition_penalty=1.0),
                                    attrs.evolve(SAMPLES, stop=["."]), attrs.evolve(SAMPLES, logprobs=False)])
 def test_parameter_sets_that_cannot_share_a_run_are_asked_one_by_one(
         tiny_llama: str, other: GenerationParams, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,9 +98,14 @@ def test_sampling_logprobs_fall_back(tiny_llama: str, monkeypatch: pytest.Monkey
 def test_the_option_says_whether_the_stage_should_mix(tiny_llama: str) -> None:
     from selflearn.plugins import MixedBackend
 
-    off, on = HFBackend(Options(), tiny_llama, seed=1), HFBackend(Options(mix_greedy=True), tiny_llama, seed=1)
-    assert isinstance(off, MixedBackend) and not off.capabilities.mixed and on.capabilities.mixed
-    assert HFBackend.capabilities.mixed is False  # the class default is not changed by an instance
+    def mixes(**options: Any) -> bool:
+        b = HFBackend(Options(**options), tiny_llama, seed=1)
+        assert isinstance(b, MixedBackend)
+        return b.capabilities.mixed
+
+    assert mixes() and mixes(decoder="loop") and mixes(decoder="shared", mix_greedy="on")  # auto: the CPU's loop decoder
+    assert not mixes(decoder="shared") and not mixes(mix_greedy="off")
+    assert not mixes(device="cuda") and mixes(device="cuda", cache="static") and mixes(device="cuda", mix_greedy="on")
 
 
 def test_empty_parts_and_prompts(tiny_llama: str) -> None:
@@ -119,7 +124,11 @@ def test_the_plan_gives_samples_the_keys_of_their_own_call() -> None:
     assert not plan(["a"], [Part(SAMPLES, 2)], 42, "model", lambda p: p).cfg.mixed
     assert unmixable(parts) is None
     assert "sampled" in (unmixable([Part(REFERENCE, 1), Part(REFERENCE, 2)]) or "")
-    assert "max_new_tokens" in (unmixable([Part(REFERENCE, 1), Part(attrs.evolve(SAMPLES, max_new_tokens=3), 2)]) or "")
+    assert "repetition_penalty" in (unmixable([Part(REFERENCE, 1), Part(attrs.evolve(SAMPLES, repetition_penalty=1), 2)]) or "")
+    assert unmixable([Part(REFERENCE, 1), Part(attrs.evolve(SAMPLES, max_new_tokens=3), 2)]) is None
+    lengths = plan(["a"], [Part(REFERENCE, 1), Part(attrs.evolve(SAMPLES, max_new_tokens=3), 2)], 1, "model", str)
+    assert lengths.max_new == {(0, 0): 12, (0, 1): 3, (0, 2): 3} and lengths.longest.max_new_tokens == 12
+    assert rp.max_new is None
 
 
 def test_the_decoders_refuse_greedy_rows_they_cannot_pick(tiny_llama: str) -> None:
@@ -141,10 +150,39 @@ def test_the_generations_stage_mixes_with_the_same_records(tiny_llama: str, tmp_
     short = {"max_new_tokens": 8}
     out = {}
     for mix in (False, True):
-        b = HFBackend(Options(decoder="shared", batch_size=16, mix_greedy=mix), tiny_llama, seed=42)
+        b = HFBackend(Options(decoder="shared", batch_size=16, mix_greedy="on" if mix else "off"), tiny_llama, seed=42)
         records, summary = run_stage(str(tmp_path / str(mix)), b, k=3, chunk_size=4, reference=short,
                                      with_passage=short, without_passage=short)
         out[mix] = (rows(records), summary["execution"]["call_seconds"])
     assert out[True][0] == out[False][0]
     assert out[True][1]["reference+with_passage"] > 0 and out[True][1]["reference"] == 0
     assert out[False][1]["reference+with_passage"] == 0 and out[False][1]["reference"] > 0
+
+
+@pytest.mark.parametrize("options", [{}, {"refill": False, "batch_size": 8}, {"decoder": "loop"},
+                                     {"decoder": "loop", "batch_size": 5}, {"decoder": "loop", "cache": "static"}])
+def test_rows_of_different_lengths_share_a_run(tiny_llama: str, options: dict[str, Any],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """y* with more new tokens than Y_c (the offline default run: 64 and 48): each row stops
+    at its own length, as in its own call."""
+    b = backend(tiny_llama, **options)
+    parts = [(attrs.evolve(REFERENCE, max_new_tokens=16), 2), (attrs.evolve(SAMPLES, max_new_tokens=7), 3)]
+    separate = [b.generate(PROMPTS, params, n=n) for params, n in parts]
+    cfgs = runs(b, monkeypatch)
+    mixed = b.generate_mixed(PROMPTS, parts)
+    assert_same(mixed, separate)
+    assert cfgs and all(c.mixed for c in cfgs)
+    assert {c.completion_tokens for c in mixed[1][0]} == {7} and mixed[0][0][0].completion_tokens > 7
+
+
+def test_prompts_cut_differently_per_length_are_asked_per_set(tiny_llama: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prompt that fits the context left by Y_c's length but not by y*'s longer one: separate
+    calls keep each set's own cut."""
+    b = backend(tiny_llama)
+    longest = max(len(ids) for ids in b._encode_all(PROMPTS, None))
+    monkeypatch.setattr(b._model.config, "max_position_embeddings", longest + 10)  # 16 tokens cut it, 7 do not
+    parts = [(attrs.evolve(REFERENCE, max_new_tokens=16), 1), (attrs.evolve(SAMPLES, max_new_tokens=7), 2)]
+    separate = [b.generate(PROMPTS, params, n=n) for params, n in parts]
+    cfgs = runs(b, monkeypatch)
+    assert_same(b.generate_mixed(PROMPTS, parts), separate)
+    assert [c.mixed for c in cfgs] == [False, False]

@@ -150,7 +150,7 @@ def test_the_kernel_is_for_cuda_and_falls_back_when_it_fails(
 def _one_state(dec: Any) -> tuple[Any, int]:
     """A prefilled state of the decoder for two rows of one prompt, and its first bucket."""
     st, _ = dec._state(1, 2, 64, 64, SamplingConfig(greedy=False, top_p=0.9))
-    dec._load(st, [(0, [1, 2, 3], [5, 6], [False, False])], 64)
+    dec._load(st, [(0, [1, 2, 3], [5, 6], [False, False], [8, 8])], 64)
     assert st.keys.tolist() == [5, 6] and not st.done.any()
     st.max_new.fill_(64)
     return st, dec.bucket

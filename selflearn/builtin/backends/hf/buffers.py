@@ -69,8 +69,9 @@ class DecodeState:
         #: for rows that finished; the attention kernel reads no key of a row after it)
         self.step = torch.zeros(rows, dtype=torch.int64, device=dev)
         self.t_index = torch.zeros(rows, dtype=torch.int64, device=dev)
-        #: the most tokens a row generates in this run (a tensor: graphs are shared by runs)
-        self.max_new = torch.zeros((), dtype=torch.int64, device=dev)
+        #: the most tokens each row generates in this run (a tensor: graphs are shared by runs;
+        #: per row: a mixed run's greedy and sampled rows may ask for different lengths)
+        self.max_new = torch.zeros(rows, dtype=torch.int64, device=dev)
         # seen ids, tokens and log-probs have one spare column past the generation length:
         # finished rows write there, so nothing a row generated is overwritten
         self.logits = torch.zeros(rows, vocab, dtype=torch.float32, device=dev)

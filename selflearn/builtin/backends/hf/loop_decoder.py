@@ -59,6 +59,9 @@ class DecodeBatch:
     #: for each row, whether it decodes greedily (a ``SamplingConfig(mixed=True)`` run of the
     #: shared decoder); None: every row as the run's SamplingConfig says
     greedy: list[bool] | None = None
+    #: for each row, the most tokens it generates (None: the run's ``max_new_tokens`` for all;
+    #: a mixed run's greedy and sampled rows may ask for different lengths)
+    max_new: list[int] | None = None
 
 
 @attrs.frozen
@@ -91,6 +94,7 @@ class _DecodeState:
     done: torch.Tensor  # finished (EOS, stop string, or a padding row)
     active: torch.Tensor
     greedy: torch.Tensor | None = None  # the rows that decode greedily in a mixed run
+    limit: torch.Tensor | None = None  # per output row, the most tokens it generates (None: all alike)
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -246,6 +250,8 @@ class Decoder:
             active=torch.arange(n_alloc, device=device),
             greedy=None if batch.greedy is None else torch.tensor(
                 batch.greedy + [False] * (n_alloc - n_rows), dtype=torch.bool, device=device),
+            limit=None if batch.max_new is None else torch.tensor(
+                batch.max_new + [max_new_tokens] * (n_alloc - n_rows), dtype=torch.long, device=device),
         )
 
     def _expand_cache(
@@ -320,6 +326,8 @@ class Decoder:
         st.length[st.active] += live.long()
         st.seen.scatter_(1, tok[:, None], True)
         st.done = st.done | torch.isin(tok, eos)
+        if st.limit is not None:  # rows with fewer tokens to generate than the run's longest
+            st.done = st.done | (st.length[st.active] >= st.limit[st.active])
         return tok
 
     def _all_finished(self, st: _DecodeState, stop_check: StopCheck | None) -> bool:

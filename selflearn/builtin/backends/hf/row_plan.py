@@ -51,12 +51,13 @@ def sampling_config(params: GenerationParams, logprobs: LogprobSource) -> Sampli
 
 def unmixable(parts: Sequence[Part]) -> str | None:
     """Why ``parts`` cannot decode in one run (None: they can): the rows of one run share the
-    repetition penalty, length, stop strings and log-probability mode, and all their sampled
-    rows one temperature, top-p and seed; greedy rows join them (``SamplingConfig.mixed``)."""
+    repetition penalty, stop strings and log-probability mode, and all their sampled rows one
+    temperature, top-p and seed; greedy rows join them (``SamplingConfig.mixed``), each row
+    with its own length (``DecodeBatch.max_new``)."""
     if len(parts) < 2:
         return "a single parameter set"
     first = parts[0].params
-    shared = ("max_new_tokens", "repetition_penalty", "stop", "logprobs")
+    shared = ("repetition_penalty", "stop", "logprobs")
     for part in parts[1:]:
         for name in shared:
             if getattr(part.params, name) != getattr(first, name):
@@ -78,6 +79,14 @@ class RowPlan:
     greedy: dict[Row, bool] | None
     #: the first slot of each part
     starts: list[int]
+    #: per row, the most tokens it generates (None: the parts' ``max_new_tokens`` are equal)
+    max_new: dict[Row, int] | None = None
+
+    @property
+    def longest(self) -> GenerationParams:
+        """The parameters of the part with the most new tokens (they bound the run, and the
+        prompt length the model's context leaves)."""
+        return max((p.params for p in self.parts), key=lambda params: params.max_new_tokens)
 
     @property
     def per_prompt(self) -> int:
@@ -110,6 +119,7 @@ def plan(prompts: Sequence[Prompt], parts: Sequence[Part], seed: int, logprobs: 
         slot += part.rows_per_prompt
     keys: dict[Row, int] = {}
     greedy: dict[Row, bool] = {}
+    limits: dict[Row, int] = {}
     for i, prompt in enumerate(prompts):
         pk = prompt_key(prompt)
         for part, start in zip(parts, starts, strict=True):
@@ -118,4 +128,6 @@ def plan(prompts: Sequence[Prompt], parts: Sequence[Part], seed: int, logprobs: 
                 row = (i, start + j)
                 keys[row] = row_key(part_seed, pk, part.offset + j)
                 greedy[row] = part.params.greedy
-    return RowPlan(list(parts), cfg, keys, greedy if mixed else None, starts)
+                limits[row] = part.params.max_new_tokens
+    alike = len({p.params.max_new_tokens for p in parts}) == 1
+    return RowPlan(list(parts), cfg, keys, greedy if mixed else None, starts, None if alike else limits)

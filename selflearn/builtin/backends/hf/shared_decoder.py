@@ -95,14 +95,15 @@ def unsupported_reason(model: Any) -> str | None:
     return None
 
 
-#: a prompt to load into a group: (group, prompt ids, its rows' keys, which rows are greedy)
-Loaded = tuple[int, list[int], list[int], list[bool]]
+#: a prompt to load into a group: (group, prompt ids, its rows' keys, which rows are greedy,
+#: the most tokens each row generates)
+Loaded = tuple[int, list[int], list[int], list[bool], list[int]]
 
 
 def _host_rows(pairs: list[Loaded], width: int, m: int, pad_id: int) -> tuple[torch.Tensor, ...]:
     """:meth:`SharedPrefixDecoder._load`'s host tensors: left-padded ids (n, width), their
     mask, and per group slot (n, m) the keys, whether the slot starts finished (no sample),
-    whether it decodes greedily."""
+    whether it decodes greedily, the most tokens it generates."""
     import torch
 
     ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
@@ -110,13 +111,15 @@ def _host_rows(pairs: list[Loaded], width: int, m: int, pad_id: int) -> tuple[to
     keys = torch.zeros(len(pairs), m, dtype=torch.int64)
     done = torch.ones(len(pairs), m, dtype=torch.bool)
     greedy = torch.zeros(len(pairs), m, dtype=torch.bool)
-    for i, (_, p, k, g) in enumerate(pairs):
+    limit = torch.zeros(len(pairs), m, dtype=torch.int64)
+    for i, (_, p, k, g, n) in enumerate(pairs):
         ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, width - len(p):] = 1
         keys[i, : len(k)] = torch.tensor(k, dtype=torch.int64)
         greedy[i, : len(g)] = torch.tensor(g, dtype=torch.bool)
+        limit[i, : len(n)] = torch.tensor(n, dtype=torch.int64)
         done[i, : len(k)] = False
-    return ids, mask, keys, done, greedy
+    return ids, mask, keys, done, greedy, limit
 
 
 class SharedPrefixDecoder:
@@ -346,8 +349,8 @@ class SharedPrefixDecoder:
         import torch
 
         dev, m = self.model.device, st.m
-        slot = torch.tensor([g for g, _, _, _ in pairs], dtype=torch.long)
-        ids, mask, keys, done, greedy = _host_rows(pairs, width, m, self.pad_id)
+        slot = torch.tensor([pair[0] for pair in pairs], dtype=torch.long)
+        ids, mask, keys, done, greedy, limit = _host_rows(pairs, width, m, self.pad_id)
         ids, mask, slot = ids.to(dev), mask.to(dev), slot.to(dev)
         last = self._prefill(st, ids, mask, slot)
         rows = (slot[:, None] * m + torch.arange(m, device=dev)).reshape(-1)
@@ -362,6 +365,7 @@ class SharedPrefixDecoder:
         st.seen.index_copy_(0, rows, seen.repeat_interleave(m, 0))
         st.keys.index_copy_(0, rows, keys.reshape(-1).to(dev))
         st.greedy.index_copy_(0, rows, greedy.reshape(-1).to(dev))
+        st.max_new.index_copy_(0, rows, limit.reshape(-1).to(dev))
         st.done.index_copy_(0, rows, done.reshape(-1).to(dev))
         for buf, value in ((st.length, 0), (st.step, 0), (st.out_tok, self.pad_id), (st.out_lp, 0.0)):
             buf.index_fill_(0, rows, value)
@@ -502,8 +506,9 @@ class SharedPrefixDecoder:
         pairs = schedule.assign(t)
         if pairs:
             flags = batch.greedy or [False] * len(batch.rows)
-            self._load(st, [(grp, batch.prompts[p], [batch.keys[i] for i in samples[p]], [flags[i] for i in samples[p]])
-                            for grp, p in pairs], width)
+            limits = batch.max_new or [schedule.max_new_tokens] * len(batch.rows)
+            self._load(st, [(grp, batch.prompts[p], [batch.keys[i] for i in samples[p]], [flags[i] for i in samples[p]],
+                             [limits[i] for i in samples[p]]) for grp, p in pairs], width)
 
     def _harvest(self, st: DecodeState, schedule: Schedule, samples: list[list[int]],
                  results: list[RowOutput | None], want_lp: bool) -> None:
