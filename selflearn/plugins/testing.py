@@ -33,6 +33,7 @@ from ..core.protocols import (
     BackendCapabilities,
     GenerationParams,
     JudgeItem,
+    MixedBackend,
     Prompt,
     ScoreItem,
     ScoreResult,
@@ -217,7 +218,8 @@ def check_inference_backend(backend: Any, *, max_new_tokens: int = 16,
     equal samples and ``sample_offset`` continues a sample sequence (``seed``; pass
     ``sample_offsets=False`` for a backend that seeds a whole request rather than each sample,
     which then cannot extend K from the cache), per-token log-probabilities (``logprobs``), at
-    most ``max_n``; stop strings never appear in the text and cut it. Returns what was checked
+    most ``max_n``; stop strings never appear in the text and cut it; with ``mixed``,
+    ``generate_mixed`` answers as one ``generate`` per parameter set. Returns what was checked
     (``stop`` is skipped when the greedy answers are too short to cut)."""
     _protocol("inference_backend", backend)
     caps = backend.capabilities
@@ -229,7 +231,8 @@ def check_inference_backend(backend: Any, *, max_new_tokens: int = 16,
     n = min(3, caps.max_n or 3)
     sampled = GenerationParams(max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=1234)
     out = _check_shape(backend.generate(prompts, sampled, n=n), len(prompts), n, f"sampled n={n}")
-    checked = {"shape": True, "seed": False, "sample_offset": False, "logprobs": False, "stop": False}
+    checked = {"shape": True, "seed": False, "sample_offset": False, "logprobs": False, "stop": False,
+               "mixed": False}
     if caps.seed:
         again = backend.generate(prompts, sampled, n=n)
         _ensure(_texts(again) == _texts(out), "the backend declares seed=True but the same seed "
@@ -251,7 +254,25 @@ def check_inference_backend(backend: Any, *, max_new_tokens: int = 16,
                 "(or positive ones)")
         checked["logprobs"] = True
     checked["stop"] = _check_stop(backend, prompts, greedy, first)
+    if caps.mixed:
+        checked["mixed"] = _check_mixed(backend, prompts, [(greedy, 1, first), (sampled, n, out)], caps.seed)
     return checked
+
+
+def _check_mixed(backend: Any, prompts: list[Prompt], parts: list[tuple[GenerationParams, int, Any]],
+                 seeded: bool) -> bool:
+    """``generate_mixed`` of a backend that declares ``mixed``: one answer per parameter set,
+    each of the shape (and, seeded, the texts) of that set's own ``generate`` call."""
+    _ensure(isinstance(backend, MixedBackend), "the backend declares mixed=True but has no generate_mixed")
+    got = backend.generate_mixed(prompts, [(params, n) for params, n, _ in parts])
+    _ensure(isinstance(got, list) and len(got) == len(parts),
+            f"generate_mixed: expected one answer per parameter set ({len(parts)}), got {got!r:.200}")
+    for (params, n, alone), answer in zip(parts, got, strict=True):
+        rows = _check_shape(answer, len(prompts), n, f"generate_mixed, n={n}")
+        _ensure(not seeded or _texts(rows) == _texts(alone),
+                f"generate_mixed gave other texts than generate for the set with temperature {params.temperature} "
+                "(a seeded backend must answer alike either way)")
+    return True
 
 
 def _stop_string(text: str) -> str | None:

@@ -17,6 +17,14 @@ def test_hf_backend(hf_backend: Any) -> None:
     checked = check_inference_backend(hf_backend)
     assert checked["seed"] and checked["sample_offset"] and checked["logprobs"]
     assert checked["stop"], "the tiny model's greedy answers should be long enough to cut"
+    assert checked["mixed"]  # the CPU's loop decoder mixes (mix_greedy: auto)
+
+
+def test_hf_backend_shared_decoder_mixed(tiny_llama: str) -> None:
+    from selflearn.builtin.backends.hf import HFBackend, Options
+
+    backend = HFBackend(Options(decoder="shared", mix_greedy="on", batch_size=16), tiny_llama, seed=5)
+    assert check_inference_backend(backend)["mixed"]
 
 
 def test_tgi_backend(tiny_llama: str) -> None:
@@ -24,7 +32,8 @@ def test_tgi_backend(tiny_llama: str) -> None:
         backend = tgi.create(tgi.Options(url=server.url, backoff=0.01), FakeContext(model=tiny_llama, seed=11))
         checked = check_inference_backend(backend)
         backend.close()
-    assert checked == {"shape": True, "seed": True, "sample_offset": True, "logprobs": True, "stop": True}
+    assert checked == {"shape": True, "seed": True, "sample_offset": True, "logprobs": True, "stop": True,
+                       "mixed": False}
 
 
 def test_openai_backend() -> None:
@@ -39,4 +48,4 @@ def test_openai_backend() -> None:
             checked = check_inference_backend(backend, sample_offsets=seeded_samples)
             backend.close()
             assert checked == {"shape": True, "seed": True, "sample_offset": seeded_samples,
-                               "logprobs": True, "stop": True}
+                               "logprobs": True, "stop": True, "mixed": False}

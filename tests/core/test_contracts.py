@@ -67,7 +67,7 @@ def test_echo_backend() -> None:
     from selflearn.builtin.backends.echo import EchoBackend, Options
 
     assert check_inference_backend(EchoBackend(Options())) == {
-        "shape": True, "seed": True, "sample_offset": True, "logprobs": True, "stop": True}
+        "shape": True, "seed": True, "sample_offset": True, "logprobs": True, "stop": True, "mixed": False}
 
 
 def test_lexical_scorer_and_local_judge(tmp_path: Path) -> None:
@@ -172,6 +172,30 @@ class NoLogprobsBackend(StopIgnoringBackend):
     capabilities = BackendCapabilities(logprobs=True)
 
 
+def _cut(text: str, stops: Any) -> str:
+    return text[: min([text.find(s) for s in stops if s and s in text], default=len(text))]
+
+
+class MixedWithoutMethod(OffsetIgnoringBackend):
+    capabilities = BackendCapabilities(mixed=True)
+
+    def generate(self, prompts: Any, params: Any, *, n: int = 1, sample_offset: int = 0) -> list[list[Completion]]:
+        return [[Completion(text=_cut("alpha beta gamma delta epsilon", params.stop)) for _ in range(n)] for _ in prompts]
+
+
+class MixedOtherwise(MixedWithoutMethod):
+    """Declares seeds and mixing, but answers a mixed call with other texts."""
+
+    capabilities = BackendCapabilities(mixed=True, seed=True)
+
+    def generate(self, prompts: Any, params: Any, *, n: int = 1, sample_offset: int = 0) -> list[list[Completion]]:
+        return [[Completion(text=_cut(f"alpha {sample_offset + j} gamma delta epsilon", params.stop)) for j in range(n)]
+                for _ in prompts]
+
+    def generate_mixed(self, prompts: Any, parts: Any) -> list[list[list[Completion]]]:
+        return [[[Completion(text="mixed") for _ in range(n)] for _ in prompts] for _, n in parts]
+
+
 def test_backend_breaking_offsets_stop_or_logprobs_fails() -> None:
     with pytest.raises(ContractError, match="sample_offset=1"):
         check_inference_backend(OffsetIgnoringBackend())
@@ -179,6 +203,10 @@ def test_backend_breaking_offsets_stop_or_logprobs_fails() -> None:
         check_inference_backend(StopIgnoringBackend())
     with pytest.raises(ContractError, match="no per-token log-probabilities"):
         check_inference_backend(NoLogprobsBackend())
+    with pytest.raises(ContractError, match="declares mixed=True but has no generate_mixed"):
+        check_inference_backend(MixedWithoutMethod())
+    with pytest.raises(ContractError, match="generate_mixed gave other texts"):
+        check_inference_backend(MixedOtherwise())
 
 
 class OutOfRangeScorer:
