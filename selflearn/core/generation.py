@@ -110,11 +110,7 @@ class CachedBackend:
                 self._keep_partial(getattr(exc, "partial_results", None), indices, prompts,
                                    params, sample_offset + start, count)
                 raise
-            if len(results) != len(batch) or any(len(r) != count for r in results):
-                raise RuntimeError(
-                    f"backend {self.identity()} returned {len(results)} results for "
-                    f"{len(batch)} prompts (expected {count} completions each)"
-                )
+            self._check_answer(results, len(batch), count)
             self.calls += len(batch) * count
             writes = []
             for i, completions in zip(indices, results, strict=True):
@@ -137,16 +133,20 @@ class CachedBackend:
             results = self.backend.generate_mixed(batch, parts)
             writes = []
             for (params, n), got in zip(parts, results, strict=True):
-                if len(got) != len(batch) or any(len(r) != n for r in got):
-                    raise RuntimeError(
-                        f"backend {self.identity()} returned {len(got)} results for {len(batch)} "
-                        f"prompts (expected {n} completions each)"
-                    )
+                self._check_answer(got, len(batch), n)
                 self.calls += len(batch) * n
                 writes += [(self._key(prompts[i], params, j), comp.to_dict())
                            for i, row in zip(fresh, got, strict=True) for j, comp in enumerate(row)]
             self.cache.put_many(writes)
         return [self.generate(prompts, params, n=n) for params, n in parts]
+
+    def _check_answer(self, results: Any, prompts: int, n: int) -> None:
+        """A backend's answer has ``n`` completions for each of ``prompts`` prompts."""
+        if len(results) != prompts or any(len(r) != n for r in results):
+            raise RuntimeError(
+                f"backend {self.identity()} returned {len(results)} results for "
+                f"{prompts} prompts (expected {n} completions each)"
+            )
 
     def _uncached(self, prompt: Prompt, parts: Sequence[tuple[GenerationParams, int]]) -> bool:
         """Whether no completion of ``prompt`` that ``parts`` ask for is cached."""

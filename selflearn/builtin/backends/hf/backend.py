@@ -43,7 +43,7 @@ from ....core.prompts import named_template
 from ....core.protocols import BackendCapabilities, GenerationParams, Prompt
 from ....core.records import Completion
 from .loop_decoder import DecodeBatch, Decoder, RowOutput
-from .row_plan import Part, Row, RowPlan, plan, sampling_config, unmixable
+from .row_plan import Part, Row, RowPlan, plan, unmixable
 from .shared_decoder import SharedPrefixDecoder, unsupported_reason
 
 log = logging.getLogger("selflearn.hf")
@@ -425,27 +425,28 @@ class HFBackend:
         for params, _ in parts:
             _check_params(params)
         todo = [Part(params, n) for params, n in parts if n > 0]
-        if prompts and len(todo) == len(parts):
-            self._load()
-            reason = unmixable(todo)
-            if reason is None and self._decoder is not None:
-                cfg = sampling_config(next(p.params for p in todo if not p.params.greedy), self.options.logprobs)
-                out = self._generate_parts(prompts, todo) if self._decoder.can_mix(cfg) else None
-                if out is not None:
-                    return out
+        if prompts and len(todo) == len(parts) and unmixable(todo) is None:
+            out = self._generate_parts(prompts, todo)
+            if out is not None:
+                return out
         return [self.generate(prompts, params, n=n) for params, n in parts]
 
     def _generate_parts(self, prompts: Sequence[Prompt], parts: list[Part]) -> list[list[list[Completion]]] | None:
         """The completions of each part (one part, or parts :func:`.row_plan.unmixable` accepts);
-        None when a prompt would be cut to fit the model's context for one part and not another
-        (then separate calls keep each part's own cut)."""
+        None when the parts cannot share a run after all: the decoder cannot pick greedy rows
+        beside these samples, or a prompt would be cut to fit the model's context for one part
+        and not another (separate calls keep each part's own cut)."""
         self._load()
+        assert self._decoder is not None
         rp = plan(prompts, parts, self.seed, self.options.logprobs, _prompt_key)
-        limits = {self._max_input(p.params) for p in parts}
-        encoded = self._encode_all(prompts, None if len(limits) > 1 else limits.pop())
-        if len(limits) > 1:
-            tightest = min(x for x in limits if x is not None)
-            if any(len(ids) > tightest for ids in encoded):
+        if rp.cfg.mixed and not self._decoder.can_mix(rp.cfg):
+            return None
+        cuts = {self._max_input(p.params) for p in parts}
+        if len(cuts) == 1:
+            encoded = self._encode_all(prompts, cuts.pop())
+        else:  # lengths differ: no prompt may need a cut (they would differ)
+            encoded = self._encode_all(prompts, None)
+            if any(len(ids) > min(c for c in cuts if c is not None) for ids in encoded):
                 return None
         results = self._decode_rows(rp, encoded, rp.longest)
         # one batched (Rust-parallel) detokenisation of every row instead of one call per row

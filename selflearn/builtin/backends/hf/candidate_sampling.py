@@ -124,9 +124,9 @@ def select_candidates(
     ``stats``: int64 (2,) counters (overflow rows, truncated rows), incremented in place;
     ``vocab``: :func:`.sampling.vocab_keys` of width V; ``live``: bool (rows,), the rows
     still generating (None: all); ``greedy``: bool (rows,), the rows that take the argmax of
-    their penalised logits instead (a mixed run; not with ``logprobs`` "sampling"). Finished and padding rows keep running in a fixed-shape
-    batch on logits that mean nothing (often flat): they neither take an exact slot from a
-    live row nor count as overflow or truncated.
+    their penalised logits instead (a mixed run; not with ``logprobs`` "sampling"). Finished
+    and padding rows keep running in a fixed-shape batch on logits that mean nothing (often
+    flat): they neither take an exact slot from a live row nor count as overflow or truncated.
     """
     import torch
 
@@ -138,9 +138,29 @@ def select_candidates(
         # the raw logit of every candidate is needed later; keep the unpenalised row values
         raw_at = logits.clone()
     scores = penalize_ids(logits, seen_ids, cfg.repetition_penalty)
-    best = scores.argmax(dim=-1) if greedy is not None else None  # before the temperature, as _greedy
+    # a mixed run's greedy rows and their argmax, taken before the temperature (as _greedy)
+    argmax_rows = (greedy, scores.argmax(dim=-1)) if greedy is not None else None
     if cfg.temperature != 1.0:
         scores = scores.div_(cfg.temperature)
+    tokens, lp, covered = _draw(scores, keys, step, cfg, k, vocab)
+    over = ~covered if live is None else ~covered & live
+    if argmax_rows is not None:
+        over = over & ~argmax_rows[0]
+    tokens, lp = _resample_overflow(over, scores, keys, step, cfg, overflow_slots, stats, vocab, tokens, lp)
+    if argmax_rows is not None:
+        tokens = torch.where(argmax_rows[0], argmax_rows[1], tokens)
+    if raw_lse is not None and raw_at is not None:
+        lp = raw_at.gather(1, tokens[:, None])[:, 0] - raw_lse
+    return tokens, lp
+
+
+def _draw(scores: torch.Tensor, keys: torch.Tensor, step: torch.Tensor | int, cfg: SamplingConfig, k: int,
+          vocab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Gumbel-max over each row's top-p nucleus among its ``k`` best ``scores`` (temperature
+    applied): (tokens, their log-probabilities under that distribution for ``logprobs``
+    "sampling" else None, whether the candidates held the row's whole nucleus)."""
+    import torch
+
     kk = min(k, scores.shape[-1])
     top_v, top_i = scores.topk(kk, dim=-1)  # sorted, best first
     lse = scores.logsumexp(dim=-1, keepdim=True)
@@ -156,15 +176,7 @@ def select_candidates(
     lp = None
     if cfg.logprobs == "sampling":
         lp = (masked.gather(1, pick) - masked.logsumexp(dim=-1, keepdim=True))[:, 0]
-    over = ~covered if live is None else ~covered & live
-    if greedy is not None and best is not None:
-        over = over & ~greedy
-    tokens, lp = _resample_overflow(over, scores, keys, step, cfg, overflow_slots, stats, vocab, tokens, lp)
-    if greedy is not None and best is not None:
-        tokens = torch.where(greedy, best, tokens)
-    if raw_lse is not None and raw_at is not None:
-        lp = raw_at.gather(1, tokens[:, None])[:, 0] - raw_lse
-    return tokens, lp
+    return tokens, lp, covered
 
 
 def _greedy(logits: torch.Tensor, seen_ids: torch.Tensor, cfg: SamplingConfig,

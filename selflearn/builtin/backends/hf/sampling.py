@@ -196,14 +196,14 @@ def select(
     if cfg.greedy:
         tokens = scores.argmax(dim=-1)
     else:
-        best = scores.argmax(dim=-1) if greedy is not None else None
+        penalised = scores
         scores = scores / cfg.temperature
         scores = top_p_filter(scores, cfg.top_p)
         u = uniform_noise(keys, step, scores.shape[-1], vocab)
         gumbel = -torch.log(-torch.log(u))
         tokens = (scores + gumbel).argmax(dim=-1)
-        if greedy is not None and best is not None:
-            tokens = torch.where(greedy, best, tokens)
+        if greedy is not None:  # a mixed run's greedy rows: the argmax before the temperature
+            tokens = torch.where(greedy, penalised.argmax(dim=-1), tokens)
     if cfg.logprobs is None:
         return tokens, None
     source = logits if cfg.logprobs == "model" else scores
