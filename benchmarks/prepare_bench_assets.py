@@ -84,6 +84,7 @@ def find_wheels(folder: str) -> tuple[list[str], str]:
             + ([f"several versions of {', '.join(doubled)}"] if doubled else []))
             + ". Fetch them with pip download --no-deps --only-binary=:all: --python-version 3.12 "
             "--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 "
+            "--platform manylinux2014_x86_64 "
             "-d WHEELS_DIR NAME==VERSION (benchmarks/README.md).")
     return [found[n][0] for n in WHEELS], found["ray"][0]
 
