@@ -264,10 +264,37 @@ class Pipeline:
         """
         from .lock import RunLock
 
+        self._check_launch(until, rounds)
         if not is_main_process():  # accelerate launch / torchrun: rank 0 holds the lock
             return self._follow(until)
         with RunLock(self.store, wait=lock_wait):
             return self._run(until, rerun, rounds)
+
+    def _check_launch(self, until: str | None, rounds: int | None) -> None:
+        """Refuse, on every process of a multi-process launch, the runs that train inside a
+        stage only the main process runs: each round's training (rounds) and G_SFT's (the sft
+        stage of ``flow: paper``). There the main process would wait in its training for the
+        others, and they for the stage to finish: a silent hang instead of an error."""
+        if world_size() == 1:
+            return
+        launch = (f"this is process {rank()} of a multi-process launch (accelerate launch or torchrun: "
+                  f"WORLD_SIZE={world_size()})")
+        if rounds is not None or self.rounds is not None:
+            raise ConfigError(
+                f"self-training in rounds trains inside each round, which only the main process runs, "
+                f"so it cannot run under a multi-process launch yet; {launch}. Run the rounds in one "
+                "process: selflearn run CONFIG without the launcher (each round's training then uses "
+                "one device)",
+                "--rounds" if rounds is not None else "rounds",
+            )
+        if "sft" in self._selected(until):
+            raise ConfigError(
+                f"the paper flow trains G_SFT in its sft stage, which only the main process runs, so it "
+                f"cannot run under a multi-process launch yet; {launch}. Run it in one process "
+                "(selflearn run CONFIG without the launcher), or use the default flow (SFT then DPO "
+                "in the train stage, which every process of a launch takes part in)",
+                "flow",
+            )
 
     def _follow(self, until: str | None, poll: float = 2.0) -> list[StageOutcome]:
         """A non-main process of a multi-process launch: wait for each stage before the

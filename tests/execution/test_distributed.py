@@ -1,6 +1,8 @@
 """Training across processes: ``torchrun`` starts 2 CPU processes (DDP over gloo) that run
 the whole pipeline up to ``train``: rank 0 runs the data stages while rank 1 waits, both train
-SFT then DPO, and only rank 0 writes the model folders, lineage, cards and run files."""
+SFT then DPO, and only rank 0 writes the model folders, lineage, cards and run files. Runs
+that train inside a stage only rank 0 runs (rounds, ``flow: paper``'s sft stage) are refused on
+every process with a clear error, where they would otherwise hang."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import selflearn
+from selflearn.cli import main
 from tests.training.conftest import FAST, generate
 
 ROOT = Path(selflearn.__file__).resolve().parents[1]
@@ -72,3 +75,54 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
     from tests.conftest import build_tiny_llama
 
     return str(build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-dist")))
+
+
+OFFLINE_SOURCE = {"use": "wikipedia-offline", "options": {
+    "categories": ["History"], "train_per_category": 2, "test_per_category": 1, "min_words": 40}}
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+@pytest.mark.parametrize(("extra", "args", "path"), [
+    ({"rounds": {"count": 2}}, [], "rounds:"),
+    ({}, ["--rounds", "2"], "rounds:"),  # the command line folds --rounds into the config
+    ({"flow": "paper"}, [], "flow:"),
+    ({"flow": "paper"}, ["--until", "sft"], "flow:"),
+])
+def test_launch_refuses_training_that_only_rank_0_would_run(tmp_path, capsys, monkeypatch, rank, extra, args, path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    run_dir = tmp_path / "run"
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"run_dir": str(run_dir), "model": "some/model", "source": OFFLINE_SOURCE, **extra}))
+    assert main(["run", str(cfg), *args]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # the message is wrapped to the terminal
+    assert err.startswith(f"error: {path} ") and "multi-process launch" in err and f"process {rank} " in err
+    assert "without the launcher" in err and "Traceback" not in err
+    assert not run_dir.exists()  # refused before any lock or file
+
+
+def test_launch_still_runs_the_paper_flow_before_its_sft_stage(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    run_dir = tmp_path / "run"
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"run_dir": str(run_dir), "model": "some/model", "source": OFFLINE_SOURCE,
+                               "flow": "paper"}))
+    assert main(["run", str(cfg), "--until", "documents"]) == 0, capsys.readouterr().err
+    assert "documents" in json.loads((run_dir / "manifest.json").read_text())["stages"]
+
+
+def test_rounds_under_torchrun_fail_fast_on_both_processes(tmp_path):
+    """The real launcher: both processes exit with the error (torchrun reports the failure)
+    instead of waiting for each other."""
+    config = {"run_dir": str(tmp_path / "run"), "model": "some/model", "source": OFFLINE_SOURCE,
+              "rounds": {"count": 2}}
+    (tmp_path / "run.yaml").write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "selflearn.cli", "run", str(tmp_path / "run.yaml")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    for rank in (0, 1):
+        assert f"process {rank} of a multi-process launch" in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
