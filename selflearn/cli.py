@@ -190,7 +190,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcomes and outcomes[-1].status == "stopped":
         print()
         print(textwrap.fill(f"stopped: {outcomes[-1].summary['stopped']}", 100, break_long_words=False))
-    if outcomes and outcomes[-1].name in ("evaluate", "rounds") and pipeline.store.exists("report.md"):
+    # (a process that followed the main one of a launch leaves the report to it)
+    if (outcomes and outcomes[-1].name in ("evaluate", "rounds") and outcomes[-1].status != "followed"
+            and pipeline.store.exists("report.md")):
         print()
         print(pipeline.store.read_text("report.md"))
         print(f"(report: {pipeline.store.path('report.md')})")

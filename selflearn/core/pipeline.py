@@ -42,7 +42,9 @@ MANIFEST = "manifest.json"
 @attrs.frozen
 class StageOutcome:
     name: str
-    status: str  # "ran" or "skipped"
+    #: "ran" or "skipped"; rounds: "done", "stopped" (too few pairs), or "followed" (a process
+    #: of a multi-process launch other than the main one, which trained in each round with it)
+    status: str
     seconds: float
     summary: dict[str, Any]
 
@@ -101,6 +103,9 @@ class Pipeline:
             "flow": flow,
         }
         self.store = ArtifactStore(run_dir)
+        #: where the main process of a multi-process launch holds its lock for the whole run (the
+        #: run directory; a round's pipeline names its parent's), which the others watch
+        self.lock_store = self.store
         self.ctx = RunContext(self.config, self.slots, self.host, self.store)
         self.execution = _execution_options(raw.get("execution"))
         spec = WorkerSpec(
@@ -264,29 +269,22 @@ class Pipeline:
         """
         from .lock import RunLock
 
-        self._check_launch(until, rounds)
+        self._check_launch(until)
         if not is_main_process():  # accelerate launch / torchrun: rank 0 holds the lock
+            if rounds is not None or self.rounds is not None:
+                return self._run_rounds(until, rerun, rounds)  # each round's pipeline follows
             return self._follow(until)
         with RunLock(self.store, wait=lock_wait):
             return self._run(until, rerun, rounds)
 
-    def _check_launch(self, until: str | None, rounds: int | None) -> None:
-        """Refuse, on every process of a multi-process launch, the runs that train inside a
-        stage only the main process runs: each round's training (rounds) and G_SFT's (the sft
-        stage of ``flow: paper``). There the main process would wait in its training for the
-        others, and they for the stage to finish: a silent hang instead of an error."""
+    def _check_launch(self, until: str | None) -> None:
+        """Refuse, on every process of a multi-process launch, G_SFT's training (the sft stage
+        of ``flow: paper``), which only the main process runs: it would wait in that training
+        for the other processes, and they for the stage to finish -- a silent hang."""
         if world_size() == 1:
             return
         launch = (f"this is process {rank()} of a multi-process launch (accelerate launch or torchrun: "
                   f"WORLD_SIZE={world_size()})")
-        if rounds is not None or self.rounds is not None:
-            raise ConfigError(
-                f"self-training in rounds trains inside each round, which only the main process runs, "
-                f"so it cannot run under a multi-process launch yet; {launch}. Run the rounds in one "
-                "process: selflearn run CONFIG without the launcher (each round's training then uses "
-                "one device)",
-                "--rounds" if rounds is not None else "rounds",
-            )
         if "sft" in self._selected(until):
             raise ConfigError(
                 f"the paper flow trains G_SFT in its sft stage, which only the main process runs, so it "
@@ -297,36 +295,42 @@ class Pipeline:
             )
 
     def _follow(self, until: str | None, poll: float = 2.0) -> list[StageOutcome]:
-        """A non-main process of a multi-process launch: wait for each stage before the
-        training to be done by the main process, train with it, write nothing, stop after."""
+        """A non-main process of a multi-process launch: wait for the main process to finish
+        each stage up to the last one every process runs (training; without one, every stage),
+        run that one with it, write nothing, and return once the main process has recorded it
+        (so its files, e.g. ``train.json``, are there for what comes next: the next round). A
+        training already done is not redone: the trainers reuse a finished model folder."""
         names = self._selected(until)
-        last = max((i for i, n in enumerate(names) if self.stage(n).distributed), default=-1)
+        last = max((i for i, n in enumerate(names) if self.stage(n).distributed), default=len(names) - 1)
         outcomes: list[StageOutcome] = []
         try:
             for name in names[: last + 1]:
                 stage = self.stage(name)
-                if stage.distributed:
-                    t0 = time.perf_counter()
-                    outcomes.append(StageOutcome(name, "ran", time.perf_counter() - t0, stage.run() or {}))
-                    continue
-                while True:
-                    fp, _ = self._fingerprint(stage)
-                    if self._is_done(stage, fp, self._manifest()):
-                        break
-                    self._check_main_alive(name)
-                    time.sleep(poll)
-                outcomes.append(StageOutcome(name, "skipped", 0.0, {}))
+                t0 = time.perf_counter()
+                summary = (stage.run() or {}) if stage.distributed else {}
+                self._wait_for_main(stage, poll)
+                status = "ran" if stage.distributed else "skipped"
+                outcomes.append(StageOutcome(name, status, time.perf_counter() - t0, summary))
         finally:
             self.ctx.close()
         return outcomes
+
+    def _wait_for_main(self, stage: Stage, poll: float) -> None:
+        """Until the main process has recorded ``stage`` as done with this configuration."""
+        while True:
+            fp, _ = self._fingerprint(stage)
+            if self._is_done(stage, fp, self._manifest()):
+                return
+            self._check_main_alive(stage.name)
+            time.sleep(poll)
 
     def _check_main_alive(self, waiting_for: str) -> None:
         """Stop waiting when the main process is gone (no lock on the run directory)."""
         from .lock import LOCK_NAME
 
-        if not self.store.exists(LOCK_NAME):
+        if not self.lock_store.exists(LOCK_NAME):
             time.sleep(5.0)  # the main process may not have taken the lock yet
-            if not self.store.exists(LOCK_NAME):
+            if not self.lock_store.exists(LOCK_NAME):
                 raise StageError(
                     f"process {rank()} of {world_size()} waited for stage {waiting_for!r}, but the "
                     "main process (rank 0) holds no lock on the run directory: it stopped or has "

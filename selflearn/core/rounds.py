@@ -25,6 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .config import SLOT_DEFAULTS, SlotSpec, parse_slot
+from .distributed import is_main_process
 from .errors import ConfigError
 from .models import read_lineage
 from .records import Document, Question, Scores
@@ -87,8 +88,10 @@ class Rounds:
         cfg = {**config, "run_dir": self._sub(sub), "cache_dir": self.cache_dir}
         # the StoredQuestions in the question slots are bound to the round's context when the
         # context (here, or a Ray worker's) first builds them (RunContext.component)
-        return Pipeline(cfg, plugin_objects=self.pipeline.plugin_objects,
-                        load_entry_points=self.pipeline.load_entry_points)
+        pipeline = Pipeline(cfg, plugin_objects=self.pipeline.plugin_objects,
+                            load_entry_points=self.pipeline.load_entry_points)
+        pipeline.lock_store = self.pipeline.lock_store  # held by the main process all along
+        return pipeline
 
     def _backend_for(self, model: str) -> Any:
         """The user's backend, with its own ``model`` option (if any) replaced by ``model``."""
@@ -151,7 +154,9 @@ class Rounds:
         from .pipeline import StageOutcome
 
         t0 = time.perf_counter()
-        self.store.ensure_writable()
+        main = is_main_process()  # the other processes of a launch follow each round's pipeline
+        if main:
+            self.store.ensure_writable()
         docs_cfg = {k: v for k, v in self.base.items()}
         outcomes = _prefixed("documents", self._pipeline("documents", docs_cfg).run(until="documents"))
         docs = self._docs_store().read_records("documents.jsonl", Document)
@@ -176,9 +181,12 @@ class Rounds:
             if not _reaches(until if last else None, "train"):
                 break
             earlier.append(self._round_info(r, model, pairs))
-            if r >= 2 and self.opts.compare_with_base and _reaches(until if last else None, "evaluate"):
+            if main and r >= 2 and self.opts.compare_with_base and _reaches(until if last else None, "evaluate"):
                 outcomes += _prefixed(f"round-{r}/vs-base", self._vs_base(r))
             model = earlier[-1]["model"]
+        if not main:  # trained in every round with the main process; it evaluates and reports
+            outcomes.append(StageOutcome("rounds", "followed", time.perf_counter() - t0, {}))
+            return outcomes
         if self.opts.heldout_scores and earlier:
             outcomes += self._heldout(earlier, test_ids)
         summary = self._write_summary(earlier, stop)

@@ -1,8 +1,9 @@
 """Training across processes: ``torchrun`` starts 2 CPU processes (DDP over gloo) that run
 the whole pipeline up to ``train``: rank 0 runs the data stages while rank 1 waits, both train
-SFT then DPO, and only rank 0 writes the model folders, lineage, cards and run files. Runs
-that train inside a stage only rank 0 runs (rounds, ``flow: paper``'s sft stage) are refused on
-every process with a clear error, where they would otherwise hang."""
+SFT then DPO, and only rank 0 writes the model folders, lineage, cards and run files; rounds
+the same way, each round's training on both processes. ``flow: paper``'s sft stage, which trains
+inside a stage only rank 0 runs, is refused on every process with a clear error instead of a
+hang."""
 
 from __future__ import annotations
 
@@ -82,21 +83,17 @@ OFFLINE_SOURCE = {"use": "wikipedia-offline", "options": {
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])
-@pytest.mark.parametrize(("extra", "args", "path"), [
-    ({"rounds": {"count": 2}}, [], "rounds:"),
-    ({}, ["--rounds", "2"], "rounds:"),  # the command line folds --rounds into the config
-    ({"flow": "paper"}, [], "flow:"),
-    ({"flow": "paper"}, ["--until", "sft"], "flow:"),
-])
-def test_launch_refuses_training_that_only_rank_0_would_run(tmp_path, capsys, monkeypatch, rank, extra, args, path):
+@pytest.mark.parametrize("until", [None, "sft"])
+def test_launch_refuses_the_paper_flows_sft_stage(tmp_path, capsys, monkeypatch, rank, until):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", rank)
     run_dir = tmp_path / "run"
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"run_dir": str(run_dir), "model": "some/model", "source": OFFLINE_SOURCE, **extra}))
-    assert main(["run", str(cfg), *args]) == 2
+    cfg.write_text(json.dumps({"run_dir": str(run_dir), "model": "some/model", "source": OFFLINE_SOURCE,
+                               "flow": "paper"}))
+    assert main(["run", str(cfg), *(["--until", until] if until else [])]) == 2
     err = " ".join(capsys.readouterr().err.split())  # the message is wrapped to the terminal
-    assert err.startswith(f"error: {path} ") and "multi-process launch" in err and f"process {rank} " in err
+    assert err.startswith("error: flow: ") and f"process {rank} of a multi-process launch" in err
     assert "without the launcher" in err and "Traceback" not in err
     assert not run_dir.exists()  # refused before any lock or file
 
@@ -112,17 +109,61 @@ def test_launch_still_runs_the_paper_flow_before_its_sft_stage(tmp_path, capsys,
     assert "documents" in json.loads((run_dir / "manifest.json").read_text())["stages"]
 
 
-def test_rounds_under_torchrun_fail_fast_on_both_processes(tmp_path):
-    """The real launcher: both processes exit with the error (torchrun reports the failure)
-    instead of waiting for each other."""
-    config = {"run_dir": str(tmp_path / "run"), "model": "some/model", "source": OFFLINE_SOURCE,
-              "rounds": {"count": 2}}
+def test_two_rounds_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
+    """Rank 1 follows each round's pipeline (waiting for rank 0's data stages, whichever
+    sub-directory they are in), trains every round with rank 0, and writes nothing; rank 0
+    alone evaluates and reports. Round 2 trains round 1's model, both with DDP over 2 processes."""
+    run_dir, trace = tmp_path / "run", tmp_path / "writes.log"
+    config = {
+        "run_dir": str(run_dir),
+        "model": tiny_llama,
+        "source": {"use": "wikipedia-offline", "options": {
+            "categories": ["History"], "train_per_category": 4, "test_per_category": 1, "min_words": 40}},
+        "chunker": {"use": "sentences", "options": {"max_tokens": 96}},
+        "passages": {"max_per_document_train": 1, "max_per_document_test": 1},
+        "question_generator": "template",
+        "backend": "echo",
+        "generations": {"k": 2},
+        "scorer": {"use": "selfcheck-embedding", "options": {"model": tiny_encoder}},
+        "datasets": {"consistency_filter": False, "knowledge_filter": False, "truncated_samples": "keep",
+                     "drop_truncated_reference": False},
+        "trainer": {"use": "trl-dpo", "options": {**FAST, "max_steps": 1, "max_prompt_length": 384,
+                                                  "max_length": 512}},
+        "evaluate": {"max_new_tokens": 8, "known_items": 1, "qa": [], "bootstrap_resamples": 20},
+        "rounds": {"count": 2, "min_pairs": 1},
+    }
     (tmp_path / "run.yaml").write_text(json.dumps(config))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "selflearn.cli", "run", str(tmp_path / "run.yaml")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
-    for rank in (0, 1):
-        assert f"process {rank} of a multi-process launch" in done.stderr, done.stderr[-3000:]
-    assert not (tmp_path / "run").exists()
+    done = subprocess.run(_torchrun(tmp_path / "run.yaml"), env=_env(trace), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    writes = [line.split(" ", 2) for line in trace.read_text().splitlines()]
+    assert writes and {rank for rank, _, _ in writes} == {"0"}  # rank 1 wrote nothing
+    summary = json.loads((run_dir / "rounds.json").read_text())
+    assert summary["completed"] == 2 and summary["stopped"] is None
+    model1, model2 = (info["model"] for info in summary["per_round"])
+    assert json.loads((run_dir / "round-2" / "train.json").read_text())["base_model"] == model1
+    for model in (model1, model2):
+        record = json.loads((Path(model) / "selflearn-lineage.json").read_text())
+        assert record["training"]["world_size"] == 2  # both rounds trained on both processes
+    assert Counter(path for _, kind, path in writes if kind == "lineage") == {model1: 1, model2: 1}
+    assert (run_dir / "report.md").exists() and "evaluate" in json.loads(
+        (run_dir / "round-2" / "manifest.json").read_text())["stages"]
+
+    # the same launch again resumes to a finished run: no model written again, nothing by rank 1
+    trace.unlink()
+    again = subprocess.run(_torchrun(tmp_path / "run.yaml"), env=_env(trace), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rewrites = [line.split(" ", 2) for line in trace.read_text().splitlines()] if trace.exists() else []
+    assert not [w for w in rewrites if w[0] != "0" or w[1] in ("model", "lineage")]
+
+
+def _env(trace: Path) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "SELFLEARN_WRITE_TRACE": str(trace),
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "write_trace"), str(ROOT)])}
+
+
+def _torchrun(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "selflearn.cli", "run", str(config), *args]
