@@ -281,14 +281,12 @@ class Pipeline:
         """Refuse, on every process of a multi-process launch, G_SFT's training (the sft stage
         of ``flow: paper``), which only the main process runs: it would wait in that training
         for the other processes, and they for the stage to finish -- a silent hang."""
-        if world_size() == 1:
-            return
-        launch = (f"this is process {rank()} of a multi-process launch (accelerate launch or torchrun: "
-                  f"WORLD_SIZE={world_size()})")
-        if "sft" in self._selected(until):
+        if world_size() > 1 and "sft" in self._selected(until):
             raise ConfigError(
-                f"the paper flow trains G_SFT in its sft stage, which only the main process runs, so it "
-                f"cannot run under a multi-process launch yet; {launch}. Run it in one process "
+                "the paper flow trains G_SFT in its sft stage, which only the main process runs, so it "
+                f"cannot run under a multi-process launch yet; this is process {rank()} of a "
+                f"multi-process launch (accelerate launch or torchrun: WORLD_SIZE={world_size()}). "
+                "Run it in one process "
                 "(selflearn run CONFIG without the launcher), or use the default flow (SFT then DPO "
                 "in the train stage, which every process of a launch takes part in)",
                 "flow",

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,37 +22,40 @@ from selflearn.cli import main
 from tests.training.conftest import FAST, generate
 
 ROOT = Path(selflearn.__file__).resolve().parents[1]
+SOURCE = {"use": "wikipedia-offline", "options": {
+    "categories": ["History"], "train_per_category": 4, "test_per_category": 1, "min_words": 40}}
 
 
-def test_sft_then_dpo_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
-    run_dir, trace = tmp_path / "run", tmp_path / "writes.log"
-    config = {
+def _launch_config(run_dir: Path, model: str, encoder: str, **extra: Any) -> dict[str, Any]:
+    """A run small enough for 2 CPU processes: echo answers, template questions, no filters."""
+    return {
         "run_dir": str(run_dir),
-        "model": tiny_llama,
-        "source": {"use": "wikipedia-offline", "options": {
-            "categories": ["History"], "train_per_category": 4, "test_per_category": 1, "min_words": 40}},
+        "model": model,
+        "source": SOURCE,
         "chunker": {"use": "sentences", "options": {"max_tokens": 96}},  # short RC prompts
         "passages": {"max_per_document_train": 1, "max_per_document_test": 1},
         "question_generator": "template",
         "backend": "echo",
         "generations": {"k": 2},
-        "scorer": {"use": "selfcheck-embedding", "options": {"model": tiny_encoder}},
+        "scorer": {"use": "selfcheck-embedding", "options": {"model": encoder}},
         "datasets": {"consistency_filter": False, "knowledge_filter": False, "truncated_samples": "keep",
-                     "drop_truncated_reference": False, "sft_rc_fraction": 1.0},
-        "sft_trainer": {"use": "trl-sft", "options": {**FAST, "max_steps": 2, "max_length": 1024}},
-        "trainer": {"use": "trl-dpo", "options": {**FAST, "max_steps": 2, "max_prompt_length": 384,
-                                                  "max_length": 1024}},
+                     "drop_truncated_reference": False},
+        **extra,
     }
+
+
+def test_sft_then_dpo_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
+    run_dir, trace = tmp_path / "run", tmp_path / "writes.log"
+    config = _launch_config(
+        run_dir, tiny_llama, tiny_encoder,
+        sft_trainer={"use": "trl-sft", "options": {**FAST, "max_steps": 2, "max_length": 1024}},
+        trainer={"use": "trl-dpo", "options": {**FAST, "max_steps": 2, "max_prompt_length": 384,
+                                               "max_length": 1024}},
+    )
+    config["datasets"]["sft_rc_fraction"] = 1.0
     (tmp_path / "run.yaml").write_text(json.dumps(config))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent / "write_trace"), str(ROOT)]),
-        "SELFLEARN_WRITE_TRACE": str(trace),
-        "OMP_NUM_THREADS": "1",
-    }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "selflearn.cli", "run", str(tmp_path / "run.yaml"), "--until", "train"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_torchrun(tmp_path / "run.yaml", "--until", "train"), env=_env(trace),
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     writes = [line.split(" ", 2) for line in trace.read_text().splitlines()]
@@ -78,19 +82,19 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-dist")))
 
 
-OFFLINE_SOURCE = {"use": "wikipedia-offline", "options": {
-    "categories": ["History"], "train_per_category": 2, "test_per_category": 1, "min_words": 40}}
+def _paper_flow_on_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rank: str) -> tuple[Path, Path]:
+    """A ``flow: paper`` config, as process ``rank`` of a 2-process launch sees it: (config, run_dir)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    run_dir, cfg = tmp_path / "run", tmp_path / "c.json"
+    cfg.write_text(json.dumps({"run_dir": str(run_dir), "model": "some/model", "source": SOURCE, "flow": "paper"}))
+    return cfg, run_dir
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])
 @pytest.mark.parametrize("until", [None, "sft"])
 def test_launch_refuses_the_paper_flows_sft_stage(tmp_path, capsys, monkeypatch, rank, until):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", rank)
-    run_dir = tmp_path / "run"
-    cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"run_dir": str(run_dir), "model": "some/model", "source": OFFLINE_SOURCE,
-                               "flow": "paper"}))
+    cfg, run_dir = _paper_flow_on_rank(tmp_path, monkeypatch, rank)
     assert main(["run", str(cfg), *(["--until", until] if until else [])]) == 2
     err = " ".join(capsys.readouterr().err.split())  # the message is wrapped to the terminal
     assert err.startswith("error: flow: ") and f"process {rank} of a multi-process launch" in err
@@ -99,12 +103,7 @@ def test_launch_refuses_the_paper_flows_sft_stage(tmp_path, capsys, monkeypatch,
 
 
 def test_launch_still_runs_the_paper_flow_before_its_sft_stage(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    run_dir = tmp_path / "run"
-    cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"run_dir": str(run_dir), "model": "some/model", "source": OFFLINE_SOURCE,
-                               "flow": "paper"}))
+    cfg, run_dir = _paper_flow_on_rank(tmp_path, monkeypatch, "0")
     assert main(["run", str(cfg), "--until", "documents"]) == 0, capsys.readouterr().err
     assert "documents" in json.loads((run_dir / "manifest.json").read_text())["stages"]
 
@@ -114,24 +113,13 @@ def test_two_rounds_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
     sub-directory they are in), trains every round with rank 0, and writes nothing; rank 0
     alone evaluates and reports. Round 2 trains round 1's model, both with DDP over 2 processes."""
     run_dir, trace = tmp_path / "run", tmp_path / "writes.log"
-    config = {
-        "run_dir": str(run_dir),
-        "model": tiny_llama,
-        "source": {"use": "wikipedia-offline", "options": {
-            "categories": ["History"], "train_per_category": 4, "test_per_category": 1, "min_words": 40}},
-        "chunker": {"use": "sentences", "options": {"max_tokens": 96}},
-        "passages": {"max_per_document_train": 1, "max_per_document_test": 1},
-        "question_generator": "template",
-        "backend": "echo",
-        "generations": {"k": 2},
-        "scorer": {"use": "selfcheck-embedding", "options": {"model": tiny_encoder}},
-        "datasets": {"consistency_filter": False, "knowledge_filter": False, "truncated_samples": "keep",
-                     "drop_truncated_reference": False},
-        "trainer": {"use": "trl-dpo", "options": {**FAST, "max_steps": 1, "max_prompt_length": 384,
-                                                  "max_length": 512}},
-        "evaluate": {"max_new_tokens": 8, "known_items": 1, "qa": [], "bootstrap_resamples": 20},
-        "rounds": {"count": 2, "min_pairs": 1},
-    }
+    config = _launch_config(
+        run_dir, tiny_llama, tiny_encoder,
+        trainer={"use": "trl-dpo", "options": {**FAST, "max_steps": 1, "max_prompt_length": 384,
+                                               "max_length": 512}},
+        evaluate={"max_new_tokens": 8, "known_items": 1, "qa": [], "bootstrap_resamples": 20},
+        rounds={"count": 2, "min_pairs": 1},
+    )
     (tmp_path / "run.yaml").write_text(json.dumps(config))
     done = subprocess.run(_torchrun(tmp_path / "run.yaml"), env=_env(trace), capture_output=True, text=True,
                           timeout=900)
