@@ -118,7 +118,7 @@ class Pipeline:
         self.ctx.execution = self.execution
         self.ctx.engine = make_engine(self.execution, self.ctx, spec)
         self._stage_classes, self._stage_options = _load_stages(raw)
-        # stages that share another stage's settings (the sft stage of flow: paper) read them here
+        # stages that share another stage's settings (the sft and sft_model stages of flow: paper) read them here
         self.ctx.stage_options = self._stage_options
         self.ctx.describe = self.describe
         self.stage_names = tuple(n for n in STAGE_NAMES if flow in (self._stage_classes[n].flows or (flow,)))
@@ -269,28 +269,12 @@ class Pipeline:
         """
         from .lock import RunLock
 
-        self._check_launch(until)
         if not is_main_process():  # accelerate launch / torchrun: rank 0 holds the lock
             if rounds is not None or self.rounds is not None:
                 return self._run_rounds(until, rerun, rounds)  # each round's pipeline follows
             return self._follow(until)
         with RunLock(self.store, wait=lock_wait):
             return self._run(until, rerun, rounds)
-
-    def _check_launch(self, until: str | None) -> None:
-        """Refuse, on every process of a multi-process launch, G_SFT's training (the sft stage
-        of ``flow: paper``), which only the main process runs: it would wait in that training
-        for the other processes, and they for the stage to finish -- a silent hang."""
-        if world_size() > 1 and "sft" in self._selected(until):
-            raise ConfigError(
-                "the paper flow trains G_SFT in its sft stage, which only the main process runs, so it "
-                f"cannot run under a multi-process launch yet; this is process {rank()} of a "
-                f"multi-process launch (accelerate launch or torchrun: WORLD_SIZE={world_size()}). "
-                "Run it in one process "
-                "(selflearn run CONFIG without the launcher), or use the default flow (SFT then DPO "
-                "in the train stage, which every process of a launch takes part in)",
-                "flow",
-            )
 
     def _follow(self, until: str | None, poll: float = 2.0) -> list[StageOutcome]:
         """A non-main process of a multi-process launch: wait for the main process to finish

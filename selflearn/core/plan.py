@@ -68,11 +68,11 @@ def _stage_model(stage: Stage, slot: str, model: Any) -> Any:
     sft_first = ctx.has("sft_trainer")
     sft = f"{stage.store.path('models/sft')} (the SFT model)"
     if stage.name == "generations" and slot == "backend" and stage.flow == "paper":
-        return f"{stage.store.path('models/sft')} (G_SFT, from the sft stage)"
+        return f"{stage.store.path('models/sft')} (G_SFT, from the sft_model stage)"
     if stage.name == "train" and slot == "trainer" and sft_first:
         return sft
     if stage.name == "train" and slot == "sft_trainer" and stage.flow == "paper":
-        return f"{model} (already trained by the sft stage)"
+        return f"{model} (already trained by the sft_model stage)"
     if stage.name == "evaluate" and slot == "backend":
         o = stage.options
         has_dpo = ctx.has("trainer")

@@ -157,11 +157,13 @@ def test_cli_dry_run_names_models_and_marks_exact_counts(tmp_path, capsys):
 def test_paper_flow_dry_run_names_the_sft_model(tmp_path):
     config = _config(tmp_path, {"use": "echo"}, flow="paper", model="base/model", sft_trainer="trl-sft")
     rows = {r["stage"]: r for r in Pipeline(config).plan()}
-    assert list(rows) == ["documents", "passages", "questions", "sft", "generations", "scores", "datasets",
-                          "train", "evaluate"]
-    assert rows["sft"]["components"]["sft_trainer"] == {"use": "trl-sft", "model": "base/model"}
+    assert list(rows) == ["documents", "passages", "questions", "sft", "sft_model", "generations", "scores",
+                          "datasets", "train", "evaluate"]
+    assert set(rows["sft"]["components"]) == {"backend"}  # the base model labels the rows
+    assert rows["sft_model"]["components"]["sft_trainer"] == {"use": "trl-sft", "model": "base/model"}
+    assert rows["sft_model"]["estimate"]["trainings"] == ["sft"]
     sft = str(tmp_path / "run" / "models" / "sft")
-    assert rows["generations"]["components"]["backend"]["model"] == f"{sft} (G_SFT, from the sft stage)"
+    assert rows["generations"]["components"]["backend"]["model"] == f"{sft} (G_SFT, from the sft_model stage)"
     assert rows["generations"]["estimated"]
     # DPO starts from G_SFT; the evaluation compares the DPO model with G_SFT
     assert rows["train"]["components"]["trainer"]["model"] == f"{sft} (the SFT model)"

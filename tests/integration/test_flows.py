@@ -58,7 +58,8 @@ def test_paper_flow_generates_with_the_sft_model_and_trains_dpo_from_it(tiny_lla
     config = _config(tmp_path, tiny_llama, flow="paper")
     outcomes = Pipeline(config).run()
     assert [o.name for o in outcomes] == [
-        "documents", "passages", "questions", "sft", "generations", "scores", "datasets", "train", "evaluate",
+        "documents", "passages", "questions", "sft", "sft_model", "generations", "scores", "datasets", "train",
+        "evaluate",
     ]
     run = Path(config["run_dir"])
     sft_dir = str(run / "models" / "sft")
@@ -129,5 +130,5 @@ def test_switching_the_flow_keeps_the_stages_before_the_sft(tiny_llama, tmp_path
     plan = Pipeline(_config(tmp_path, tiny_llama, flow="paper")).plan(until="generations")
     assert [(r["stage"], r["status"]) for r in plan] == [
         ("documents", "done"), ("passages", "done"), ("questions", "done"), ("sft", "pending"),
-        ("generations", "pending"),
+        ("sft_model", "pending"), ("generations", "pending"),
     ]

@@ -105,6 +105,7 @@ STAGE_ORDER: tuple[tuple[str, str], ...] = (
     ("passages", "selflearn.core.stages.passages:PassagesStage"),
     ("questions", "selflearn.core.stages.questions:QuestionsStage"),
     ("sft", "selflearn.core.stages.sft:SFTStage"),  # flow: paper only
+    ("sft_model", "selflearn.core.stages.sft_model:SFTModelStage"),  # flow: paper only
     ("generations", "selflearn.core.stages.generations:GenerationsStage"),
     ("scores", "selflearn.core.stages.scores:ScoresStage"),
     ("datasets", "selflearn.core.stages.datasets:DatasetsStage"),

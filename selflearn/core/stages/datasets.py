@@ -271,7 +271,7 @@ class DatasetsStage(Stage):
                 pairs += self._pairs_for(q, g, s, bases[q.id], removed)
         if o.max_questions is not None:
             pairs = self._sample(pairs, o.max_questions, removed)
-        if self.flow == "paper":  # built (and trained on) by the sft stage before generations
+        if self.flow == "paper":  # built by the sft stage (G_SFT trained on them) before generations
             sft_rows = self.store.read_records("sft.jsonl", SFTExample)
             sft_stats: dict[str, Any] = {"built_by": "sft stage (flow: paper)"}
         else:

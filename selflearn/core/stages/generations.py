@@ -131,8 +131,8 @@ class GenerationsStage(Stage):
     options_class = GenerationsOptions
 
     def dependencies(self) -> tuple[str, ...]:
-        """In ``flow: paper`` also the ``sft`` stage: its model answers."""
-        return (*self.requires, "sft") if self.flow == "paper" else self.requires
+        """In ``flow: paper`` also the ``sft_model`` stage: its model answers."""
+        return (*self.requires, "sft_model") if self.flow == "paper" else self.requires
 
     def _backend_spec(self) -> SlotSpec | None:
         """None: the run's backend; in ``flow: paper`` the same backend with its ``model`` option
@@ -143,7 +143,7 @@ class GenerationsStage(Stage):
         if spec is None or spec.is_object:
             raise ConfigError(_PAPER_BACKEND, "backend")
         if not self.store.exists("sft_model.json"):
-            raise StageError("sft_model.json is missing: in flow: paper the sft stage runs first")
+            raise StageError("sft_model.json is missing: in flow: paper the sft_model stage runs first")
         model = self.store.read_json("sft_model.json")["model"]
         self.run_ctx.release("backend")
         return SlotSpec(name=spec.name, options={**spec.options, "model": model})
@@ -210,7 +210,7 @@ class GenerationsStage(Stage):
 
     def planned_backend(self) -> Any:
         """The (cached) backend :meth:`run` would use, or None while it cannot be known (the
-        SFT model of ``flow: paper`` before the sft stage ran)."""
+        SFT model of ``flow: paper`` before the sft_model stage ran)."""
         if self.flow == "paper" and not self.store.exists("sft_model.json"):
             return None
         spec = self._backend_spec()

@@ -1,37 +1,34 @@
-"""Stage ``sft`` (``flow: paper`` only): the SFT rows and G_SFT before any preference data.
+"""Stage ``sft`` (``flow: paper`` only): the SFT rows, before any preference data.
 
 The paper and the research code (method.md 6 and 7.1) train SFT first: reading-comprehension
 rows (the question with its passage, labelled by a greedy answer that sees the passage) and
 self-labelled rows (the base model's few-shot answers without the passage), then generate y*,
-Y_c and Y_r with the SFT model G_SFT and run DPO from G_SFT. This stage does the first part:
+Y_c and Y_r with the SFT model G_SFT and run DPO from G_SFT. This stage builds the rows:
 
 1. the questions are split as the ``datasets`` stage splits them (``datasets.sft_rc_fraction``,
    the same seeded shuffle); the RC label is the base model's greedy answer with the passage,
    made with ``generations.reference``'s decoding -- the very call the default flow makes for
    y*, so the two flows share the generation cache and train SFT on the same rows;
-2. the other questions are self-labelled (``datasets.self_label*`` options);
-3. the ``sft_trainer`` trains G_SFT into ``<train.models_dir>/sft``.
+2. the other questions are self-labelled (``datasets.self_label*`` options).
 
-Outputs: ``sft.jsonl`` (:class:`SFTExample`) and ``sft_model.json`` (the model's path, the
-training fingerprint, rows, metrics and loss history). The ``generations`` stage of this flow
-then answers with that model, and the ``train`` stage runs DPO from it.
+Output: ``sft.jsonl`` (:class:`SFTExample`). The ``sft_model`` stage (:mod:`.sft_model`) then
+trains G_SFT on them -- a stage of its own because every process of an accelerate launch /
+torchrun takes part in a training, while the labels come from the main process alone.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from typing import Any
 
-from ..errors import ArtifactError, ConfigError, StageError
+from ..errors import ConfigError, StageError
 from ..notes import sft_notes
 from ..prompts import rc_messages
 from ..records import Passage, Question
 from . import _sftdata
 from .base import Stage
 
-SFT_MODEL_FILE = "sft_model.json"
 log = logging.getLogger("selflearn")
 
 
@@ -39,20 +36,15 @@ class SFTStage(Stage):
     name = "sft"
     flow_sensitive = True
     requires = ("passages", "questions")
-    slots = ("backend", "sft_trainer")
+    slots = ("backend",)
     flows = ("paper",)
 
     def outputs(self) -> list[str]:
-        return ["sft.jsonl", SFT_MODEL_FILE]
+        return ["sft.jsonl"]
 
     # -- the settings this stage shares with others --------------------------------------
     def _shared(self, stage: str) -> Any:
         return self.run_ctx.stage_options[stage]
-
-    def _train_stage(self) -> Any:
-        from .train import TrainStage
-
-        return TrainStage(self.run_ctx, self._shared("train"))
 
     def _reference_params(self) -> Any:
         from .generations import GenerationsStage
@@ -60,10 +52,8 @@ class SFTStage(Stage):
         return GenerationsStage(self.run_ctx, self._shared("generations")).params()["reference"]
 
     def fingerprint_config(self) -> dict[str, Any]:
-        """Also the datasets stage's SFT settings, the reference decoding and the training
-        seed and folder, which this stage reads from those sections."""
-        import attrs
-
+        """Also the datasets stage's SFT settings and the reference decoding, which this stage
+        reads from those sections."""
         config = super().fingerprint_config()
         d = self._shared("datasets")
         config["datasets"] = {
@@ -74,7 +64,6 @@ class SFTStage(Stage):
             )
         }
         config["reference"] = self._reference_params().to_dict()
-        config["train"] = attrs.asdict(self._shared("train"))
         return config
 
     def validate(self) -> None:
@@ -86,7 +75,6 @@ class SFTStage(Stage):
                 "use flow: current",
                 "sft_trainer",
             )
-        self._train_stage().validate()
 
     def estimate(self) -> dict[str, Any]:
         from .base import count_questions
@@ -101,16 +89,10 @@ class SFTStage(Stage):
             "rc_generations": n_rc,
             "self_label_generations_min": n_self,
             "self_label_generations_max": n_self * d.self_label_retries,
-            "trainings": ["sft"],
         }
 
     # -- running -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        if not self.store.is_local:
-            raise ArtifactError(
-                f"the sft stage saves the SFT model under the run directory, which must be on "
-                f"the local filesystem; got {self.store.url!r}"
-            )
         d = self._shared("datasets")
         questions = [q for q in self.store.read_records("questions.jsonl", Question) if q.split in d.splits]
         if not questions:
@@ -126,8 +108,6 @@ class SFTStage(Stage):
                 "the backend's answers, datasets.sft_rc_fraction and datasets.self_label"
             )
         self.store.write_records("sft.jsonl", rows)
-        record = self._train(rows)
-        self.store.write_json(SFT_MODEL_FILE, record)
         notes = sft_notes(stats)
         for note in notes:
             log.warning("sft: %s", note)
@@ -137,8 +117,6 @@ class SFTStage(Stage):
             "rows": len(rows),
             "by_origin": dict(Counter(r.origin for r in rows)),
             **stats,
-            "model": record["model"],
-            "final_loss": record["log_history"][-1].get("loss") if record["log_history"] else None,
         }
 
     def _rows(self, questions: list[Question], passages: dict[str, Passage]) -> tuple[list[Any], dict[str, Any]]:
@@ -161,25 +139,3 @@ class SFTStage(Stage):
             for q in questions
         }
         return _sftdata.build_rows(self.run_ctx, d, questions, passages, refs, bases)
-
-    def _train(self, rows: list[Any]) -> dict[str, Any]:
-        from .train import sft_rows
-
-        train = self._train_stage()
-        base = str(self.run_ctx.model or "")
-        self.run_ctx.release("backend")  # the trainer loads its own copy of the model
-        output = os.path.join(self.store.local_path(self._shared("train").models_dir), "sft")
-        origins = dict(Counter(r.origin for r in rows))
-        result, fingerprint = train._train(
-            "sft_trainer", "sft", sft_rows(rows), base, {"model": base}, output, "sft.jsonl",
-            {"flow": "paper"}, {"rows_by_origin": origins},
-        )
-        return {
-            "model": os.path.abspath(result.model_path),
-            "fingerprint": fingerprint,
-            "base_model": base,
-            "rows": len(rows),
-            "rows_by_origin": origins,
-            "metrics": result.metrics,
-            "log_history": result.log_history,
-        }

@@ -1,7 +1,7 @@
 """Stage ``train``: SFT (when an ``sft_trainer`` is configured), then DPO from its model.
 
 With ``trainer: null`` only SFT runs (an SFT-only run; the evaluate stage then compares the SFT
-model with the base model). In ``flow: paper`` the sft stage has trained SFT before the
+model with the base model). In ``flow: paper`` the sft_model stage has trained SFT before the
 preference data was generated, and this stage runs DPO from that model (``sft_model.json``).
 
 Reads what the ``datasets`` stage wrote: ``sft.jsonl`` (:class:`SFTExample`),
@@ -114,8 +114,8 @@ class TrainStage(Stage):
         return ["train.json", "train_loss.png"]
 
     def dependencies(self) -> tuple[str, ...]:
-        """In ``flow: paper`` also the ``sft`` stage, whose model DPO starts from."""
-        return (*self.requires, "sft") if self.flow == "paper" else self.requires
+        """In ``flow: paper`` also the ``sft_model`` stage, whose model DPO starts from."""
+        return (*self.requires, "sft_model") if self.flow == "paper" else self.requires
 
     def validate(self) -> None:
         super().validate()
@@ -137,7 +137,7 @@ class TrainStage(Stage):
 
     def _phases(self) -> list[str]:
         """The trainings this stage runs: SFT here only in the default flow (``flow: paper``
-        trains it in the sft stage, before the preference data exists), then DPO."""
+        trains it in the sft_model stage, before the preference data exists), then DPO."""
         sft = self.flow != "paper" and self.run_ctx.has("sft_trainer")
         return (["sft"] if sft else []) + (["dpo"] if self.run_ctx.has("trainer") else [])
 
@@ -219,9 +219,9 @@ class TrainStage(Stage):
         return res, len(examples), fp
 
     def _paper_sft(self) -> tuple[TrainResult, int, str, dict[str, Any]]:
-        """G_SFT as the sft stage recorded it: DPO starts from it (``flow: paper``)."""
+        """G_SFT as the sft_model stage recorded it: DPO starts from it (``flow: paper``)."""
         if not self.store.exists("sft_model.json"):
-            raise StageError("sft_model.json is missing: in flow: paper the sft stage runs first")
+            raise StageError("sft_model.json is missing: in flow: paper the sft_model stage runs first")
         rec = self.store.read_json("sft_model.json")
         res = TrainResult(rec["model"], rec.get("metrics") or {}, rec.get("log_history") or [])
         return res, int(rec.get("rows") or 0), rec["model"], {"sft": rec.get("fingerprint")}
