@@ -262,6 +262,7 @@ class Rounds:
         models = [("base", str(self.model0))] + [(f"round-{e['round']}", e["model"]) for e in earlier]
         for label, model in models:
             cfg = self._model_config(model)
+            cfg["flow"] = "current"  # S_K of this very model: no G_SFT (flow: paper) to train
             cfg["source"] = DocumentSlice(self._docs_store(), test_ids, label="held-out", relabel="train")
             cfg["passages"] = passages
             cfg["questions"] = {"test_questions": False}

@@ -146,6 +146,28 @@ def test_two_rounds_train_the_previous_rounds_model(tiny_llama, tmp_path):
     assert {o.status for o in again[:-1]} == {"skipped"}
 
 
+def test_rounds_in_the_paper_flow_train_g_sft_from_the_previous_rounds_model(tiny_llama, tmp_path):
+    """flow: paper in rounds: each round labels SFT rows and trains its G_SFT from the model the
+    round starts from, and the held-out S_K of each model is that very model's (no G_SFT there)."""
+    run = tmp_path / "run"
+    config = _config(run, tiny_llama, flow="paper", rounds={"count": 2, "passages": "fresh"},
+                     sft_trainer={"use": "trl-sft", "options": {
+                         "max_steps": 1, "per_device_train_batch_size": 2, "max_length": 1024, "save_steps": 0}},
+                     datasets={"sft_rc_fraction": 1.0}, evaluate={"known_items": 0})
+    outcomes = Pipeline(config).run()
+    assert outcomes[-1].name == "rounds" and outcomes[-1].status == "done"
+    model1 = json.loads((run / "round-1" / "train.json").read_text())["models"]["dpo"]
+    sft2 = json.loads((run / "round-2" / "sft_model.json").read_text())
+    assert sft2["base_model"] == model1  # round 2's G_SFT starts from round 1's DPO model
+    assert json.loads((run / "round-2" / "train.json").read_text())["models"]["sft"] == sft2["model"]
+    for label, model in (("base", tiny_llama), ("round-2", json.loads((run / "rounds.json").read_text())
+                                                 ["per_round"][1]["model"])):
+        manifest = json.loads((run / "heldout" / label / "manifest.json").read_text())
+        assert "sft" not in manifest["stages"]
+        g = _records(run / "heldout" / label / "generations.jsonl", Generations)[0]
+        assert g.provenance["backend"]["model"] == model
+
+
 def test_a_round_keeping_too_few_pairs_ends_the_run(tiny_llama, tmp_path, capsys):
     run = tmp_path / "run"
     config = _config(run, tiny_llama, rounds={"count": 3, "passages": "fresh", "min_pairs": 2,
