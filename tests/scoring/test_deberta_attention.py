@@ -151,7 +151,10 @@ def _engine_checks(model: str, folder: str) -> dict[str, Any]:
         out["fallback_equal"] = auto.probabilities(PAIRS) == expected
         out["fallback_cached"] = len(auto.cache or [])
         out["fallback_identity"] = auto.identity().get("attention")
-        out["fallback_later_equal"] = auto.probabilities(PAIRS[:3]) == expected[:3]
+        # the same pairs through transformers' attention (a batch's rows can change the last
+        # bits on some CPUs, so the reference is computed in the same batches)
+        later = _engine(model, None, "transformers").probabilities(PAIRS[:3])
+        out["fallback_later_equal"] = auto.probabilities(PAIRS[:3]) == later
         out["fallback_later_cached"] = len(auto.cache or [])
         out["warnings"] = records
 

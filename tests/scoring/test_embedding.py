@@ -84,6 +84,34 @@ def test_cache_and_empty(tiny_encoder: str, tmp_path: Path) -> None:
     assert again.encoder.computed == 0 and again.encoder._model is None
 
 
+def test_a_texts_embedding_is_the_same_bits_in_any_batch(tiny_encoder: str) -> None:
+    """Alone, beside longer texts, or in a batch of another size: the same float32 bits, so a
+    text scores the same in any shard, engine or resumed run (on an AVX2 CPU the last bits
+    changed with the batch's longest row before rows were padded to their own width)."""
+    import numpy as np
+
+    texts = ["The war ended in 1648 with a treaty.", "Paris is the capital of France and a large city with "
+             "many museums and bridges.", "A short one.", "Colombia", "Water boils at one hundred degrees."]
+    enc = make(tiny_encoder).encoder
+    together = enc.embed(texts)
+    for i, text in enumerate(texts):
+        assert np.array_equal(enc.embed([text])[0], together[i]), text
+    assert np.array_equal(enc.embed(texts[2:4]), together[2:4])
+
+
+def test_token_batches_keep_one_width_per_batch_with_a_quantum() -> None:
+    from selflearn.builtin.scorers._common import padded_width, token_batches
+
+    lengths = [3, 17, 9, 16, 8, 1, 12]
+    plain = token_batches(lengths, max_tokens=1000, max_rows=4)
+    assert plain == [[1, 3, 6, 2], [4, 0, 5]]  # longest first, up to 4 rows
+    quantised = token_batches(lengths, max_tokens=1000, max_rows=4, quantum=8)
+    assert quantised == [[1], [3, 6, 2], [4, 0, 5]]  # widths 24 | 16, 16, 16 | 8, 8, 8
+    for batch in quantised:
+        assert len({padded_width(lengths[i], 8) for i in batch}) == 1
+    assert token_batches(lengths, max_tokens=32, max_rows=4, quantum=8) == [[1], [3, 6], [2], [4, 0, 5]]
+
+
 def test_identity_names_the_mapping(tiny_encoder: str) -> None:
     ident = make(tiny_encoder).identity()
     assert ident["scorer"] == "selfcheck-embedding"

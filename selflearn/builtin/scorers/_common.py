@@ -64,29 +64,41 @@ def torch_dtype(name: str) -> Any:
     return table[name]
 
 
-def token_batches(lengths: Sequence[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+def padded_width(length: int, quantum: int) -> int:
+    """The width a row of ``length`` tokens is padded to: its length rounded up to ``quantum``."""
+    n = max(int(length), 1)
+    return -(-n // quantum) * quantum
+
+
+def token_batches(
+    lengths: Sequence[int], max_tokens: int, max_rows: int, quantum: int | None = None
+) -> list[list[int]]:
     """Group indices, sorted longest first, into batches of at most ``max_tokens`` padded
     tokens (rows x longest row) and ``max_rows`` rows.
 
     Sorting by length keeps padding small; longest first makes an out-of-memory error show in
-    the first batch instead of after minutes of work.
+    the first batch instead of after minutes of work. With ``quantum``, a batch holds rows of
+    one :func:`padded_width` only, to be padded to that width: a row's float32 result can
+    depend on how far it is padded (seen on an AVX2 CPU: the last bits of an embedding change
+    with the batch's longest row), and a width set by the row's own length gives it the same
+    bits in any call -- whichever shard, worker, engine or resumed run computes it, and
+    whether it is computed or read from a cache filled by another call.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    width = 0
     for i in order:
         n = max(int(lengths[i]), 1)
-        width = max(longest, n)
-        if current and (len(current) >= max_rows or width * (len(current) + 1) > max_tokens):
+        w = padded_width(n, quantum) if quantum else max(width, n) if current else n
+        if current and ((quantum and w != width) or len(current) >= max_rows or w * (len(current) + 1) > max_tokens):
             batches.append(current)
-            current, width = [], n
+            current, w = [], (w if quantum else n)
         current.append(i)
-        longest = width
+        width = w
     if current:
         batches.append(current)
     return batches
-
 
 
 def cached_lookup(

@@ -22,12 +22,17 @@ from ...core.errors import ConfigError
 from ._common import (
     cached_lookup,
     model_fingerprint,
+    padded_width,
     resolve_device,
     resolve_dtype,
     resolve_model_path,
     token_batches,
     torch_dtype,
 )
+
+#: a text is padded to its length rounded up to this, whatever else is in its batch, so that
+#: its embedding has the same bits in any call (:func:`token_batches`)
+PAD_QUANTUM = 8
 
 log = logging.getLogger("selflearn.scorers.embedding")
 
@@ -148,8 +153,9 @@ class Encoder:
         pad = self._tokenizer.pad_token_id or 0
         out: list[Any] = [None] * len(texts)
         with torch.inference_mode():
-            for batch in token_batches([len(x) for x in ids], self.batch_size * self.max_length, self.batch_size):
-                width = max(len(ids[i]) for i in batch)
+            lengths = [len(x) for x in ids]
+            for batch in token_batches(lengths, self.batch_size * self.max_length, self.batch_size, PAD_QUANTUM):
+                width = padded_width(lengths[batch[0]], PAD_QUANTUM)  # every row's own width
                 input_ids = torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in batch])
                 mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in batch])
                 hidden = self._model(
