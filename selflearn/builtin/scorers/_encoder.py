@@ -155,7 +155,8 @@ class Encoder:
         with torch.inference_mode():
             lengths = [len(x) for x in ids]
             for batch in token_batches(lengths, self.batch_size * self.max_length, self.batch_size, PAD_QUANTUM):
-                width = padded_width(lengths[batch[0]], PAD_QUANTUM)  # every row's own width
+                # every row's own width, within the model's positions (a function of the bucket)
+                width = min(padded_width(lengths[batch[0]], PAD_QUANTUM), self.max_length)
                 input_ids = torch.tensor([ids[i] + [pad] * (width - len(ids[i])) for i in batch])
                 mask = torch.tensor([[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in batch])
                 hidden = self._model(
