@@ -46,13 +46,7 @@ def test_sft_then_dpo_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
     run_dir, trace = tmp_path / "run", tmp_path / "writes.log"
     config = _launch_config(run_dir, tiny_llama, tiny_encoder, **_sft_dpo())
     config["datasets"]["sft_rc_fraction"] = 1.0
-    (tmp_path / "run.yaml").write_text(json.dumps(config))
-    done = subprocess.run(_torchrun(tmp_path / "run.yaml", "--until", "train"), env=_env(trace),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    writes = [line.split(" ", 2) for line in trace.read_text().splitlines()]
-    assert writes and {rank for rank, _, _ in writes} == {"0"}  # rank 1 wrote nothing
+    writes = _launch(tmp_path, config, trace, "--until", "train")
     lineage = Counter(path for _, kind, path in writes if kind == "lineage")
     assert set(lineage.values()) == {1} and len(lineage) == 2  # sft and dpo, once each
     models = Counter(path for _, kind, path in writes if kind == "model")
@@ -90,13 +84,7 @@ def test_paper_flow_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
     run_dir, trace = tmp_path / "run", tmp_path / "writes.log"
     config = _launch_config(run_dir, tiny_llama, tiny_encoder, flow="paper", **_sft_dpo())
     config["datasets"].update(sft_rc_fraction=1.0, self_label="off")
-    (tmp_path / "run.yaml").write_text(json.dumps(config))
-    done = subprocess.run(_torchrun(tmp_path / "run.yaml", "--until", "train"), env=_env(trace),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    writes = [line.split(" ", 2) for line in trace.read_text().splitlines()]
-    assert writes and {rank for rank, _, _ in writes} == {"0"}  # rank 1 wrote nothing
+    writes = _launch(tmp_path, config, trace, "--until", "train")
     sft_dir, dpo_dir = run_dir / "models" / "sft", run_dir / "models" / "dpo"
     assert Counter(path for _, kind, path in writes if kind == "lineage") == {str(sft_dir): 1, str(dpo_dir): 1}
     for folder in (sft_dir, dpo_dir):
@@ -121,13 +109,7 @@ def test_two_rounds_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
         evaluate={"max_new_tokens": 8, "known_items": 1, "qa": [], "bootstrap_resamples": 20},
         rounds={"count": 2, "min_pairs": 1},
     )
-    (tmp_path / "run.yaml").write_text(json.dumps(config))
-    done = subprocess.run(_torchrun(tmp_path / "run.yaml"), env=_env(trace), capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    writes = [line.split(" ", 2) for line in trace.read_text().splitlines()]
-    assert writes and {rank for rank, _, _ in writes} == {"0"}  # rank 1 wrote nothing
+    writes = _launch(tmp_path, config, trace, timeout=900)
     summary = json.loads((run_dir / "rounds.json").read_text())
     assert summary["completed"] == 2 and summary["stopped"] is None
     model1, model2 = (info["model"] for info in summary["per_round"])
@@ -146,6 +128,18 @@ def test_two_rounds_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     rewrites = [line.split(" ", 2) for line in trace.read_text().splitlines()] if trace.exists() else []
     assert not [w for w in rewrites if w[0] != "0" or w[1] in ("model", "lineage")]
+
+
+def _launch(tmp_path: Path, config: dict[str, Any], trace: Path, *args: str, timeout: int = 600) -> list[list[str]]:
+    """``selflearn run`` of ``config`` under torchrun on 2 processes, which must succeed with
+    every file written by rank 0 alone: the write trace's (rank, kind, path) rows."""
+    (tmp_path / "run.yaml").write_text(json.dumps(config))
+    done = subprocess.run(_torchrun(tmp_path / "run.yaml", *args), env=_env(trace), capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    writes = [line.split(" ", 2) for line in trace.read_text().splitlines()]
+    assert writes and {rank for rank, _, _ in writes} == {"0"}  # rank 1 wrote nothing
+    return writes
 
 
 def _env(trace: Path) -> dict[str, str]:

@@ -87,15 +87,15 @@ def token_batches(
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
-    width = 0
+    width = 0  # of the current batch: its first (longest) row's
     for i in order:
-        n = max(int(lengths[i]), 1)
-        w = padded_width(n, quantum) if quantum else max(width, n) if current else n
-        if current and ((quantum and w != width) or len(current) >= max_rows or w * (len(current) + 1) > max_tokens):
+        own = padded_width(lengths[i], quantum) if quantum else max(int(lengths[i]), 1)
+        if current and ((quantum and own != width) or len(current) >= max_rows or width * (len(current) + 1) > max_tokens):
             batches.append(current)
-            current, w = [], (w if quantum else n)
+            current = []
+        if not current:
+            width = own
         current.append(i)
-        width = w
     if current:
         batches.append(current)
     return batches

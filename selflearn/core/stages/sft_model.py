@@ -15,7 +15,6 @@ the main process writes ``sft_model.json``.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Any
 
 import attrs
@@ -24,9 +23,9 @@ from ..distributed import is_main_process
 from ..errors import ArtifactError, StageError
 from ..records import SFTExample
 from .base import Stage
+from .train import SFT_FILE, TrainStage, rows_by_origin
 
 SFT_MODEL_FILE = "sft_model.json"
-SFT_FILE = "sft.jsonl"
 
 
 class SFTModelStage(Stage):
@@ -41,11 +40,9 @@ class SFTModelStage(Stage):
     def outputs(self) -> list[str]:
         return [SFT_MODEL_FILE]
 
-    def _train_stage(self) -> Any:
+    def _train_stage(self) -> TrainStage:
         """The ``train`` stage, whose options (models folder, training seed, lineage) and
         training routine this stage shares."""
-        from .train import TrainStage
-
         return TrainStage(self.run_ctx, self.run_ctx.stage_options["train"])
 
     def fingerprint_config(self) -> dict[str, Any]:
@@ -85,23 +82,17 @@ class SFTModelStage(Stage):
 
     def _train(self, rows: list[SFTExample]) -> dict[str, Any]:
         """Train G_SFT from the run's model (reusing a finished model folder of this training)."""
-        from .train import sft_rows
-
         train = self._train_stage()
         base = str(self.run_ctx.model or "")
         self.run_ctx.release("backend")  # the trainer loads its own copy of the model
-        output = os.path.join(self.store.local_path(train.options.models_dir), "sft")
-        origins = dict(Counter(r.origin for r in rows))
-        result, fingerprint = train._train(
-            "sft_trainer", "sft", sft_rows(rows), base, {"model": base}, output, SFT_FILE,
-            {"flow": "paper"}, {"rows_by_origin": origins},
-        )
+        models_root = self.store.local_path(train.options.models_dir)
+        result, fingerprint = train.train_sft(rows, base, models_root, {"flow": "paper"})
         return {
             "model": os.path.abspath(result.model_path),
             "fingerprint": fingerprint,
             "base_model": base,
             "rows": len(rows),
-            "rows_by_origin": origins,
+            "rows_by_origin": rows_by_origin(rows),
             "metrics": result.metrics,
             "log_history": result.log_history,
         }

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+from collections import Counter
 from typing import Any
 
 import attrs
@@ -53,6 +54,11 @@ class TrainOptions:
     #: extra fields recorded in the trained models' lineage and model card (a run with
     #: rounds names its earlier rounds' data, thresholds and models here, under "rounds")
     lineage: dict[str, Any] = attrs.field(factory=dict)
+
+
+def rows_by_origin(examples: list[SFTExample]) -> dict[str, int]:
+    """How many SFT rows of each origin (``rc``, ``self``), in order of first appearance."""
+    return dict(Counter(ex.origin for ex in examples))
 
 
 def sft_rows(examples: list[SFTExample]) -> list[dict[str, Any]]:
@@ -209,14 +215,19 @@ class TrainStage(Stage):
                 "datasets stage's SFT settings, or remove sft_trainer to start DPO from "
                 f"{base!r}"
             )
-        origins: dict[str, int] = {}
-        for ex in examples:
-            origins[ex.origin] = origins.get(ex.origin, 0) + 1
-        res, fp = self._train(
+        res, fp = self.train_sft(examples, base, models_root, picked)
+        return res, len(examples), fp
+
+    def train_sft(
+        self, examples: list[SFTExample], base: str, models_root: str, picked: dict[str, Any]
+    ) -> tuple[TrainResult, str]:
+        """SFT of ``base`` on ``examples`` (rows of ``sft.jsonl``) into ``<models_root>/sft``:
+        this stage's in the default flow, the sft_model stage's (G_SFT) in ``flow: paper``."""
+        origins = rows_by_origin(examples)
+        return self._train(
             "sft_trainer", "sft", sft_rows(examples), base, {"model": base},
             os.path.join(models_root, "sft"), SFT_FILE, picked, {"rows_by_origin": origins},
         )
-        return res, len(examples), fp
 
     def _paper_sft(self) -> tuple[TrainResult, int, str, dict[str, Any]]:
         """G_SFT as the sft_model stage recorded it: DPO starts from it (``flow: paper``)."""
