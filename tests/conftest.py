@@ -16,6 +16,35 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("SELFLEARN_NO_PROGRESS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # pytest -n N: each worker gets its share of the cores for torch's thread pool (read when torch
+    # is first imported, here and in the subprocesses tests start); N workers each spinning on every
+    # core slow one another down instead of overlapping
+    _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _share)))
+
+#: test files that start Ray (a local cluster per session, or their own): under pytest -n they all
+#: run on one worker, so that one machine does not hold several Ray clusters competing for the same
+#: cores and shared memory
+RAY_TEST_FILES = {"test_ray.py", "test_cluster.py", "test_node_loss.py", "test_faults.py", "test_engine.py",
+                  "test_ray_overhead.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for ``pytest -n N --dist loadgroup`` (the README's test command): the Ray files on
+    one worker; a module whose tests share a module-scoped fixture (a Triton-interpreter run of a
+    minute, a served model) on one worker, which builds it once; every other test on its own."""
+    for item in items:
+        if item.path.name in RAY_TEST_FILES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif _uses_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the fixtures a test uses
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    return any(chain and chain[-1].scope == "module" for chain in defs)
 
 #: encyclopedic sentences the tiny tokenizers are trained on (also tests/scoring/conftest.py)
 FACTS = [

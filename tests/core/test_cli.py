@@ -50,7 +50,7 @@ def test_user_error_exits_2_with_one_paragraph(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("run_dir: x\nsource: [oops\n")
     assert main(["run", str(cfg)]) == 2
-    err = capsys.readouterr().err
+    err = " ".join(capsys.readouterr().err.split())  # one paragraph, wrapped where the path ends
     assert "malformed YAML" in err and "Traceback" not in err and "--debug" in err
 
 

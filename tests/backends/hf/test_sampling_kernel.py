@@ -27,7 +27,7 @@ from selflearn.builtin.backends.hf.sampling_kernel import sample, select_nucleus
 from selflearn.builtin.backends.hf.sampling import SamplingConfig, select, uniform_noise, top_p_filter, vocab_keys
 
 torch.manual_seed(0)
-rows, vocab = 48, 3000
+rows, vocab = 24, 3000  # 120 rows over the five settings: enough of each kind below (20 and 4)
 outside = beyond = 0
 for temp, top_p, spread, ties in ((1.0, 0.9, 1.0, False), (0.7, 0.9, 4.0, True), (1.3, 0.3, 2.0, False),
                                   (1.0, 1.0, 3.0, False), (1.0, 0.95, 9.0, True)):
