@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -149,15 +150,25 @@ def test_unknown_component_suggests_close_name(run_dir):
     assert err.value.path == "source"
 
 
-def test_example_plugin_package_pip_installed(tmp_path, run_dir):
-    """The example package in examples/plugin-hello, pip-installed, is discovered and used."""
-    repo = Path(__file__).resolve().parents[2]
+def _install_example(tmp_path: Path) -> Path:
+    """pip-install examples/plugin-hello into ``tmp_path/site`` from a copy of its folder:
+    setuptools builds in the source folder (build/, *.egg-info), which two tests running at
+    once (pytest -n) would share."""
+    source = tmp_path / "plugin-hello"
+    example = Path(__file__).resolve().parents[2] / "examples" / "plugin-hello"
+    shutil.copytree(example, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(repo / "examples" / "plugin-hello")],
+         "--target", str(target), str(source)],
         check=True,
     )
+    return target
+
+
+def test_example_plugin_package_pip_installed(tmp_path, run_dir):
+    """The example package in examples/plugin-hello, pip-installed, is discovered and used."""
+    target = _install_example(tmp_path)
     faqs = tmp_path / "faqs"
     faqs.mkdir()
     (faqs / "billing.yaml").write_text('- {question: "How do I pay?", answer: By card or transfer.}\n')
@@ -192,12 +203,7 @@ def test_example_plugin_passes_its_own_contract_tests(tmp_path):
     its source and its evaluator), run against the pip-installed package as its author would."""
     repo = Path(__file__).resolve().parents[2]
     example = repo / "examples" / "plugin-hello"
-    target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(example)],
-        check=True,
-    )
+    target = _install_example(tmp_path)
     env = {"PYTHONPATH": f"{target}{os.pathsep}{repo}", "PATH": "/usr/bin:/bin", "SELFLEARN_NO_PROGRESS": "1",
            "HOME": str(tmp_path)}
     proc = subprocess.run(

@@ -360,7 +360,7 @@ class DatasetsStage(Stage):
             "scorer": scorer_ident,
             "s_l": describe_scores([s.s_l for s in scored]),
             "s_k": describe_scores([s.s_k for s in scored]),
-            "sft": {"rows": len(sft_rows), "by_origin": dict(Counter(r.origin for r in sft_rows)), **sft_stats},
+            "sft": {"rows": len(sft_rows), "by_origin": _sftdata.rows_by_origin(sft_rows), **sft_stats},
         }
         if o.push_to_hub:  # the trained models' cards link it (train stage)
             summary["hub_dataset"] = o.hub_repo

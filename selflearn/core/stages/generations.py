@@ -37,6 +37,7 @@ from ..protocols import GenerationParams, MixedBackend
 from ..records import Completion, Generations, Passage, Question
 from ._diversity import diversity_problem, missing_logprobs, no_logprobs_message, sample_diversity
 from .base import Stage
+from .train import SFT_MODEL_FILE, recorded_sft_model
 
 _PAPER_BACKEND = (
     "flow: paper generates y*, Y_c and Y_r with the SFT model by replacing the backend's "
@@ -142,9 +143,7 @@ class GenerationsStage(Stage):
         spec = self.run_ctx.slots.get("backend")
         if spec is None or spec.is_object:
             raise ConfigError(_PAPER_BACKEND, "backend")
-        if not self.store.exists("sft_model.json"):
-            raise StageError("sft_model.json is missing: in flow: paper the sft_model stage runs first")
-        model = self.store.read_json("sft_model.json")["model"]
+        model = recorded_sft_model(self.store)["model"]
         self.run_ctx.release("backend")
         return SlotSpec(name=spec.name, options={**spec.options, "model": model})
 
@@ -211,7 +210,7 @@ class GenerationsStage(Stage):
     def planned_backend(self) -> Any:
         """The (cached) backend :meth:`run` would use, or None while it cannot be known (the
         SFT model of ``flow: paper`` before the sft_model stage ran)."""
-        if self.flow == "paper" and not self.store.exists("sft_model.json"):
+        if self.flow == "paper" and not self.store.exists(SFT_MODEL_FILE):
             return None
         spec = self._backend_spec()
         if spec is None:

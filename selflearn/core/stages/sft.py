@@ -19,7 +19,6 @@ torchrun takes part in a training, while the labels come from the main process a
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from typing import Any
 
 from ..errors import ConfigError, StageError
@@ -115,7 +114,7 @@ class SFTStage(Stage):
             **({"notes": notes} if notes else {}),
             "questions": len(questions),
             "rows": len(rows),
-            "by_origin": dict(Counter(r.origin for r in rows)),
+            "by_origin": _sftdata.rows_by_origin(rows),
             **stats,
         }
 

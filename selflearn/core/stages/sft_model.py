@@ -22,10 +22,9 @@ import attrs
 from ..distributed import is_main_process
 from ..errors import ArtifactError, StageError
 from ..records import SFTExample
+from ._sftdata import rows_by_origin
 from .base import Stage
-from .train import SFT_FILE, TrainStage, rows_by_origin
-
-SFT_MODEL_FILE = "sft_model.json"
+from .train import SFT_FILE, SFT_MODEL_FILE, TrainStage
 
 
 class SFTModelStage(Stage):

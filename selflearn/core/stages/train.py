@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-from collections import Counter
 from typing import Any
 
 import attrs
@@ -34,6 +33,7 @@ from ..options import SEED_MAX, bounded
 from ..prompts import closed_book_messages
 from ..protocols import TrainRequest, TrainResult
 from ..records import PreferencePair, SFTExample
+from ._sftdata import rows_by_origin
 from .base import Stage
 
 log = logging.getLogger("selflearn")
@@ -41,6 +41,16 @@ log = logging.getLogger("selflearn")
 SFT_FILE = "sft.jsonl"
 DPO_FILE = "dpo_pairs.jsonl"
 SUMMARY_FILE = "datasets_summary.json"
+#: G_SFT as the sft_model stage of ``flow: paper`` records it (read by generations and train)
+SFT_MODEL_FILE = "sft_model.json"
+
+
+def recorded_sft_model(store: Any) -> dict[str, Any]:
+    """``sft_model.json``: G_SFT, which generates and starts DPO in ``flow: paper``; a clear
+    error where a stage of that flow runs before the sft_model stage wrote it."""
+    if not store.exists(SFT_MODEL_FILE):
+        raise StageError(f"{SFT_MODEL_FILE} is missing: in flow: paper the sft_model stage runs first")
+    return dict(store.read_json(SFT_MODEL_FILE))
 
 
 @attrs.frozen
@@ -54,11 +64,6 @@ class TrainOptions:
     #: extra fields recorded in the trained models' lineage and model card (a run with
     #: rounds names its earlier rounds' data, thresholds and models here, under "rounds")
     lineage: dict[str, Any] = attrs.field(factory=dict)
-
-
-def rows_by_origin(examples: list[SFTExample]) -> dict[str, int]:
-    """How many SFT rows of each origin (``rc``, ``self``), in order of first appearance."""
-    return dict(Counter(ex.origin for ex in examples))
 
 
 def sft_rows(examples: list[SFTExample]) -> list[dict[str, Any]]:
@@ -231,9 +236,7 @@ class TrainStage(Stage):
 
     def _paper_sft(self) -> tuple[TrainResult, int, str, dict[str, Any]]:
         """G_SFT as the sft_model stage recorded it: DPO starts from it (``flow: paper``)."""
-        if not self.store.exists("sft_model.json"):
-            raise StageError("sft_model.json is missing: in flow: paper the sft_model stage runs first")
-        rec = self.store.read_json("sft_model.json")
+        rec = recorded_sft_model(self.store)
         res = TrainResult(rec["model"], rec.get("metrics") or {}, rec.get("log_history") or [])
         return res, int(rec.get("rows") or 0), rec["model"], {"sft": rec.get("fingerprint")}
 
