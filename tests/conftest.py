@@ -33,12 +33,17 @@ RAY_TEST_FILES = {"test_ray.py", "test_cluster.py", "test_node_loss.py", "test_f
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Groups for ``pytest -n N --dist loadgroup`` (the README's test command): the Ray files on
     one worker; a module whose tests share a module-scoped fixture (a Triton-interpreter run of a
-    minute, a served model) on one worker, which builds it once; every other test on its own."""
+    minute, a served model) on one worker, which builds it once; every other test on its own,
+    the ``slow`` ones first."""
     for item in items:
         if item.path.name in RAY_TEST_FILES:
             item.add_marker(pytest.mark.xdist_group("ray"))
         elif _uses_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        # xdist hands out the groups largest first, then single tests in collection order: the
+        # slow ones first, so that the run does not end on one worker finishing a long test
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def _uses_module_fixture(item: pytest.Item) -> bool:

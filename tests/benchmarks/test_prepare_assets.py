@@ -28,6 +28,7 @@ def _prepare(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_no_wheels_folder_has_every_asset_under_the_budget(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 

@@ -24,6 +24,7 @@ def _run(out: Path, model: str, *extra: str) -> subprocess.CompletedProcess[str]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_fresh_arms_split_over_two_invocations(tiny_llama: str, tmp_path: Path) -> None:
     pytest.importorskip("ray")
     out = tmp_path / "bench"

@@ -42,6 +42,7 @@ def _launch_config(run_dir: Path, model: str, encoder: str, **extra: Any) -> dic
     }
 
 
+@pytest.mark.slow
 def test_sft_then_dpo_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
     run_dir, trace = tmp_path / "run", tmp_path / "writes.log"
     config = _launch_config(run_dir, tiny_llama, tiny_encoder, **_sft_dpo())
@@ -78,6 +79,7 @@ def _sft_dpo() -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_paper_flow_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
     """Rank 0 labels the SFT rows alone (the sft stage), both processes train G_SFT (the
     sft_model stage) and then DPO from it; rank 0 generates with G_SFT in between."""
@@ -97,6 +99,7 @@ def test_paper_flow_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
     assert {"sft", "sft_model", "train"} <= set(json.loads((run_dir / "manifest.json").read_text())["stages"])
 
 
+@pytest.mark.slow
 def test_two_rounds_on_two_cpu_processes(tiny_llama, tiny_encoder, tmp_path):
     """Rank 1 follows each round's pipeline (waiting for rank 0's data stages, whichever
     sub-directory they are in), trains every round with rank 0, and writes nothing; rank 0

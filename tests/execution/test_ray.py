@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from selflearn import Pipeline
 from selflearn.core.config import merge
 
@@ -30,6 +32,7 @@ def manifest(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 def test_ray_run_equals_the_local_run_byte_for_byte(ray_session, tiny_llama, tiny_encoder, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "ray"
     Pipeline(config(local, tiny_llama, tiny_encoder, "local")).run(until="scores")
@@ -74,6 +77,7 @@ def usage_fields(outcomes: list[Any]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_ray_reports_the_same_usage_totals_as_local(ray_session, tiny_encoder, tmp_path):
     from tests.backends.helpers import fake_text
     from tests.servers import FakeServer, openai_handler
@@ -97,6 +101,7 @@ def test_ray_reports_the_same_usage_totals_as_local(ray_session, tiny_encoder, t
     assert sum(expected["generator"]["stats"].values()) > 0
 
 
+@pytest.mark.slow
 def test_two_rounds_with_carried_questions_under_ray_equal_local(ray_session, tiny_llama, tmp_path):
     """rounds.passages fresh+unknown under engine ray: round 2's question generator (the
     previous round's unknown questions plus the configured generator for fresh passages) is

@@ -61,6 +61,7 @@ def _base(model: str) -> dict[str, Any]:
     })
 
 
+@pytest.mark.slow
 def test_both_parts_train_paired_arms_and_report_them(tiny_llama, tmp_path, capsys):
     drv = _driver()
     root = str(tmp_path / "root")

@@ -208,6 +208,7 @@ def _normalised(path: Path, run: Path) -> str:
     return re.sub(r'"weights": "[0-9a-f]+"', '"weights": ""', path.read_text().replace(str(run), "<run>"))
 
 
+@pytest.mark.slow
 def test_a_kill_in_round_two_resumes_to_the_same_artifacts(tiny_llama, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)

@@ -87,6 +87,7 @@ def test_packing_keeps_the_model_and_its_memory(tiny_llama: str) -> None:
     assert torch.equal(b._model(ids).logits, before)  # same checkpoint, same forward pass
 
 
+@pytest.mark.slow
 def test_compiled_layers_equal_the_models_modules(tiny_llama: str) -> None:
     import warnings
 

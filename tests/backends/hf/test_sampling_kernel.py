@@ -93,6 +93,7 @@ print("ok", outside, beyond)
 """
 
 
+@pytest.mark.slow
 def test_the_kernel_chooses_the_full_paths_token(tiny_llama: str) -> None:
     """sampling_kernel's kernel in Triton's interpreter: the full path's tokens and log-probs, and the
     shared decoder with it equal to the loop decoder (see NUCLEUS_SCRIPT)."""
