@@ -13,7 +13,7 @@ from selflearn.cli import main
 KINDS = {"knowledge_source", "question_generator", "inference_backend", "scorer", "trainer", "judge"}
 
 
-def test_import_does_not_import_torch():
+def test_import_does_not_import_torch(tmp_path):
     code = (
         "import sys, selflearn, selflearn.plugins; from selflearn import Pipeline, Document, hookimpl;"
         "from selflearn.core.plugins import PluginHost; PluginHost().components();"
@@ -21,7 +21,8 @@ def test_import_does_not_import_torch():
         "heavy = [m for m in ('torch', 'transformers', 'trl', 'datasets', 'openai', 'ray') if m in sys.modules];"
         "print(heavy)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # in tmp_path: the plan's default run_dir (runs/selflearn) keeps a source cache
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "[]"
 
 
