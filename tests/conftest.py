@@ -42,8 +42,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     if "PYTEST_XDIST_WORKER" in os.environ:
         # xdist hands out the groups largest first, then single tests in collection order: the
-        # slow ones first, so that the run does not end on one worker finishing a long test
-        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+        # slow ones first, so that the run does not end on one worker finishing a long test. A
+        # group keeps its own order (test_engine's cluster tests run before the Ray session starts)
+        items.sort(key=lambda item: item.get_closest_marker("xdist_group") is not None
+                   or item.get_closest_marker("slow") is None)
 
 
 def _uses_module_fixture(item: pytest.Item) -> bool:
