@@ -28,10 +28,10 @@ def self_label_on(run_ctx: RunContext, options: Any) -> bool:
     return bool(options.self_label == "on" or (options.self_label == "auto" and run_ctx.has("sft_trainer")))
 
 
-
 def rows_by_origin(rows: list[SFTExample]) -> dict[str, int]:
     """How many SFT rows of each origin (``rc``, ``self``), in order of first appearance."""
     return dict(Counter(r.origin for r in rows))
+
 
 def rc_split(run_ctx: RunContext, options: Any, questions: list[Question]) -> tuple[list[Question], list[Question]]:
     """(reading-comprehension questions, questions to self-label): a seeded shuffle, the first
